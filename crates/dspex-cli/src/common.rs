@@ -1,0 +1,116 @@
+//! What the commands share: output, failures and exit codes, config loading.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use dspex::core::config::ConfigLoader;
+use dspex::{Client, ClientConfig, ClientError};
+
+/// Every top-level key any DSPex crate reads from `dspex.toml`.
+pub(crate) fn known_keys() -> Vec<&'static str> {
+    dspex::config::CONFIG_KEYS.to_vec()
+}
+
+/// Writes a line to stdout; a closed pipe is not an error worth a panic.
+pub(crate) fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+}
+
+/// Writes a line to stderr.
+pub(crate) fn err(text: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{text}");
+}
+
+/// A failed command and its exit code.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad arguments or config: exit 2.
+    Usage(anyhow::Error),
+    /// The provider failed: exit 3.
+    Provider(ClientError),
+}
+
+impl Failure {
+    pub(crate) fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self::Usage(error.into())
+    }
+
+    pub(crate) fn report(self) -> ExitCode {
+        match self {
+            Self::Usage(error) => {
+                err(&format!("error: {error:#}"));
+                ExitCode::from(2)
+            }
+            Self::Provider(error) => {
+                err(&format!("error: {error}"));
+                if let Some(context) = error.context() {
+                    err(&format!("  correlation id: {}", context.correlation_id));
+                    for crumb in &context.breadcrumbs {
+                        err(&format!("  {crumb}"));
+                    }
+                }
+                ExitCode::from(3)
+            }
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Config(_)
+            | ClientError::UnknownProvider { .. }
+            | ClientError::InvalidRequest { .. } => Self::Usage(error.into()),
+            other => Self::Provider(other),
+        }
+    }
+}
+
+impl From<dspex::core::CoreError> for Failure {
+    fn from(error: dspex::core::CoreError) -> Self {
+        Self::Usage(error.into())
+    }
+}
+
+/// Loads and validates the config the way every command does.
+pub(crate) fn load_config(path: Option<&Path>) -> Result<(ConfigLoader, ClientConfig), Failure> {
+    let loader = ConfigLoader::builder(&known_keys())
+        .discover(path)
+        .build()?;
+    let config = ClientConfig::load(&loader)?;
+    Ok((loader, config))
+}
+
+/// Builds the client and picks the provider: the one named, else the default.
+pub(crate) async fn client_for(
+    path: Option<&Path>,
+    provider: Option<&str>,
+) -> Result<(Client, String), Failure> {
+    let (_, config) = load_config(path)?;
+    let provider = match provider.or(config.default_provider_id()) {
+        Some(provider) => provider.to_owned(),
+        None if config.providers.is_empty() => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "no provider is configured: write a dspex.toml (see README) or set OPENAI_API_KEY / ANTHROPIC_API_KEY"
+            )));
+        }
+        None => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "several providers are configured ({}); choose one with --provider",
+                config
+                    .providers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    let client = Client::from_config(&config).await?;
+    // Unknown names fail here with the list of known ones, before any work.
+    client.provider(&provider)?;
+    Ok((client, provider))
+}

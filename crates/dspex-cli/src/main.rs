@@ -1,0 +1,148 @@
+//! The `dspex` command.
+//!
+//! ```text
+//! dspex demo                                   # the main job on embedded defaults
+//! dspex chat --provider openai "Say hi"        # one protected call
+//! dspex load --provider mock --requests 10000 --concurrency 64
+//! dspex config check --config dspex.toml
+//! dspex mock-server --port 8089 --fail-429 0.1
+//! ```
+//!
+//! Exit codes: 0 success, 2 usage or config error, 3 provider error.
+
+mod chat;
+mod common;
+mod config_cmd;
+mod demo;
+mod load;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::common::Failure;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dspex",
+    version,
+    about = "DSPex: programming language models, in Rust"
+)]
+struct Cli {
+    /// Config file (default: $DSPEX_CONFIG, else ./dspex.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log filter, such as `info` or `dspex=debug` (default: $DSPEX_LOG, else `warn`).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+
+    /// Print Prometheus metrics to stderr when the command ends.
+    #[arg(long, global = true)]
+    metrics: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One protected call to a provider.
+    Chat(chat::ChatArgs),
+    /// Drive many calls through the full stack and report latency and throughput.
+    Load(load::LoadArgs),
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Run the mock upstream (OpenAI- and Anthropic-compatible, with fault injection).
+    MockServer(MockServerArgs),
+    /// Start the mock upstream in process and make calls through the full client stack.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MockServerArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8089)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[command(flatten)]
+    mock: dspex::mock::MockConfig,
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("DSPEX_LOG").ok())
+        .unwrap_or_else(|| "warn".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Chat(args) => chat::run(config, args).await,
+        Command::Load(args) => load::run(config, args).await,
+        Command::Config(command) => config_cmd::run(config, command),
+        Command::MockServer(args) => {
+            let addr = std::net::SocketAddr::new(args.host, args.port);
+            let server = dspex::mock::MockServer::bind(addr, args.mock)
+                .await
+                .map_err(|e| {
+                    Failure::usage(anyhow::anyhow!(
+                        "cannot start the mock upstream on {addr}: {e}"
+                    ))
+                })?;
+            common::out(&format!(
+                "mock upstream listening on {} (Anthropic: {}); Ctrl-C stops it",
+                server.base_url(),
+                server.anthropic_base_url()
+            ));
+            server.run_until_ctrl_c().await;
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let metrics = if cli.metrics {
+        match dspex::core::telemetry::install_prometheus() {
+            Ok(metrics) => Some(metrics),
+            Err(error) => {
+                common::err(&format!("error: {error}"));
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            common::err(&format!("error: cannot start the async runtime: {error}"));
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    if let Some(metrics) = metrics {
+        common::err(&metrics.render());
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}

@@ -1,0 +1,136 @@
+//! What travels through a provider's protection stack: the [`Call`] going in and
+//! the [`Reply`] coming out.
+
+use std::any::Any;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dspex_core::Trail;
+use dspex_core::protect::{Cost, ProtectedRequest, ProtectedResponse, Reservation};
+use futures::Stream;
+
+use crate::error::ClientError;
+use crate::events::Operation;
+use crate::provider::{ParsedChat, ParsedEmbeddings, RawEvent};
+use crate::types::Usage;
+
+/// One call: its encoded body and what the layers need to know about it.
+/// Cloning is cheap; every attempt shares the same trail and attempt counter.
+#[derive(Clone)]
+pub(crate) struct Call(Arc<CallInner>);
+
+pub(crate) struct CallInner {
+    pub(crate) operation: Operation,
+    pub(crate) body: Bytes,
+    pub(crate) cost: Cost,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) trail: Trail,
+    pub(crate) model: Arc<str>,
+    pub(crate) inputs: usize,
+    attempts: AtomicU32,
+}
+
+impl Call {
+    pub(crate) fn new(
+        operation: Operation,
+        body: Bytes,
+        cost: Cost,
+        max_wait: Option<Duration>,
+        trail: Trail,
+        model: Arc<str>,
+        inputs: usize,
+    ) -> Self {
+        Self(Arc::new(CallInner {
+            operation,
+            body,
+            cost,
+            max_wait,
+            trail,
+            model,
+            inputs,
+            attempts: AtomicU32::new(0),
+        }))
+    }
+
+    pub(crate) fn inner(&self) -> &CallInner {
+        &self.0
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.0.attempts.load(Ordering::Relaxed)
+    }
+}
+
+impl ProtectedRequest for Call {
+    fn cost(&self) -> Cost {
+        self.0.cost
+    }
+
+    fn trail(&self) -> &Trail {
+        &self.0.trail
+    }
+
+    fn begin_attempt(&self) -> u32 {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn max_wait(&self) -> Option<Duration> {
+        self.0.max_wait
+    }
+}
+
+/// The raw events of a stream that has started, the first one already read.
+pub(crate) type RawEvents = Pin<Box<dyn Stream<Item = Result<RawEvent, ClientError>> + Send>>;
+
+pub(crate) enum ReplyBody {
+    Chat(ParsedChat),
+    Stream(RawEvents),
+    Embeddings(ParsedEmbeddings),
+}
+
+/// A provider's answer on its way back up the stack, collecting the pool slot
+/// and the rate-limit reservation it must release or settle.
+pub(crate) struct Reply {
+    pub(crate) body: ReplyBody,
+    pub(crate) request_id: Option<String>,
+    pub(crate) reservation: Option<Reservation>,
+    pub(crate) guards: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+impl Reply {
+    pub(crate) fn new(body: ReplyBody, request_id: Option<String>) -> Self {
+        Self {
+            body,
+            request_id,
+            reservation: None,
+            guards: Vec::new(),
+        }
+    }
+}
+
+/// What a call really cost, for settling its reservation.
+pub(crate) fn cost_of(usage: &Usage) -> Cost {
+    Cost::call(usage.input_tokens, usage.output_tokens)
+}
+
+impl ProtectedResponse for Reply {
+    fn settle(&mut self, reservation: Reservation) {
+        match &self.body {
+            ReplyBody::Chat(parsed) => match &parsed.usage {
+                Some(usage) => reservation.settle(cost_of(usage)),
+                // No usage reported: keep the estimate.
+                None => drop(reservation),
+            },
+            ReplyBody::Embeddings(parsed) => reservation.settle(cost_of(&parsed.usage)),
+            // A stream knows its usage only at the end.
+            ReplyBody::Stream(_) => self.reservation = Some(reservation),
+        }
+    }
+
+    fn hold(&mut self, guard: Box<dyn Any + Send + Sync>) {
+        self.guards.push(guard);
+    }
+}

@@ -1,0 +1,695 @@
+//! The client: providers in a registry, each behind its protection stack.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use dspex_core::protect::{
+    Admission, CircuitBreaker, CircuitBreakerLayer, CircuitState, ConcurrencyLimitLayer, Cost,
+    LocalLimiter, RateLimitLayer, RedisLimiter, RetryLayer, TimeoutLayer, Transition, Unit,
+};
+use dspex_core::registry::Registry;
+use dspex_core::{CoreError, CorrelationId, ErrorContext, Trail};
+use futures::future::BoxFuture;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use tracing::Instrument;
+
+use crate::call::{Call, Reply, ReplyBody};
+use crate::config::{ClientConfig, ProviderConfig, ProviderKind};
+use crate::error::ClientError;
+use crate::events::{
+    CallInfo, CircuitEvent, Event, EventBus, EventKind, LimitSource, Operation, RateLimitEvent,
+    RetryEvent,
+};
+use crate::provider::{HttpTransport, Transport, anthropic, openai, wire_error};
+use crate::stream::{ChatStream, StreamParts};
+use crate::telemetry::{Ending, Recorder};
+use crate::tokens;
+use crate::types::{
+    ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message, RequestOptions, Usage,
+};
+
+/// What every part of a provider's stack shares.
+pub(crate) struct ProviderShared {
+    pub(crate) id: Arc<str>,
+    pub(crate) config: ProviderConfig,
+    pub(crate) host: Arc<str>,
+    pub(crate) limiter: Arc<dyn Admission>,
+    pub(crate) limits_requests: bool,
+    pub(crate) limits_tokens: bool,
+    pub(crate) events: EventBus,
+}
+
+type Stack = BoxCloneSyncService<Call, Reply, ClientError>;
+
+/// The innermost service: one attempt through the transport.
+#[derive(Clone)]
+struct AttemptService {
+    transport: Arc<dyn Transport>,
+}
+
+impl tower::Service<Call> for AttemptService {
+    type Response = Reply;
+    type Error = ClientError;
+    type Future = BoxFuture<'static, Result<Reply, ClientError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        self.transport.send(call)
+    }
+}
+
+/// A configured provider behind its protection stack: circuit breaker,
+/// rate-limit admission, pool, retries, timeout.
+pub struct Provider {
+    shared: Arc<ProviderShared>,
+    stack: Stack,
+    breaker: Arc<CircuitBreaker>,
+    pool: ConcurrencyLimitLayer,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("id", &self.shared.id)
+            .field("config", &self.shared.config)
+            .field("circuit", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    /// Builds the provider's stack. Connects to Redis when its limits are shared.
+    pub async fn build(config: ProviderConfig, events: EventBus) -> Result<Self, ClientError> {
+        let id: Arc<str> = Arc::from(config.id.as_str());
+        let limiter: Arc<dyn Admission> = match &config.rate_limit_backend {
+            Some(url) => Arc::new(
+                RedisLimiter::connect(url, &config.id, config.limits.clone())
+                    .await
+                    .map_err(|e| match e {
+                        CoreError::Backend { message } => ClientError::Config(CoreError::config(
+                            format!("providers.{}.rate_limit_backend", config.id),
+                            format!("cannot connect: {message}"),
+                        )),
+                        other => ClientError::Config(other),
+                    })?,
+            ),
+            None => Arc::new(LocalLimiter::new(config.limits.clone())),
+        };
+        let host = reqwest::Url::parse(&config.base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let shared = Arc::new(ProviderShared {
+            id: Arc::clone(&id),
+            limits_requests: config.limits.iter().any(|b| b.unit == Unit::Requests),
+            limits_tokens: config.limits.iter().any(|b| b.unit != Unit::Requests),
+            host: Arc::from(host),
+            limiter: Arc::clone(&limiter),
+            events: events.clone(),
+            config,
+        });
+        let transport: Arc<dyn Transport> = Arc::new(HttpTransport::new(Arc::clone(&shared))?);
+        Ok(Self::assemble(shared, transport))
+    }
+
+    fn assemble(shared: Arc<ProviderShared>, transport: Arc<dyn Transport>) -> Self {
+        let config = &shared.config;
+        let breaker = {
+            let events = shared.events.clone();
+            let id = Arc::clone(&shared.id);
+            CircuitBreaker::new(
+                Arc::clone(&shared.id),
+                config.circuit_breaker.clone(),
+                Some(Arc::new(move |t: &Transition| {
+                    events.publish(Event::now(
+                        None,
+                        EventKind::CircuitChanged(CircuitEvent {
+                            provider: Arc::clone(&id),
+                            from: t.from,
+                            to: t.to,
+                        }),
+                    ));
+                })),
+            )
+        };
+        let on_wait = {
+            let events = shared.events.clone();
+            let id = Arc::clone(&shared.id);
+            Arc::new(move |call: &Call, bucket: &str, wait| {
+                events.publish(Event::now(
+                    Some(call.inner().trail.correlation_id().clone()),
+                    EventKind::RateLimited(RateLimitEvent {
+                        provider: Arc::clone(&id),
+                        bucket: bucket.to_owned(),
+                        wait,
+                        source: LimitSource::Local,
+                    }),
+                ));
+            })
+        };
+        let on_retry = {
+            let events = shared.events.clone();
+            let id = Arc::clone(&shared.id);
+            Arc::new(move |call: &Call, attempt, delay| {
+                metrics::counter!("dspex_retries_total", "provider" => id.to_string()).increment(1);
+                events.publish(Event::now(
+                    Some(call.inner().trail.correlation_id().clone()),
+                    EventKind::Retrying(RetryEvent {
+                        provider: Arc::clone(&id),
+                        attempt,
+                        delay,
+                    }),
+                ));
+            })
+        };
+        let pool = ConcurrencyLimitLayer::new(config.pool_size);
+        let stack = ServiceBuilder::new()
+            .layer(CircuitBreakerLayer::new(Arc::clone(&breaker)))
+            .layer(
+                RateLimitLayer::new(Arc::clone(&shared.limiter), config.max_wait)
+                    .with_observer(on_wait),
+            )
+            .layer(pool.clone())
+            .layer(RetryLayer::new(config.retry.clone()).with_observer(on_retry))
+            .layer(TimeoutLayer::new(config.timeouts.total))
+            .service(AttemptService { transport });
+        Self {
+            stack: BoxCloneSyncService::new(stack),
+            shared,
+            breaker,
+            pool,
+        }
+    }
+
+    /// The provider id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Its validated config.
+    pub fn config(&self) -> &ProviderConfig {
+        &self.shared.config
+    }
+
+    /// Its circuit breaker's state.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.breaker.state()
+    }
+
+    /// Free pool slots now.
+    pub fn available_slots(&self) -> usize {
+        self.pool.available()
+    }
+}
+
+struct ClientInner {
+    providers: Registry<Provider>,
+    events: EventBus,
+    default_provider: Option<String>,
+}
+
+/// The protected LM client: providers by id, each behind a circuit breaker,
+/// rate-limit admission, a connection pool, retries and timeouts.
+///
+/// Cloning is cheap and shares everything.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("providers", &self.inner.providers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call resolved to its provider, encoded and ready for the stack.
+struct Prepared {
+    provider: Arc<Provider>,
+    call: Call,
+    recorder: Recorder,
+    estimated_input: Option<u64>,
+}
+
+impl Client {
+    /// A client for `config`, with a new event bus.
+    pub async fn from_config(config: &ClientConfig) -> Result<Self, ClientError> {
+        Self::with_events(config, EventBus::new()).await
+    }
+
+    /// A client for `config` publishing on `events`.
+    pub async fn with_events(config: &ClientConfig, events: EventBus) -> Result<Self, ClientError> {
+        let client = Self {
+            inner: Arc::new(ClientInner {
+                providers: Registry::new("provider"),
+                events,
+                default_provider: config.default_provider_id().map(str::to_owned),
+            }),
+        };
+        for provider in config.providers.values() {
+            client.add_provider(provider.clone()).await?;
+        }
+        Ok(client)
+    }
+
+    /// Registers another provider.
+    pub async fn add_provider(&self, config: ProviderConfig) -> Result<(), ClientError> {
+        let id = config.id.clone();
+        let provider = Provider::build(config, self.inner.events.clone()).await?;
+        self.inner
+            .providers
+            .register(id, Arc::new(provider))
+            .map_err(ClientError::Config)
+    }
+
+    /// The event bus calls publish on.
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// The provider registered under `id`.
+    pub fn provider(&self, id: &str) -> Result<Arc<Provider>, ClientError> {
+        self.inner
+            .providers
+            .get(id)
+            .map_err(|_| ClientError::UnknownProvider {
+                id: id.to_owned(),
+                known: self.inner.providers.ids(),
+                context: Box::new(ErrorContext::new(CorrelationId::from(""))),
+            })
+    }
+
+    /// The registered provider ids.
+    pub fn provider_ids(&self) -> Vec<String> {
+        self.inner.providers.ids()
+    }
+
+    /// The default provider id, when the config names one (or has only one).
+    pub fn default_provider(&self) -> Option<&str> {
+        self.inner.default_provider.as_deref()
+    }
+
+    fn prepare(
+        &self,
+        provider_id: &str,
+        operation: Operation,
+        messages: Vec<Message>,
+        embed: Option<&EmbeddingRequest>,
+        options: RequestOptions,
+    ) -> Result<Prepared, ClientError> {
+        let correlation_id = options
+            .correlation_id
+            .clone()
+            .unwrap_or_else(CorrelationId::generate);
+        let trail = Trail::new(correlation_id.clone());
+        let tags = Arc::new(options.tags.clone());
+        let Ok(provider) = self.inner.providers.get(provider_id) else {
+            let recorder = Recorder::start(
+                &self.inner.events,
+                "",
+                CallInfo {
+                    provider: Arc::from(provider_id),
+                    system: "unknown",
+                    model: Arc::from(options.params.model.as_deref().unwrap_or_default()),
+                    operation,
+                    estimated_input_tokens: None,
+                    tags,
+                },
+                correlation_id,
+                None,
+            );
+            let error = ClientError::UnknownProvider {
+                id: provider_id.to_owned(),
+                known: self.inner.providers.ids(),
+                context: Box::new(trail.snapshot()),
+            };
+            recorder.finish(Ending::failed(&error));
+            return Err(error);
+        };
+        let shared = &provider.shared;
+        let config = &shared.config;
+        let model: Arc<str> = match (operation, embed) {
+            (Operation::Embeddings, Some(request)) => {
+                Arc::from(request.model.as_deref().unwrap_or(&config.embedding_model))
+            }
+            _ => Arc::from(options.params.model.as_deref().unwrap_or(&config.model)),
+        };
+        trail.push(
+            "provider",
+            format!("{} ({}) model {model}", shared.id, config.kind.system()),
+        );
+        let estimated_input = match (operation, embed) {
+            (Operation::Embeddings, Some(request)) => shared.limits_tokens.then(|| {
+                request
+                    .input
+                    .iter()
+                    .map(|t| tokens::count_text_tokens(&model, t))
+                    .sum()
+            }),
+            _ => shared
+                .limits_tokens
+                .then(|| tokens::estimate_chat_tokens(&model, &messages)),
+        };
+        let mut recorder = Recorder::start(
+            &shared.events,
+            &shared.host,
+            CallInfo {
+                provider: Arc::clone(&shared.id),
+                system: config.kind.system(),
+                model: Arc::clone(&model),
+                operation,
+                estimated_input_tokens: estimated_input,
+                tags,
+            },
+            correlation_id,
+            Some(&options.params),
+        );
+        let output_estimate = match operation {
+            Operation::Embeddings => 0,
+            _ => {
+                u64::from(
+                    options
+                        .params
+                        .max_tokens
+                        .unwrap_or(config.default_max_tokens),
+                ) * u64::from(options.params.n.unwrap_or(1).max(1))
+            }
+        };
+        let cost = match estimated_input {
+            Some(input) => Cost::call(input, output_estimate),
+            None => Cost {
+                requests: 1,
+                ..Cost::ZERO
+            },
+        };
+        let invalid = |message: String, recorder: Recorder| {
+            let error = ClientError::InvalidRequest {
+                provider: Arc::clone(&shared.id),
+                message,
+                context: Box::new(trail.snapshot()),
+            };
+            recorder.finish(Ending::failed(&error));
+            error
+        };
+        let (body, inputs) = match (operation, embed) {
+            (Operation::Embeddings, Some(request)) => {
+                if config.kind != ProviderKind::OpenAi {
+                    let error = ClientError::Unsupported {
+                        provider: Arc::clone(&shared.id),
+                        operation: "embeddings",
+                        context: Box::new(trail.snapshot()),
+                    };
+                    recorder.finish(Ending::failed(&error));
+                    return Err(error);
+                }
+                if request.input.is_empty() {
+                    return Err(invalid("no input to embed".into(), recorder));
+                }
+                (
+                    openai::embeddings_body(request, &model),
+                    request.input.len(),
+                )
+            }
+            _ => {
+                if messages.is_empty() {
+                    return Err(invalid(
+                        "a chat needs at least one message".into(),
+                        recorder,
+                    ));
+                }
+                if options.params.n == Some(0) {
+                    return Err(invalid("n must be at least 1".into(), recorder));
+                }
+                let stream = operation == Operation::ChatStream;
+                let request = ChatRequest {
+                    messages,
+                    params: options.params,
+                };
+                let body = match config.kind {
+                    ProviderKind::OpenAi => {
+                        openai::chat_body(&request, &model, stream, config.stream_usage)
+                    }
+                    ProviderKind::Anthropic => {
+                        anthropic::chat_body(&request, &model, stream, config.default_max_tokens)
+                    }
+                };
+                (body, 1)
+            }
+        };
+        let body = match body {
+            Ok(body) => Bytes::from(body),
+            Err(error) => {
+                let call = Call::new(
+                    operation,
+                    Bytes::new(),
+                    cost,
+                    None,
+                    trail.clone(),
+                    Arc::clone(&model),
+                    inputs,
+                );
+                let error = wire_error(shared, &call, error, false);
+                recorder.finish(Ending::failed(&error));
+                return Err(error);
+            }
+        };
+        let call = Call::new(
+            operation,
+            body,
+            cost,
+            options.max_wait,
+            trail,
+            model,
+            inputs,
+        );
+        recorder.attach(call.clone());
+        Ok(Prepared {
+            provider,
+            call,
+            recorder,
+            estimated_input,
+        })
+    }
+
+    async fn run(prepared: &Prepared) -> Result<Reply, ClientError> {
+        let span = prepared.recorder.span().clone();
+        prepared
+            .provider
+            .stack
+            .clone()
+            .oneshot(prepared.call.clone())
+            .instrument(span)
+            .await
+            .map_err(|e| e.attach(&prepared.provider.shared.id, &prepared.call.inner().trail))
+    }
+
+    /// Sends a chat through `provider_id`'s protection stack and returns the
+    /// normalised response.
+    ///
+    /// Publishes one started and one completed event, and records a span and
+    /// metrics, whatever the outcome.
+    pub async fn request(
+        &self,
+        provider_id: &str,
+        messages: Vec<Message>,
+        options: RequestOptions,
+    ) -> Result<ChatResponse, ClientError> {
+        let prepared = self.prepare(provider_id, Operation::Chat, messages, None, options)?;
+        let result = Self::run(&prepared).await;
+        let Prepared {
+            provider,
+            call,
+            recorder,
+            estimated_input,
+        } = prepared;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(error) => {
+                recorder.finish(Ending::failed(&error));
+                return Err(error);
+            }
+        };
+        let Reply {
+            body, request_id, ..
+        } = reply;
+        let ReplyBody::Chat(parsed) = body else {
+            let error = ClientError::MalformedResponse {
+                provider: Arc::clone(&provider.shared.id),
+                message: "the transport returned a non-chat reply".into(),
+                context: ClientError::context_for(&call.inner().trail),
+            };
+            recorder.finish(Ending::failed(&error));
+            return Err(error);
+        };
+        let model = parsed
+            .model
+            .unwrap_or_else(|| call.inner().model.to_string());
+        let usage = parsed.usage.unwrap_or_else(|| {
+            call.inner()
+                .trail
+                .push("usage", "the response reported no usage; estimated it");
+            let text: String = parsed
+                .choices
+                .iter()
+                .filter_map(|c| c.content.as_deref())
+                .collect();
+            Usage {
+                input_tokens: estimated_input.unwrap_or(0),
+                output_tokens: tokens::count_text_tokens(&model, &text),
+                ..Usage::default()
+            }
+        });
+        let response = ChatResponse {
+            provider: Arc::clone(&provider.shared.id),
+            model,
+            id: parsed.id,
+            request_id,
+            choices: parsed.choices,
+            usage,
+            latency: recorder.elapsed(),
+            attempts: call.attempts(),
+            correlation_id: recorder.correlation_id().clone(),
+        };
+        recorder.finish(Ending {
+            outcome: crate::events::Outcome::Success,
+            usage,
+            finish_reason: response.finish_reason().cloned(),
+            response_model: Some(response.model.clone()),
+            response_id: response.id.clone(),
+            request_id: response.request_id.clone(),
+        });
+        Ok(response)
+    }
+
+    /// Like [`Client::request`], but streams the reply. Retries happen only
+    /// before the first event reaches the caller.
+    pub async fn request_stream(
+        &self,
+        provider_id: &str,
+        messages: Vec<Message>,
+        options: RequestOptions,
+    ) -> Result<ChatStream, ClientError> {
+        let prepared = self.prepare(provider_id, Operation::ChatStream, messages, None, options)?;
+        let result = Self::run(&prepared).await;
+        let Prepared {
+            provider,
+            call,
+            recorder,
+            estimated_input,
+        } = prepared;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(error) => {
+                recorder.finish(Ending::failed(&error));
+                return Err(error);
+            }
+        };
+        let Reply {
+            body,
+            request_id,
+            reservation,
+            guards,
+        } = reply;
+        let ReplyBody::Stream(events) = body else {
+            let error = ClientError::MalformedResponse {
+                provider: Arc::clone(&provider.shared.id),
+                message: "the transport returned a non-stream reply".into(),
+                context: ClientError::context_for(&call.inner().trail),
+            };
+            recorder.finish(Ending::failed(&error));
+            return Err(error);
+        };
+        Ok(ChatStream::new(StreamParts {
+            events,
+            shared: Arc::clone(&provider.shared),
+            recorder,
+            reservation,
+            guards,
+            request_id,
+            estimated_input,
+            call,
+        }))
+    }
+
+    /// Embeds texts through `provider_id` (OpenAI-compatible providers).
+    pub async fn embed(
+        &self,
+        provider_id: &str,
+        request: EmbeddingRequest,
+        options: RequestOptions,
+    ) -> Result<EmbeddingResponse, ClientError> {
+        let prepared = self.prepare(
+            provider_id,
+            Operation::Embeddings,
+            Vec::new(),
+            Some(&request),
+            options,
+        )?;
+        let result = Self::run(&prepared).await;
+        let Prepared {
+            provider,
+            call,
+            recorder,
+            ..
+        } = prepared;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(error) => {
+                recorder.finish(Ending::failed(&error));
+                return Err(error);
+            }
+        };
+        let ReplyBody::Embeddings(parsed) = reply.body else {
+            let error = ClientError::MalformedResponse {
+                provider: Arc::clone(&provider.shared.id),
+                message: "the transport returned a non-embeddings reply".into(),
+                context: ClientError::context_for(&call.inner().trail),
+            };
+            recorder.finish(Ending::failed(&error));
+            return Err(error);
+        };
+        let model = parsed
+            .model
+            .unwrap_or_else(|| call.inner().model.to_string());
+        let response = EmbeddingResponse {
+            provider: Arc::clone(&provider.shared.id),
+            model: model.clone(),
+            vectors: parsed.vectors,
+            usage: parsed.usage,
+            latency: recorder.elapsed(),
+            attempts: call.attempts(),
+            correlation_id: recorder.correlation_id().clone(),
+        };
+        recorder.finish(Ending {
+            outcome: crate::events::Outcome::Success,
+            usage: parsed.usage,
+            finish_reason: None,
+            response_model: Some(model),
+            response_id: None,
+            request_id: reply.request_id,
+        });
+        Ok(response)
+    }
+
+    /// Per-provider state for diagnostics: circuit state and free pool slots.
+    pub fn status(&self) -> BTreeMap<String, (CircuitState, usize)> {
+        self.inner
+            .providers
+            .ids()
+            .into_iter()
+            .filter_map(|id| {
+                let provider = self.inner.providers.get(&id).ok()?;
+                Some((id, (provider.circuit_state(), provider.available_slots())))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,46 @@
+//! The protected LM provider client of DSPex.
+//!
+//! One [`Client`] holds named providers (OpenAI, Anthropic, or any
+//! OpenAI-compatible server such as vLLM, Ollama, llama.cpp or LiteLLM). Every
+//! call goes through the provider's protection stack, outside in: circuit
+//! breaker, multi-bucket rate-limit admission (in process, or shared through
+//! Redis), connection pool, retries with full-jitter backoff, and timeouts. Every
+//! call, whatever its outcome, publishes exactly one completion event with its
+//! usage, records a tracing span with the OpenTelemetry GenAI attributes, and
+//! updates metrics.
+//!
+//! ```no_run
+//! use dspex_client::{Client, ClientConfig, Message, RequestOptions};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Providers from dspex.toml, or from OPENAI_API_KEY / ANTHROPIC_API_KEY.
+//! let loader = dspex_core::config::ConfigLoader::builder(dspex_client::config::CONFIG_KEYS)
+//!     .discover(None)
+//!     .build()?;
+//! let client = Client::from_config(&ClientConfig::load(&loader)?).await?;
+//! let response = client
+//!     .request("openai", vec![Message::user("Say hi")], RequestOptions::new().max_tokens(20))
+//!     .await?;
+//! println!("{} ({} tokens)", response.text(), response.usage.total_tokens());
+//! # Ok(()) }
+//! ```
+
+mod call;
+mod client;
+pub mod config;
+mod error;
+pub mod events;
+mod provider;
+mod stream;
+mod telemetry;
+pub mod tokens;
+mod types;
+
+pub use client::{Client, Provider};
+pub use config::{ClientConfig, ProviderConfig, ProviderKind};
+pub use error::{ApiErrorKind, ClientError, TimeoutPhase};
+pub use events::{Event, EventBus, EventKind};
+pub use stream::ChatStream;
+pub use types::{
+    ChatDelta, ChatParams, ChatRequest, ChatResponse, Choice, EmbeddingRequest, EmbeddingResponse,
+    FinishReason, Message, RequestOptions, ResponseFormat, Role, StreamEvent, Usage, duration_ms,
+};

@@ -1,0 +1,406 @@
+//! OpenAI Chat Completions and Embeddings on the wire.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Chunk, ParsedChat, ParsedEmbeddings, UsageUpdate, WireError};
+use crate::types::{
+    ChatDelta, ChatRequest, Choice, EmbeddingRequest, FinishReason, Message, ResponseFormat, Usage,
+};
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<Value>,
+}
+
+/// Reasoning models (o1, o3, o4, gpt-5) reject `max_tokens` and want
+/// `max_completion_tokens`; every other server, including most compatible ones,
+/// knows only `max_tokens`.
+fn wants_max_completion_tokens(model: &str) -> bool {
+    let bare = model.rsplit('/').next().unwrap_or(model);
+    bare.starts_with("o1")
+        || bare.starts_with("o3")
+        || bare.starts_with("o4")
+        || bare.starts_with("gpt-5")
+}
+
+fn response_format(format: &ResponseFormat) -> Value {
+    match format {
+        ResponseFormat::Text => json!({"type": "text"}),
+        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+        } => json!({
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": strict},
+        }),
+    }
+}
+
+pub(crate) fn chat_body(
+    request: &ChatRequest,
+    model: &str,
+    stream: bool,
+    stream_usage: bool,
+) -> Result<Vec<u8>, WireError> {
+    let params = &request.params;
+    let reasoning = wants_max_completion_tokens(model);
+    let body = Body {
+        model,
+        messages: &request.messages,
+        temperature: params.temperature,
+        top_p: params.top_p,
+        max_tokens: params.max_tokens.filter(|_| !reasoning),
+        max_completion_tokens: params.max_tokens.filter(|_| reasoning),
+        stop: &params.stop,
+        n: params.n,
+        seed: params.seed,
+        response_format: params.response_format.as_ref().map(response_format),
+        tools: params.tools.as_ref(),
+        tool_choice: params.tool_choice.as_ref(),
+        stream,
+        stream_options: (stream && stream_usage).then(|| json!({"include_usage": true})),
+    };
+    serde_json::to_vec(&body)
+        .map_err(|e| WireError::Invalid(format!("cannot encode the request: {e}")))
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn normalise(&self) -> Usage {
+        Usage {
+            input_tokens: self.prompt_tokens,
+            output_tokens: self.completion_tokens,
+            cached_input_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_write_tokens: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    index: u32,
+    message: WireMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+pub(crate) fn parse_chat(body: &[u8]) -> Result<ParsedChat, WireError> {
+    let response: WireResponse =
+        serde_json::from_slice(body).map_err(|e| WireError::malformed(&e, body))?;
+    if response.choices.is_empty() {
+        return Err(WireError::Malformed("the response has no choices".into()));
+    }
+    Ok(ParsedChat {
+        id: response.id,
+        model: response.model,
+        choices: response
+            .choices
+            .into_iter()
+            .map(|c| Choice {
+                index: c.index,
+                content: c.message.content,
+                tool_calls: c.message.tool_calls.filter(|t| !t.is_null()),
+                finish_reason: c.finish_reason.as_deref().map(FinishReason::parse),
+            })
+            .collect(),
+        usage: response.usage.map(|u| u.normalise()),
+    })
+}
+
+#[derive(Deserialize)]
+struct WireDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: Option<WireDelta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<WireChunkChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// Decodes `data:` events of a Chat Completions stream.
+#[derive(Default)]
+pub(crate) struct StreamDecoder {
+    started: bool,
+}
+
+impl StreamDecoder {
+    pub(crate) fn decode(&mut self, data: &str, out: &mut Vec<Chunk>) -> Result<(), WireError> {
+        let data = data.trim();
+        if data == "[DONE]" {
+            out.push(Chunk::End);
+            return Ok(());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let chunk: WireChunk =
+            serde_json::from_str(data).map_err(|e| WireError::malformed(&e, data.as_bytes()))?;
+        if let Some(error) = chunk.error {
+            let (message, code) = error_fields(&error);
+            return Err(WireError::Upstream {
+                status: if code.as_deref() == Some("rate_limit_exceeded") {
+                    429
+                } else {
+                    500
+                },
+                message,
+                code,
+            });
+        }
+        if !self.started {
+            self.started = true;
+            out.push(Chunk::Start {
+                id: chunk.id,
+                model: chunk.model,
+            });
+        }
+        for choice in chunk.choices {
+            let (content, tool_calls) = match choice.delta {
+                Some(delta) => (
+                    delta.content.unwrap_or_default(),
+                    delta.tool_calls.filter(|t| !t.is_null()),
+                ),
+                None => (String::new(), None),
+            };
+            out.push(Chunk::Delta(ChatDelta {
+                index: choice.index,
+                content,
+                tool_calls,
+                finish_reason: choice.finish_reason.as_deref().map(FinishReason::parse),
+            }));
+        }
+        if let Some(usage) = chunk.usage {
+            let usage = usage.normalise();
+            out.push(Chunk::Usage(UsageUpdate {
+                input_tokens: Some(usage.input_tokens),
+                output_tokens: Some(usage.output_tokens),
+                cached_input_tokens: Some(usage.cached_input_tokens),
+                cache_write_tokens: None,
+            }));
+        }
+        Ok(())
+    }
+}
+
+fn error_fields(error: &Value) -> (String, Option<String>) {
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| error.to_string(), str::to_owned);
+    let code = error
+        .get("code")
+        .and_then(Value::as_str)
+        .or_else(|| error.get("type").and_then(Value::as_str))
+        .map(str::to_owned);
+    (message, code)
+}
+
+/// The message and code of an error body: `{"error": {"message", "type", "code"}}`.
+pub(crate) fn parse_error(body: &[u8]) -> Option<(String, Option<String>)> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    match value.get("error")? {
+        Value::String(message) => Some((message.clone(), None)),
+        error => Some(error_fields(error)),
+    }
+}
+
+pub(crate) fn embeddings_body(
+    request: &EmbeddingRequest,
+    model: &str,
+) -> Result<Vec<u8>, WireError> {
+    let mut body = json!({"model": model, "input": request.input, "encoding_format": "float"});
+    if let (Some(dimensions), Some(map)) = (request.dimensions, body.as_object_mut()) {
+        map.insert("dimensions".into(), json!(dimensions));
+    }
+    serde_json::to_vec(&body)
+        .map_err(|e| WireError::Invalid(format!("cannot encode the request: {e}")))
+}
+
+#[derive(Deserialize)]
+struct WireEmbedding {
+    #[serde(default)]
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct WireEmbeddings {
+    data: Vec<WireEmbedding>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+pub(crate) fn parse_embeddings(body: &[u8], inputs: usize) -> Result<ParsedEmbeddings, WireError> {
+    let response: WireEmbeddings =
+        serde_json::from_slice(body).map_err(|e| WireError::malformed(&e, body))?;
+    let mut data = response.data;
+    data.sort_by_key(|d| d.index);
+    if data.len() != inputs {
+        return Err(WireError::Malformed(format!(
+            "{} vectors for {inputs} inputs",
+            data.len()
+        )));
+    }
+    Ok(ParsedEmbeddings {
+        model: response.model,
+        vectors: data.into_iter().map(|d| d.embedding).collect(),
+        usage: response.usage.map(|u| u.normalise()).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ChatParams;
+
+    #[test]
+    fn body_maps_every_parameter() {
+        let request = ChatRequest {
+            messages: vec![Message::system("s"), Message::user("u")],
+            params: ChatParams {
+                temperature: Some(0.5),
+                top_p: Some(0.9),
+                max_tokens: Some(64),
+                stop: vec!["END".into()],
+                n: Some(2),
+                seed: Some(7),
+                response_format: Some(ResponseFormat::JsonSchema {
+                    name: "out".into(),
+                    schema: json!({"type": "object"}),
+                    strict: true,
+                }),
+                tools: Some(json!([{"type": "function", "function": {"name": "f"}}])),
+                tool_choice: Some(json!("auto")),
+                ..ChatParams::default()
+            },
+        };
+        let body: Value =
+            serde_json::from_slice(&chat_body(&request, "gpt-4o", true, true).unwrap()).unwrap();
+        assert_eq!(body["model"], "gpt-4o");
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "system", "content": "s"})
+        );
+        assert_eq!(body["max_tokens"], 64);
+        assert_eq!(body["stop"], json!(["END"]));
+        assert_eq!(body["n"], 2);
+        assert_eq!(body["seed"], 7);
+        assert_eq!(body["response_format"]["json_schema"]["name"], "out");
+        assert_eq!(body["tool_choice"], "auto");
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        let body: Value =
+            serde_json::from_slice(&chat_body(&request, "o3-mini", false, true).unwrap()).unwrap();
+        assert_eq!(body["max_completion_tokens"], 64);
+        assert!(body.get("max_tokens").is_none());
+        assert!(body.get("stream").is_none());
+    }
+
+    #[test]
+    fn stream_chunks_decode() {
+        let mut decoder = StreamDecoder::default();
+        let mut out = Vec::new();
+        decoder
+            .decode(r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#, &mut out)
+            .unwrap();
+        decoder
+            .decode(r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2}}}"#, &mut out)
+            .unwrap();
+        decoder.decode("[DONE]", &mut out).unwrap();
+        assert!(matches!(&out[0], Chunk::Start { id: Some(id), .. } if id == "c1"));
+        assert!(matches!(&out[1], Chunk::Delta(d) if d.content == "Hi"));
+        assert!(matches!(&out[2], Chunk::Usage(u) if u.cached_input_tokens == Some(2)));
+        assert!(matches!(out[3], Chunk::End));
+        assert!(decoder.decode("{\"choices\": [", &mut out).is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! A streamed chat response.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use dspex_core::protect::Reservation;
+use futures::Stream;
+use tokio::time::Sleep;
+
+use crate::call::{RawEvents, cost_of};
+use crate::client::ProviderShared;
+use crate::error::{ClientError, TimeoutPhase};
+use crate::events::Outcome;
+use crate::provider::{Chunk, Decoder, wire_error};
+use crate::telemetry::{Ending, Recorder};
+use crate::tokens;
+use crate::types::{ChatResponse, Choice, StreamEvent, Usage};
+
+#[derive(Default)]
+struct ChoiceSoFar {
+    content: String,
+    tool_calls: Vec<serde_json::Value>,
+    finish_reason: Option<crate::types::FinishReason>,
+}
+
+/// A chat response arriving in pieces: [`StreamEvent::Delta`]s, then one
+/// [`StreamEvent::Done`] with the assembled response and its usage.
+///
+/// A stream that breaks off yields one error (`ClientError::Truncated`, or the
+/// upstream's error event) and ends. Nothing is retried once the stream has
+/// started. Dropping the stream early records the call as cancelled. The pool
+/// slot and the rate-limit reservation are held until the stream ends.
+pub struct ChatStream {
+    events: RawEvents,
+    decoder: Decoder,
+    shared: Arc<ProviderShared>,
+    recorder: Option<Recorder>,
+    reservation: Option<Reservation>,
+    guards: Vec<Box<dyn Any + Send + Sync>>,
+    deadline: Pin<Box<Sleep>>,
+    pending: VecDeque<StreamEvent>,
+    chunks: Vec<Chunk>,
+    choices: Vec<ChoiceSoFar>,
+    id: Option<String>,
+    model: Option<String>,
+    usage: Usage,
+    usage_seen: bool,
+    request_id: Option<String>,
+    estimated_input: Option<u64>,
+    call: crate::call::Call,
+    done: bool,
+}
+
+impl fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("provider", &self.shared.id)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct StreamParts {
+    pub(crate) events: RawEvents,
+    pub(crate) shared: Arc<ProviderShared>,
+    pub(crate) recorder: Recorder,
+    pub(crate) reservation: Option<Reservation>,
+    pub(crate) guards: Vec<Box<dyn Any + Send + Sync>>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) estimated_input: Option<u64>,
+    pub(crate) call: crate::call::Call,
+}
+
+impl ChatStream {
+    pub(crate) fn new(parts: StreamParts) -> Self {
+        let deadline = parts.recorder.started() + parts.shared.config.timeouts.total;
+        Self {
+            events: parts.events,
+            decoder: Decoder::new(parts.shared.config.kind),
+            recorder: Some(parts.recorder),
+            shared: parts.shared,
+            reservation: parts.reservation,
+            guards: parts.guards,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            pending: VecDeque::new(),
+            chunks: Vec::new(),
+            choices: Vec::new(),
+            id: None,
+            model: None,
+            usage: Usage::default(),
+            usage_seen: false,
+            request_id: parts.request_id,
+            estimated_input: parts.estimated_input,
+            call: parts.call,
+            done: false,
+        }
+    }
+
+    /// Reads the whole stream and returns the assembled response.
+    pub async fn collect_response(mut self) -> Result<ChatResponse, ClientError> {
+        use futures::StreamExt;
+        while let Some(event) = self.next().await {
+            if let StreamEvent::Done(response) = event? {
+                return Ok(response);
+            }
+        }
+        Err(ClientError::Truncated {
+            provider: Arc::clone(&self.shared.id),
+            streaming: true,
+            message: "the stream ended without a final response".into(),
+            context: ClientError::context_for(&self.call.inner().trail),
+        })
+    }
+
+    fn choice(&mut self, index: u32) -> &mut ChoiceSoFar {
+        let index = index as usize;
+        if self.choices.len() <= index {
+            self.choices.resize_with(index + 1, ChoiceSoFar::default);
+        }
+        // Just resized to hold `index`.
+        #[allow(clippy::indexing_slicing)]
+        &mut self.choices[index]
+    }
+
+    /// Applies decoded chunks; returns true at the end of the stream.
+    fn apply(&mut self) -> bool {
+        let mut ended = false;
+        for chunk in std::mem::take(&mut self.chunks) {
+            match chunk {
+                Chunk::Start { id, model } => {
+                    self.id = self.id.take().or(id);
+                    self.model = self.model.take().or(model);
+                }
+                Chunk::Delta(delta) => {
+                    let choice = self.choice(delta.index);
+                    choice.content.push_str(&delta.content);
+                    if let Some(calls) = &delta.tool_calls {
+                        choice.tool_calls.push(calls.clone());
+                    }
+                    if let Some(reason) = &delta.finish_reason {
+                        choice.finish_reason = Some(reason.clone());
+                    }
+                    if !delta.content.is_empty()
+                        || delta.tool_calls.is_some()
+                        || delta.finish_reason.is_some()
+                    {
+                        self.pending.push_back(StreamEvent::Delta(delta));
+                    }
+                }
+                Chunk::Usage(update) => {
+                    update.apply(&mut self.usage);
+                    self.usage_seen = true;
+                }
+                Chunk::End => ended = true,
+            }
+        }
+        ended
+    }
+
+    fn all_choices_finished(&self) -> bool {
+        !self.choices.is_empty() && self.choices.iter().all(|c| c.finish_reason.is_some())
+    }
+
+    fn complete(&mut self) {
+        let model = self
+            .model
+            .clone()
+            .unwrap_or_else(|| self.call.inner().model.to_string());
+        if !self.usage_seen {
+            // The server sent no usage (some compatible servers ignore
+            // `stream_options`): estimate it rather than report zero.
+            let text: String = self.choices.iter().map(|c| c.content.as_str()).collect();
+            self.usage.output_tokens = tokens::count_text_tokens(&model, &text);
+            self.usage.input_tokens = self.estimated_input.unwrap_or(0);
+            self.call
+                .inner()
+                .trail
+                .push("usage", "the stream reported no usage; estimated it");
+        }
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(cost_of(&self.usage));
+        }
+        self.guards.clear();
+        let choices: Vec<Choice> = std::mem::take(&mut self.choices)
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Choice {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                content: Some(c.content),
+                tool_calls: (!c.tool_calls.is_empty())
+                    .then_some(serde_json::Value::Array(c.tool_calls)),
+                finish_reason: c.finish_reason,
+            })
+            .collect();
+        let Some(recorder) = self.recorder.take() else {
+            return;
+        };
+        let response = ChatResponse {
+            provider: Arc::clone(&self.shared.id),
+            model: model.clone(),
+            id: self.id.clone(),
+            request_id: self.request_id.clone(),
+            usage: self.usage,
+            latency: recorder.elapsed(),
+            attempts: recorder.attempts(),
+            correlation_id: recorder.correlation_id().clone(),
+            choices,
+        };
+        recorder.finish(Ending {
+            outcome: Outcome::Success,
+            usage: self.usage,
+            finish_reason: response.finish_reason().cloned(),
+            response_model: Some(model),
+            response_id: self.id.clone(),
+            request_id: self.request_id.clone(),
+        });
+        self.pending.push_back(StreamEvent::Done(response));
+        self.done = true;
+    }
+
+    fn fail(&mut self, error: ClientError) -> ClientError {
+        let error = error.attach(&self.shared.id, &self.call.inner().trail);
+        self.done = true;
+        // The upstream did the work up to here: keep the estimate charged.
+        drop(self.reservation.take());
+        self.guards.clear();
+        if let Some(recorder) = self.recorder.take() {
+            let mut ending = Ending::failed(&error);
+            ending.usage = self.usage;
+            recorder.finish(ending);
+        }
+        error
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<StreamEvent, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(event) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                let error = ClientError::Timeout {
+                    provider: Arc::clone(&this.shared.id),
+                    phase: TimeoutPhase::Total,
+                    after: this.shared.config.timeouts.total,
+                    context: ClientError::context_for(&this.call.inner().trail),
+                };
+                return Poll::Ready(Some(Err(this.fail(error))));
+            }
+            match this.events.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(event))) => {
+                    let mut chunks = std::mem::take(&mut this.chunks);
+                    let decoded = this.decoder.decode(&event, &mut chunks);
+                    this.chunks = chunks;
+                    if let Err(error) = decoded {
+                        let error = wire_error(&this.shared, &this.call, error, true);
+                        return Poll::Ready(Some(Err(this.fail(error))));
+                    }
+                    if this.apply() {
+                        this.complete();
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(this.fail(error)))),
+                Poll::Ready(None) => {
+                    // A clean close after every choice finished is accepted even
+                    // without the terminal marker; anything less is truncated.
+                    if this.all_choices_finished() {
+                        this.complete();
+                        continue;
+                    }
+                    let error = ClientError::Truncated {
+                        provider: Arc::clone(&this.shared.id),
+                        streaming: true,
+                        message: "the connection closed before the end of the stream".into(),
+                        context: ClientError::context_for(&this.call.inner().trail),
+                    };
+                    return Poll::Ready(Some(Err(this.fail(error))));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        // The recorder's own drop records the cancellation; say why on the trail.
+        if self.recorder.is_some() {
+            self.call
+                .inner()
+                .trail
+                .push("stream", "dropped by the caller before the end");
+        }
+    }
+}

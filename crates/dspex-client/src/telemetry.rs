@@ -1,0 +1,258 @@
+//! Usage telemetry of each call: one tracing span with the OpenTelemetry GenAI
+//! attribute names, metrics, and exactly one completion event.
+//!
+//! Span fields: `gen_ai.operation.name`, `gen_ai.system`, `gen_ai.request.model`,
+//! `gen_ai.request.max_tokens`, `gen_ai.request.temperature`,
+//! `gen_ai.request.top_p`, `gen_ai.response.model`, `gen_ai.response.id`,
+//! `gen_ai.response.finish_reasons`, `gen_ai.usage.input_tokens`,
+//! `gen_ai.usage.output_tokens`, `server.address`, `error.type`, plus
+//! `dspex.provider`, `dspex.correlation_id` and `dspex.attempts`.
+//!
+//! Metrics (Prometheus names after the dots become underscores):
+//! `gen_ai.client.operation.duration` (seconds) and `gen_ai.client.token.usage`
+//! (by `gen_ai.token.type` = input or output) as histograms, and
+//! `dspex_requests_total` by provider, model and outcome.
+
+use std::time::Duration;
+
+use dspex_core::CorrelationId;
+use tokio::time::Instant;
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::call::Call;
+use crate::events::{CallInfo, Completion, Event, EventBus, EventKind, Outcome};
+use crate::types::{ChatParams, FinishReason, Usage};
+
+/// How a call ended, for [`Recorder::finish`].
+pub(crate) struct Ending {
+    pub(crate) outcome: Outcome,
+    pub(crate) usage: Usage,
+    pub(crate) finish_reason: Option<FinishReason>,
+    pub(crate) response_model: Option<String>,
+    pub(crate) response_id: Option<String>,
+    pub(crate) request_id: Option<String>,
+}
+
+impl Ending {
+    pub(crate) fn failed(error: &crate::ClientError) -> Self {
+        Self {
+            outcome: Outcome::Failed {
+                error_kind: error.kind(),
+                http_status: error.status(),
+            },
+            usage: Usage::default(),
+            finish_reason: None,
+            response_model: None,
+            response_id: None,
+            request_id: match error {
+                crate::ClientError::Api { request_id, .. } => request_id.clone(),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Records one call from start to end. Dropping it before [`Recorder::finish`]
+/// (the caller abandoned the call) records a cancellation, so every call gets
+/// exactly one completion event.
+pub(crate) struct Recorder {
+    events: EventBus,
+    info: CallInfo,
+    correlation_id: CorrelationId,
+    call: Option<Call>,
+    started: Instant,
+    span: Span,
+    finished: bool,
+}
+
+impl Recorder {
+    pub(crate) fn start(
+        events: &EventBus,
+        host: &str,
+        info: CallInfo,
+        correlation_id: CorrelationId,
+        params: Option<&ChatParams>,
+    ) -> Self {
+        let span = tracing::info_span!(
+            "gen_ai.client",
+            otel.name = Empty,
+            otel.kind = "client",
+            gen_ai.operation.name = info.operation.otel_name(),
+            gen_ai.system = info.system,
+            gen_ai.request.model = &*info.model,
+            gen_ai.request.max_tokens = Empty,
+            gen_ai.request.temperature = Empty,
+            gen_ai.request.top_p = Empty,
+            gen_ai.response.model = Empty,
+            gen_ai.response.id = Empty,
+            gen_ai.response.finish_reasons = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            server.address = host,
+            "error.type" = Empty,
+            dspex.provider = &*info.provider,
+            dspex.correlation_id = correlation_id.as_str(),
+            dspex.attempts = Empty,
+        );
+        if !span.is_disabled() {
+            span.record(
+                "otel.name",
+                format!("{} {}", info.operation.otel_name(), info.model),
+            );
+            if let Some(params) = params {
+                if let Some(v) = params.max_tokens {
+                    span.record("gen_ai.request.max_tokens", v);
+                }
+                if let Some(v) = params.temperature {
+                    span.record("gen_ai.request.temperature", f64::from(v));
+                }
+                if let Some(v) = params.top_p {
+                    span.record("gen_ai.request.top_p", f64::from(v));
+                }
+            }
+        }
+        if events.has_subscribers() {
+            events.publish(Event::now(
+                Some(correlation_id.clone()),
+                EventKind::RequestStarted(info.clone()),
+            ));
+        }
+        Self {
+            events: events.clone(),
+            info,
+            correlation_id,
+            call: None,
+            started: Instant::now(),
+            span,
+            finished: false,
+        }
+    }
+
+    /// Attaches the call, so a cancellation can report its attempts.
+    pub(crate) fn attach(&mut self, call: Call) {
+        self.call = Some(call);
+    }
+
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub(crate) fn correlation_id(&self) -> &CorrelationId {
+        &self.correlation_id
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.call.as_ref().map_or(0, Call::attempts)
+    }
+
+    pub(crate) fn finish(mut self, ending: Ending) {
+        self.record(ending);
+    }
+
+    fn record(&mut self, ending: Ending) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let latency = self.started.elapsed();
+        let attempts = self.attempts();
+        let span = &self.span;
+        if !span.is_disabled() {
+            span.record("gen_ai.usage.input_tokens", ending.usage.input_tokens);
+            span.record("gen_ai.usage.output_tokens", ending.usage.output_tokens);
+            span.record("dspex.attempts", attempts);
+            if let Some(model) = &ending.response_model {
+                span.record("gen_ai.response.model", model.as_str());
+            }
+            if let Some(id) = &ending.response_id {
+                span.record("gen_ai.response.id", id.as_str());
+            }
+            if let Some(reason) = &ending.finish_reason {
+                span.record("gen_ai.response.finish_reasons", reason.as_str());
+            }
+            match &ending.outcome {
+                Outcome::Success => {}
+                Outcome::Failed { error_kind, .. } => {
+                    span.record("error.type", *error_kind);
+                }
+                Outcome::Cancelled => {
+                    span.record("error.type", "cancelled");
+                }
+            }
+        }
+        let system = self.info.system;
+        let operation = self.info.operation.otel_name();
+        let model = self.info.model.to_string();
+        let error_type = match &ending.outcome {
+            Outcome::Success => "",
+            Outcome::Failed { error_kind, .. } => error_kind,
+            Outcome::Cancelled => "cancelled",
+        };
+        metrics::histogram!(
+            "gen_ai.client.operation.duration",
+            "gen_ai.system" => system,
+            "gen_ai.operation.name" => operation,
+            "gen_ai.request.model" => model.clone(),
+            "error.type" => error_type,
+        )
+        .record(latency.as_secs_f64());
+        if ending.usage.total_tokens() > 0 {
+            for (kind, tokens) in [
+                ("input", ending.usage.input_tokens),
+                ("output", ending.usage.output_tokens),
+            ] {
+                metrics::histogram!(
+                    "gen_ai.client.token.usage",
+                    "gen_ai.system" => system,
+                    "gen_ai.operation.name" => operation,
+                    "gen_ai.request.model" => model.clone(),
+                    "gen_ai.token.type" => kind,
+                )
+                .record(tokens as f64);
+            }
+        }
+        metrics::counter!(
+            "dspex_requests_total",
+            "provider" => self.info.provider.to_string(),
+            "model" => model,
+            "outcome" => ending.outcome.as_str(),
+        )
+        .increment(1);
+        self.events.publish(Event::now(
+            Some(self.correlation_id.clone()),
+            EventKind::RequestCompleted(Completion {
+                call: self.info.clone(),
+                response_model: ending.response_model,
+                outcome: ending.outcome,
+                usage: ending.usage,
+                latency,
+                attempts,
+                finish_reason: ending.finish_reason,
+                request_id: ending.request_id,
+            }),
+        ));
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(Ending {
+                outcome: Outcome::Cancelled,
+                usage: Usage::default(),
+                finish_reason: None,
+                response_model: None,
+                response_id: None,
+                request_id: None,
+            });
+        }
+    }
+}

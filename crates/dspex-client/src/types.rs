@@ -1,0 +1,411 @@
+//! The normalised request and response every provider maps to and from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dspex_core::CorrelationId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's result (OpenAI-style tool calling).
+    Tool,
+}
+
+impl Role {
+    /// The role's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Tool => "tool",
+        }
+    }
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+    /// An optional participant name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tool calls the assistant made (passed through as the provider wrote them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    /// For a tool result: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+}
+
+/// The shape the reply must take.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Free text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// The schema's name.
+        name: String,
+        /// The JSON Schema.
+        schema: Value,
+        /// Whether the provider must follow the schema exactly.
+        #[serde(default)]
+        strict: bool,
+    },
+}
+
+/// Sampling and output parameters of a chat call. Everything is optional; the
+/// provider's configured defaults fill the gaps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatParams {
+    /// The model; the provider's default model when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// The most output tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// How many choices to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// A seed for providers that support reproducible sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// The reply's shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// Tool definitions, passed through in the provider's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Value>,
+    /// Tool choice, passed through in the provider's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+}
+
+/// A chat call: messages plus parameters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// The parameters.
+    #[serde(flatten)]
+    pub params: ChatParams,
+}
+
+/// Per-call options beyond the chat parameters: which run the call belongs to,
+/// how long it may wait for rate-limit room, and tags for analytics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestOptions {
+    /// Chat parameters.
+    pub params: ChatParams,
+    /// The run's correlation id; a new one is generated when `None`.
+    pub correlation_id: Option<CorrelationId>,
+    /// The longest wait for rate-limit room; the provider's `max_wait_ms` when `None`.
+    pub max_wait: Option<Duration>,
+    /// Free-form tags carried on the call's events (workflow, step, user...).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl RequestOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the model.
+    #[must_use]
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.params.model = Some(model.into());
+        self
+    }
+
+    /// Sets the temperature.
+    #[must_use]
+    pub fn temperature(mut self, temperature: f32) -> Self {
+        self.params.temperature = Some(temperature);
+        self
+    }
+
+    /// Sets the most output tokens.
+    #[must_use]
+    pub fn max_tokens(mut self, max_tokens: u32) -> Self {
+        self.params.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets the correlation id.
+    #[must_use]
+    pub fn correlation_id(mut self, id: CorrelationId) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Adds a tag.
+    #[must_use]
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the chat parameters.
+    #[must_use]
+    pub fn params(mut self, params: ChatParams) -> Self {
+        self.params = params;
+        self
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A natural end or a stop sequence.
+    Stop,
+    /// The token limit.
+    Length,
+    /// The model called tools.
+    ToolCalls,
+    /// A content filter.
+    ContentFilter,
+    /// Something else, as the provider named it.
+    Other(String),
+}
+
+impl FinishReason {
+    /// Maps OpenAI's and Anthropic's names.
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "stop" | "end_turn" | "stop_sequence" => Self::Stop,
+            "length" | "max_tokens" => Self::Length,
+            "tool_calls" | "tool_use" | "function_call" => Self::ToolCalls,
+            "content_filter" | "refusal" => Self::ContentFilter,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The normalised name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+            Self::ContentFilter => "content_filter",
+            Self::Other(other) => other,
+        }
+    }
+}
+
+impl fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Tokens a call used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// Prompt tokens served from the provider's prompt cache (a subset of
+    /// `input_tokens`, billed at the cached-read price).
+    pub cached_input_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic).
+    pub cache_write_tokens: u64,
+}
+
+impl Usage {
+    /// Input plus output tokens.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// One generated alternative.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Its index (0 unless `n` > 1).
+    pub index: u32,
+    /// The text, if any (a pure tool call has none).
+    pub content: Option<String>,
+    /// Tool calls, in the provider's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    /// Why it stopped.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A completed chat call, the same for every provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ChatResponse {
+    /// The provider id it came from (the registry name, such as `openai`).
+    pub provider: Arc<str>,
+    /// The model that answered, as the provider named it.
+    pub model: String,
+    /// The provider's id for the response (`chatcmpl-...`, `msg_...`).
+    pub id: Option<String>,
+    /// The provider's request id header (`x-request-id`, `request-id`), for support tickets.
+    pub request_id: Option<String>,
+    /// The alternatives.
+    pub choices: Vec<Choice>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Time from the call to the full response, waits and retries included
+    /// (`latency_ms` in JSON).
+    #[serde(rename = "latency_ms", with = "duration_ms")]
+    pub latency: Duration,
+    /// HTTP attempts made.
+    pub attempts: u32,
+    /// The run it belongs to.
+    pub correlation_id: CorrelationId,
+}
+
+impl ChatResponse {
+    /// The first choice's text, or `""`.
+    pub fn text(&self) -> &str {
+        self.choices
+            .first()
+            .and_then(|c| c.content.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The first choice's finish reason.
+    pub fn finish_reason(&self) -> Option<&FinishReason> {
+        self.choices.first().and_then(|c| c.finish_reason.as_ref())
+    }
+}
+
+/// A piece of a streamed reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatDelta {
+    /// The choice it belongs to.
+    pub index: u32,
+    /// New text (may be empty).
+    pub content: String,
+    /// Tool-call fragments, in the provider's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    /// Set on the last delta of a choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// What a [`ChatStream`](crate::ChatStream) yields: deltas, then the assembled
+/// response with usage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// New content.
+    Delta(ChatDelta),
+    /// The stream ended normally; the whole response, assembled.
+    Done(ChatResponse),
+}
+
+/// An embeddings call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingRequest {
+    /// Texts to embed.
+    pub input: Vec<String>,
+    /// The model; the provider's `embedding_model` when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Output dimensions, for models that support shortening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+}
+
+/// Embedding vectors, in input order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct EmbeddingResponse {
+    /// The provider id.
+    pub provider: Arc<str>,
+    /// The model.
+    pub model: String,
+    /// One vector per input.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Time taken (`latency_ms` in JSON).
+    #[serde(rename = "latency_ms", with = "duration_ms")]
+    pub latency: Duration,
+    /// HTTP attempts made.
+    pub attempts: u32,
+    /// The run it belongs to.
+    pub correlation_id: CorrelationId,
+}
+
+/// Serde helpers writing a `Duration` as fractional milliseconds.
+pub mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes milliseconds as a float (microsecond precision).
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_micros() as f64) / 1_000.0)
+    }
+
+    /// Reads milliseconds; negative or non-finite values are rejected.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(ms / 1_000.0).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,33 @@
+//! DSPex: a Rust foundation for *programming* language models, in the spirit of
+//! Stanford's DSPy.
+//!
+//! This crate re-exports the public API of the workspace:
+//!
+//! - the protected provider client ([`Client`], [`Message`], [`RequestOptions`],
+//!   [`ChatResponse`], [`ChatStream`], [`ClientError`]...), from `dspex-client`;
+//! - the generic layer as [`core`]: config, registry, events, telemetry, error
+//!   context and protection, from `dspex-core`;
+//! - with the default `mock` feature, the deterministic mock upstream as
+//!   [`mock`], for tests that must not reach a real provider.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dspex::{Client, ClientConfig, Message, ProviderConfig, RequestOptions};
+//!
+//! let upstream = dspex::mock::MockServer::start(Default::default()).await?;
+//! let client = Client::from_config(&ClientConfig::default()).await?;
+//! client
+//!     .add_provider(ProviderConfig::openai_compatible("local", &upstream.base_url(), "mock-model")?)
+//!     .await?;
+//! let reply = client
+//!     .request("local", vec![Message::user("ping")], RequestOptions::new())
+//!     .await?;
+//! assert_eq!(reply.text(), "echo: ping");
+//! # Ok(()) }
+//! ```
+
+pub use dspex_client::*;
+pub use dspex_core as core;
+#[cfg(feature = "mock")]
+pub use dspex_mock as mock;
