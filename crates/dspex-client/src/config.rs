@@ -255,12 +255,17 @@ fn redact_url<S: Serializer>(url: &Option<String>, s: S) -> std::result::Result<
 /// A URL with any password replaced, for printing.
 pub fn redacted_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // Only fails for URLs that cannot have a password, which this one has.
-            let _ = parsed.set_password(Some(dspex_core::config::REDACTED));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+        Ok(parsed) => match parsed.password() {
+            // Replace the text itself: setting the password would percent-encode
+            // the marker.
+            Some(password) => url.replacen(
+                &format!(":{password}@"),
+                &format!(":{}@", dspex_core::config::REDACTED),
+                1,
+            ),
+            None => url.to_owned(),
+        },
+        Err(_) => url.to_owned(),
     }
 }
 

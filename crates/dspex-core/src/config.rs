@@ -119,8 +119,9 @@ impl ConfigLoaderBuilder {
         if self.env {
             let filter_known = Arc::clone(&known);
             figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").filter(move |key| {
+                // Keys are still upper case here; figment lowercases them later.
                 let first = key.as_str().split('.').next().unwrap_or_default();
-                filter_known.iter().any(|k| k == first)
+                filter_known.iter().any(|k| k.eq_ignore_ascii_case(first))
             }));
         }
         let loader = ConfigLoader {

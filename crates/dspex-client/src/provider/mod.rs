@@ -479,23 +479,15 @@ pub(crate) fn wire_error(
             message,
             context,
         },
-        WireError::Malformed(message) => {
-            let message = shared.scrub(&message);
-            if streaming {
-                ClientError::Truncated {
-                    provider,
-                    streaming,
-                    message: format!("garbled event: {message}"),
-                    context,
-                }
+        WireError::Malformed(message) => ClientError::MalformedResponse {
+            provider,
+            message: if streaming {
+                format!("garbled stream event: {}", shared.scrub(&message))
             } else {
-                ClientError::MalformedResponse {
-                    provider,
-                    message,
-                    context,
-                }
-            }
-        }
+                shared.scrub(&message)
+            },
+            context,
+        },
         WireError::Upstream {
             status,
             message,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
 use super::limit::{Admission, BucketSpec, Cost, Reservation, Settler};
@@ -168,7 +168,12 @@ impl RedisLimiter {
         let client = redis::Client::open(url).map_err(|e| CoreError::Backend {
             message: format!("invalid Redis URL: {}", e.detail().unwrap_or("malformed")),
         })?;
-        let connection = ConnectionManager::new(client)
+        // Fail fast at start-up on a wrong address; reconnect quietly later.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| backend(&e))?;
         Ok(Self::with_connection(connection, name, buckets))

@@ -1,0 +1,312 @@
+//! The `dspex` binary end to end: real processes, real config files, the mock
+//! upstream over loopback.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+
+use dspex::mock::{Fault, MockConfig, MockServer};
+use serde_json::Value;
+
+const KEY: &str = "sk-cli-test-SECRET-9876543210fedcba";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn dspex(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dspex"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DSPEX_CONFIG")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("DSPEX_LOG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().await.unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("dspex.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn mock_config(base_url: &str, extra: &str) -> String {
+    format!(
+        "[providers.mock]\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"gpt-4o-mini\"\nmax_retries = 0\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_json_prints_the_normalised_response_without_the_key() {
+    let upstream = MockServer::start(MockConfig {
+        require_api_key: Some(KEY.into()),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &mock_config(&upstream.base_url(), "api_key_env = \"CLI_TEST_KEY\""),
+    );
+    let run = dspex(
+        dir.path(),
+        &[
+            "--log",
+            "trace",
+            "chat",
+            "--json",
+            "--max-tokens",
+            "40",
+            "hello there",
+        ],
+        &[("CLI_TEST_KEY", KEY)],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["choices"][0]["content"], "echo: hello there");
+    assert!(json["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(json["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["attempts"], 1);
+    assert!(!run.stdout.contains(KEY) && !run.stderr.contains(KEY));
+    assert!(
+        run.stderr.contains("TRACE") || run.stderr.contains("DEBUG"),
+        "trace logging was on"
+    );
+
+    // Streamed, plain text.
+    let run = dspex(
+        dir.path(),
+        &["chat", "--stream", "stream me"],
+        &[("CLI_TEST_KEY", KEY)],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "echo: stream me");
+
+    // A wrong key: a provider error (exit 3), with the refused key scrubbed from
+    // the provider's message.
+    let run = dspex(
+        dir.path(),
+        &["--log", "trace", "chat", "x"],
+        &[("CLI_TEST_KEY", "sk-wrong-key-0000000000")],
+    )
+    .await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("authentication"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("sk-wrong-key-0000000000"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_errors_exit_3_with_the_correlation_id_and_trail() {
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock_config(&upstream.base_url(), ""));
+    upstream.enqueue([Fault::Status {
+        code: 400,
+        retry_after_secs: None,
+        message: "messages: too many".into(),
+    }]);
+    let run = dspex(dir.path(), &["chat", "x"], &[]).await;
+    assert_eq!(run.code, 3);
+    assert!(
+        run.stderr
+            .contains("bad request (HTTP 400): messages: too many"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("correlation id: "), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("[provider] mock (openai) model gpt-4o-mini"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_config_errors_exit_2_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "[providers.openai]\nkind = \"openai\"\npool_size = \"lots\"\n",
+    );
+    let run = dspex(dir.path(), &["config", "check"], &[]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("providers.openai.pool_size"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&path.display().to_string()) || run.stderr.contains("dspex.toml"),
+        "{}",
+        run.stderr
+    );
+
+    write_config(dir.path(), &mock_config("http://127.0.0.1:9/v1", ""));
+    let run = dspex(dir.path(), &["chat", "--provider", "nope", "x"], &[]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("no provider named `nope` (configured: mock)"),
+        "{}",
+        run.stderr
+    );
+
+    let run = dspex(
+        dir.path(),
+        &["--config", "/nonexistent.toml", "chat", "x"],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("/nonexistent.toml"), "{}", run.stderr);
+
+    let run = dspex(dir.path(), &["chat"], &[]).await;
+    assert_eq!(run.code, 2, "clap usage errors exit 2");
+
+    let empty = tempfile::tempdir().unwrap();
+    let run = dspex(empty.path(), &["chat", "x"], &[]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("OPENAI_API_KEY"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_prints_the_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        "rate_limit_backend = \"redis://:hunter2-password@127.0.0.1:6379/0\"\n[providers.openai]\nkind = \"openai\"\napi_key_env = \"CLI_TEST_KEY\"\nrpm = 500\n[providers.openai.headers]\nx-org-token = \"org-secret-token\"\n",
+    );
+    let run = dspex(
+        dir.path(),
+        &["config", "check"],
+        &[
+            ("CLI_TEST_KEY", KEY),
+            ("DSPEX_PROVIDERS__OPENAI__POOL_SIZE", "7"),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("pool_size = 7"),
+        "the environment override applies:\n{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("[redacted] (from $CLI_TEST_KEY)"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("limit = 500"), "{}", run.stdout);
+    for secret in [KEY, "hunter2-password", "org-secret-token"] {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{secret} leaked:\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_come_from_the_sdk_environment_without_a_file() {
+    let upstream = MockServer::start(MockConfig {
+        require_api_key: Some(KEY.into()),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = upstream.base_url();
+    let run = dspex(
+        dir.path(),
+        &["chat", "from the environment"],
+        &[("OPENAI_API_KEY", KEY), ("OPENAI_BASE_URL", &base)],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "echo: from the environment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_successes_errors_and_percentiles() {
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock_config(&upstream.base_url(), ""));
+    for mode in [
+        &["load", "--requests", "200", "--concurrency", "8", "--json"][..],
+        &[
+            "load",
+            "--requests",
+            "200",
+            "--concurrency",
+            "8",
+            "--json",
+            "--bare",
+        ][..],
+    ] {
+        let run = dspex(dir.path(), mode, &[]).await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let report: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(report["successes"], 200);
+        assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(
+            report["latency_ms"]["p99"].as_f64().unwrap()
+                >= report["latency_ms"]["p50"].as_f64().unwrap()
+        );
+        assert!(report["throughput_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(upstream.stats().requests, 400);
+    upstream.enqueue([Fault::server_error(), Fault::status(400)]);
+    let run = dspex(
+        dir.path(),
+        &["load", "--requests", "10", "--concurrency", "1", "--json"],
+        &[],
+    )
+    .await;
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["successes"], 8);
+    assert_eq!(report["errors"]["server_error"], 1);
+    assert_eq!(report["errors"]["bad_request"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_main_job_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dspex(dir.path(), &["demo"], &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("\"echo: What is DSPex?\""),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("2 attempt(s)"),
+        "the 503 was retried:\n{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("request_completed=3"), "{}", run.stdout);
+}

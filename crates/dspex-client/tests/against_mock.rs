@@ -1,0 +1,968 @@
+//! The client end to end, over real loopback HTTP, against the mock upstream.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dspex_client::config::RawProvider;
+use dspex_client::events::{LimitSource, Outcome};
+use dspex_client::{
+    ApiErrorKind, ChatParams, Client, ClientConfig, ClientError, EmbeddingRequest, EventKind,
+    FinishReason, Message, ProviderConfig, RequestOptions, ResponseFormat, StreamEvent,
+    TimeoutPhase,
+};
+use dspex_core::CorrelationId;
+use dspex_core::events::{Delivery, Subscription};
+use dspex_core::protect::CircuitState;
+use dspex_mock::{Fault, MockConfig, MockServer};
+use futures::StreamExt;
+use serde_json::json;
+
+const KEY: &str = "sk-dspex-test-SECRET-0123456789abcdef";
+
+fn provider(
+    id: &str,
+    kind: &str,
+    base_url: &str,
+    tweak: impl FnOnce(&mut RawProvider),
+) -> ProviderConfig {
+    let mut raw = RawProvider {
+        kind: Some(kind.into()),
+        base_url: Some(base_url.into()),
+        model: Some(
+            if kind == "openai" {
+                "gpt-4o-mini"
+            } else {
+                "claude-3-5-haiku-latest"
+            }
+            .into(),
+        ),
+        retry_base_ms: Some(5),
+        retry_max_ms: Some(50),
+        ..RawProvider::default()
+    };
+    tweak(&mut raw);
+    ProviderConfig::validate(id, &raw, None, &|name| {
+        (name == "DSPEX_TEST_KEY").then(|| KEY.to_owned())
+    })
+    .unwrap()
+}
+
+async fn client_with(providers: Vec<ProviderConfig>) -> Client {
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    for p in providers {
+        client.add_provider(p).await.unwrap();
+    }
+    client
+}
+
+async fn mock(config: MockConfig) -> MockServer {
+    MockServer::start(config).await.unwrap()
+}
+
+fn user(text: &str) -> Vec<Message> {
+    vec![Message::user(text)]
+}
+
+fn drain(sub: &mut Subscription<dspex_client::Event>) -> Vec<Arc<dspex_client::Event>> {
+    let mut out = Vec::new();
+    while let Some(e) = sub.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+fn completions(events: &[Arc<dspex_client::Event>]) -> Vec<dspex_client::events::Completion> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::RequestCompleted(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_round_trip_reports_usage_and_exactly_one_completion() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |_| {})]).await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    let id = CorrelationId::from("run-42");
+    let response = client
+        .request(
+            "oa",
+            vec![Message::system("Be brief."), Message::user("hello there")],
+            RequestOptions::new()
+                .correlation_id(id.clone())
+                .tag("step", "greet"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.text(), "echo: hello there");
+    assert_eq!(response.finish_reason(), Some(&FinishReason::Stop));
+    assert!(response.usage.input_tokens > 0 && response.usage.output_tokens > 0);
+    assert_eq!(response.attempts, 1);
+    assert_eq!(response.correlation_id, id);
+    assert!(
+        response
+            .request_id
+            .as_deref()
+            .is_some_and(|r| r.starts_with("req_"))
+    );
+    let stats = upstream.stats();
+    assert_eq!(stats.input_tokens, response.usage.input_tokens);
+    assert_eq!(stats.output_tokens, response.usage.output_tokens);
+
+    let events = drain(&mut events);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.correlation_id.as_ref() == Some(&id))
+    );
+    let done = completions(&events);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].outcome, Outcome::Success);
+    assert_eq!(done[0].usage, response.usage);
+    assert_eq!(
+        done[0].call.tags.get("step").map(String::as_str),
+        Some("greet")
+    );
+    assert_eq!(&*done[0].call.provider, "oa");
+    assert_eq!(done[0].call.system, "openai");
+}
+
+#[tokio::test]
+async fn anthropic_gets_its_own_wire_format() {
+    let upstream = mock(MockConfig {
+        record_requests: 10,
+        ..MockConfig::default()
+    })
+    .await;
+    let client = client_with(vec![provider(
+        "claude",
+        "anthropic",
+        &upstream.anthropic_base_url(),
+        |r| {
+            r.api_key_env = Some("DSPEX_TEST_KEY".into());
+            r.default_max_tokens = Some(321);
+        },
+    )])
+    .await;
+    let response = client
+        .request(
+            "claude",
+            vec![Message::system("Be kind."), Message::user("hi")],
+            RequestOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.text(), "echo: hi");
+    assert!(
+        response
+            .id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("msg_"))
+    );
+    let recorded = upstream.recorded();
+    let request = recorded.last().unwrap();
+    assert_eq!(request.route, "messages");
+    assert_eq!(request.body["system"], "Be kind.");
+    assert_eq!(request.body["max_tokens"], 321);
+    assert_eq!(
+        request.body["messages"],
+        json!([{"role": "user", "content": "hi"}])
+    );
+    assert_eq!(
+        request.headers.get("anthropic-version").map(String::as_str),
+        Some("2023-06-01")
+    );
+    assert!(request.headers.contains_key("x-api-key"));
+    assert!(!request.headers.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn both_providers_stream_and_report_usage() {
+    let upstream = mock(MockConfig {
+        record_requests: 10,
+        chunk_chars: 4,
+        ..MockConfig::default()
+    })
+    .await;
+    let client = client_with(vec![
+        provider("oa", "openai", &upstream.base_url(), |_| {}),
+        provider(
+            "claude",
+            "anthropic",
+            &upstream.anthropic_base_url(),
+            |_| {},
+        ),
+    ])
+    .await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    for id in ["oa", "claude"] {
+        let prompt = "stream this reply please";
+        let mut stream = client
+            .request_stream(id, user(prompt), RequestOptions::new())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        let mut deltas = 0;
+        let mut done = None;
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                StreamEvent::Delta(d) => {
+                    deltas += 1;
+                    text.push_str(&d.content);
+                }
+                StreamEvent::Done(response) => done = Some(response),
+            }
+        }
+        let done = done.expect("a final response");
+        assert_eq!(text, format!("echo: {prompt}"), "{id}");
+        assert_eq!(done.text(), text);
+        assert!(deltas >= 7, "{id}: {deltas} deltas");
+        assert!(
+            done.usage.input_tokens > 0 && done.usage.output_tokens > 0,
+            "{id}: {:?}",
+            done.usage
+        );
+        assert_eq!(done.finish_reason(), Some(&FinishReason::Stop));
+    }
+    let recorded = upstream.recorded();
+    assert_eq!(
+        recorded[0].body["stream_options"],
+        json!({"include_usage": true})
+    );
+    assert_eq!(recorded[1].body["stream"], true);
+    let done = completions(&drain(&mut events));
+    assert_eq!(done.len(), 2);
+    assert!(
+        done.iter()
+            .all(|c| c.outcome == Outcome::Success && c.usage.output_tokens > 0)
+    );
+}
+
+#[tokio::test]
+async fn retries_honour_retry_after() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |_| {})]).await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    upstream.enqueue([Fault::rate_limited(1)]);
+    let start = Instant::now();
+    let response = client
+        .request("oa", user("patience"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "waited {:?}",
+        start.elapsed()
+    );
+    assert_eq!(response.attempts, 2);
+    let events = drain(&mut events);
+    let retry = events.iter().find_map(|e| match &e.kind {
+        EventKind::Retrying(r) => Some(r.clone()),
+        _ => None,
+    });
+    assert!(retry.unwrap().delay >= Duration::from_secs(1));
+    assert!(events.iter().any(
+        |e| matches!(&e.kind, EventKind::RateLimited(r) if r.source == LimitSource::Upstream)
+    ));
+    assert_eq!(completions(&events)[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_fail_with_the_trail() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.max_retries = Some(2)
+    })])
+    .await;
+    upstream.enqueue([
+        Fault::server_error(),
+        Fault::server_error(),
+        Fault::server_error(),
+    ]);
+    let error = client
+        .request(
+            "oa",
+            user("x"),
+            RequestOptions::new().correlation_id("run-7".into()),
+        )
+        .await
+        .unwrap_err();
+    let ClientError::Api { kind, status, .. } = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!((*kind, *status), (ApiErrorKind::Server, 500));
+    assert!(error.is_retryable());
+    assert_eq!(upstream.stats().requests, 3);
+    let context = error.context().unwrap();
+    assert_eq!(context.correlation_id.as_str(), "run-7");
+    let attempts = context
+        .breadcrumbs
+        .iter()
+        .filter(|b| b.category == "attempt")
+        .count();
+    assert_eq!(attempts, 3, "{context}");
+    assert!(
+        context.breadcrumbs[0]
+            .message
+            .contains("oa (openai) model gpt-4o-mini"),
+        "{context}"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_map_to_typed_kinds_and_are_not_retried() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |_| {})]).await;
+    for (status, kind, retryable) in [
+        (400, ApiErrorKind::BadRequest, false),
+        (401, ApiErrorKind::Authentication, false),
+        (403, ApiErrorKind::PermissionDenied, false),
+        (404, ApiErrorKind::NotFound, false),
+        (413, ApiErrorKind::PayloadTooLarge, false),
+        (422, ApiErrorKind::UnprocessableEntity, false),
+    ] {
+        upstream.reset_stats();
+        upstream.enqueue([Fault::Status {
+            code: status,
+            retry_after_secs: None,
+            message: format!("custom message {status}"),
+        }]);
+        let error = client
+            .request("oa", user("x"), RequestOptions::new())
+            .await
+            .unwrap_err();
+        let ClientError::Api {
+            kind: got, message, ..
+        } = &error
+        else {
+            panic!("{error:?}")
+        };
+        assert_eq!(*got, kind);
+        assert_eq!(message, &format!("custom message {status}"));
+        assert_eq!(error.is_retryable(), retryable);
+        assert_eq!(upstream.stats().requests, 1, "{status} was not retried");
+    }
+    // 408 and 5xx are retried.
+    upstream.reset_stats();
+    upstream.enqueue([Fault::status(408), Fault::status(503)]);
+    let ok = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(ok.attempts, 3);
+}
+
+#[tokio::test]
+async fn breaker_opens_fails_fast_half_opens_and_closes() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.max_retries = Some(0);
+        r.circuit_breaker = Some(dspex_client::config::RawBreaker {
+            failure_threshold: Some(2),
+            open_ms: Some(300),
+            half_open_probes: Some(1),
+        });
+    })])
+    .await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    // 429s and client errors are not failures.
+    upstream.enqueue([
+        Fault::rate_limited(0),
+        Fault::status(400),
+        Fault::status(404),
+    ]);
+    for _ in 0..3 {
+        client
+            .request("oa", user("x"), RequestOptions::new())
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(
+        client.provider("oa").unwrap().circuit_state(),
+        CircuitState::Closed
+    );
+    upstream.enqueue([Fault::server_error(), Fault::server_error()]);
+    for _ in 0..2 {
+        client
+            .request("oa", user("x"), RequestOptions::new())
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(
+        client.provider("oa").unwrap().circuit_state(),
+        CircuitState::Open
+    );
+    let seen = upstream.stats().requests;
+    let error = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    let ClientError::CircuitOpen {
+        retry_in, provider, ..
+    } = &error
+    else {
+        panic!("{error:?}")
+    };
+    assert!(*retry_in <= Duration::from_millis(300));
+    assert_eq!(&**provider, "oa");
+    assert_eq!(
+        upstream.stats().requests,
+        seen,
+        "failed fast without reaching the upstream"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    client
+        .request("oa", user("probe"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        client.provider("oa").unwrap().circuit_state(),
+        CircuitState::Closed
+    );
+    let changes: Vec<(CircuitState, CircuitState)> = drain(&mut events)
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::CircuitChanged(c) => Some((c.from, c.to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::HalfOpen),
+            (CircuitState::HalfOpen, CircuitState::Closed)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_truncated_replies_are_typed() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.max_retries = Some(0)
+    })])
+    .await;
+    upstream.enqueue([Fault::Malformed]);
+    let error = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::MalformedResponse { .. }),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+
+    upstream.enqueue([Fault::Truncate]);
+    let error = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Truncated {
+                streaming: false,
+                ..
+            } | ClientError::MalformedResponse { .. }
+        ),
+        "{error:?}"
+    );
+
+    for fault in [Fault::Truncate, Fault::Malformed] {
+        upstream.enqueue([fault.clone()]);
+        let mut stream = client
+            .request_stream(
+                "oa",
+                user("a long enough prompt to stream in pieces"),
+                RequestOptions::new(),
+            )
+            .await
+            .unwrap();
+        let mut error = None;
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                error = Some(e);
+            }
+        }
+        let error = error.unwrap_or_else(|| panic!("{fault:?} gave no error"));
+        match fault {
+            Fault::Truncate => assert!(
+                matches!(
+                    error,
+                    ClientError::Truncated {
+                        streaming: true,
+                        ..
+                    }
+                ),
+                "{error:?}"
+            ),
+            _ => assert!(
+                matches!(error, ClientError::MalformedResponse { .. }),
+                "{error:?}"
+            ),
+        }
+        assert!(
+            !error.is_retryable(),
+            "nothing is retried once a stream has started"
+        );
+    }
+}
+
+#[tokio::test]
+async fn first_byte_timeouts_are_typed_and_retried() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![
+        provider("patient", "openai", &upstream.base_url(), |r| {
+            r.first_byte_timeout_ms = Some(150)
+        }),
+        provider("once", "openai", &upstream.base_url(), |r| {
+            r.first_byte_timeout_ms = Some(150);
+            r.max_retries = Some(0);
+        }),
+    ])
+    .await;
+    upstream.enqueue([Fault::Hang(Duration::from_secs(5))]);
+    let ok = client
+        .request("patient", user("x"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(ok.attempts, 2);
+    upstream.enqueue([Fault::Hang(Duration::from_secs(5))]);
+    let error = client
+        .request("once", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::Timeout { phase: TimeoutPhase::FirstByte, after, .. } if after == Duration::from_millis(150)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn connection_failures_are_typed() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let client = client_with(vec![provider(
+        "gone",
+        "openai",
+        &format!("http://127.0.0.1:{port}/v1"),
+        |r| {
+            r.max_retries = Some(1);
+        },
+    )])
+    .await;
+    let error = client
+        .request("gone", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
+    assert!(error.is_retryable());
+    assert!(
+        !error.to_string().contains("/v1/chat"),
+        "no URL path in messages: {error}"
+    );
+}
+
+#[tokio::test]
+async fn local_buckets_wait_then_refuse_with_the_bucket_name() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.limits = vec![dspex_client::config::RawLimit {
+            kind: "requests".into(),
+            limit: 2,
+            window: "1s".into(),
+        }];
+        r.max_wait_ms = Some(50);
+    })])
+    .await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    for _ in 0..2 {
+        client
+            .request("oa", user("x"), RequestOptions::new())
+            .await
+            .unwrap();
+    }
+    let error = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    let ClientError::RateLimited {
+        bucket,
+        retry_after,
+        ..
+    } = &error
+    else {
+        panic!("{error:?}")
+    };
+    assert_eq!(bucket, "requests/1s");
+    assert!(*retry_after <= Duration::from_secs(1));
+    assert_eq!(upstream.stats().requests, 2);
+    // With a longer allowed wait, the same call waits for room instead.
+    let start = Instant::now();
+    let options = RequestOptions {
+        max_wait: Some(Duration::from_secs(3)),
+        ..RequestOptions::new()
+    };
+    client.request("oa", user("x"), options).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(drain(&mut events).iter().any(
+        |e| matches!(&e.kind, EventKind::RateLimited(r) if r.source == LimitSource::Local && r.bucket == "requests/1s")
+    ));
+}
+
+#[tokio::test]
+async fn token_buckets_refuse_what_can_never_fit() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.tpm = Some(100)
+    })])
+    .await;
+    let error = client
+        .request("oa", user("x"), RequestOptions::new().max_tokens(1_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::OverCapacity { limit: 100, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("tokens/1m"), "{error}");
+    assert_eq!(upstream.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn an_upstream_429_pauses_the_provider() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.max_retries = Some(0)
+    })])
+    .await;
+    upstream.enqueue([Fault::rate_limited(1)]);
+    let error = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(1)));
+    let start = Instant::now();
+    client
+        .request("oa", user("y"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_pool_bounds_requests_in_flight() {
+    let upstream = mock(MockConfig {
+        latency_ms: 20,
+        ..MockConfig::default()
+    })
+    .await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.pool_size = Some(4)
+    })])
+    .await;
+    let calls = (0..32).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .request("oa", user(&format!("call {i}")), RequestOptions::new())
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok));
+    let stats = upstream.stats();
+    assert_eq!(stats.requests, 32);
+    assert!(
+        stats.max_in_flight <= 4,
+        "{} in flight",
+        stats.max_in_flight
+    );
+    assert_eq!(client.provider("oa").unwrap().available_slots(), 4);
+}
+
+#[tokio::test]
+async fn n_choices_tools_and_json_mode_pass_through() {
+    let upstream = mock(MockConfig {
+        record_requests: 10,
+        ..MockConfig::default()
+    })
+    .await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |_| {})]).await;
+    let two = client
+        .request(
+            "oa",
+            user("pick"),
+            RequestOptions::new().params(ChatParams {
+                n: Some(2),
+                ..ChatParams::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(two.choices.len(), 2);
+    assert_eq!(two.choices[1].index, 1);
+
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let called = client
+        .request(
+            "oa",
+            user("what is the weather in Paris?"),
+            RequestOptions::new().params(ChatParams {
+                tools: Some(tools.clone()),
+                tool_choice: Some(json!("auto")),
+                ..ChatParams::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(called.finish_reason(), Some(&FinishReason::ToolCalls));
+    let calls = called.choices[0].tool_calls.as_ref().unwrap();
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(upstream.recorded()[1].body["tools"], tools);
+
+    let json_reply = client
+        .request(
+            "oa",
+            user("answer in json"),
+            RequestOptions::new().params(ChatParams {
+                response_format: Some(ResponseFormat::JsonSchema {
+                    name: "answer".into(),
+                    schema: json!({"type": "object", "properties": {"answer": {"type": "string"}, "score": {"type": "number"}}}),
+                    strict: true,
+                }),
+                ..ChatParams::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(json_reply.text()).unwrap();
+    assert!(
+        parsed["answer"].is_string() && parsed["score"].is_number(),
+        "{parsed}"
+    );
+}
+
+#[tokio::test]
+async fn embeddings_round_trip() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![
+        provider("oa", "openai", &upstream.base_url(), |_| {}),
+        provider(
+            "claude",
+            "anthropic",
+            &upstream.anthropic_base_url(),
+            |_| {},
+        ),
+    ])
+    .await;
+    let request = EmbeddingRequest {
+        input: vec!["first text".into(), "second text".into(), "third".into()],
+        dimensions: Some(64),
+        ..EmbeddingRequest::default()
+    };
+    let response = client
+        .embed("oa", request.clone(), RequestOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(response.vectors.len(), 3);
+    assert!(response.vectors.iter().all(|v| v.len() == 64));
+    let norm: f32 = response.vectors[0].iter().map(|x| x * x).sum();
+    assert!((norm - 1.0).abs() < 1e-3);
+    let error = client
+        .embed("claude", request, RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::Unsupported { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn dropped_calls_and_streams_record_one_cancellation_each() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |_| {})]).await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    upstream.enqueue([Fault::Hang(Duration::from_secs(10))]);
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.request("oa", user("slow"), RequestOptions::new()),
+    )
+    .await;
+    assert!(abandoned.is_err());
+    let mut stream = client
+        .request_stream(
+            "oa",
+            user("a reply long enough to come in many pieces"),
+            RequestOptions::new(),
+        )
+        .await
+        .unwrap();
+    let _first = stream.next().await.unwrap().unwrap();
+    drop(stream);
+    let done = completions(&drain(&mut events));
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done.iter().all(|c| c.outcome == Outcome::Cancelled),
+        "{done:?}"
+    );
+    assert_eq!(
+        client.provider("oa").unwrap().available_slots(),
+        16,
+        "slots released"
+    );
+}
+
+#[tokio::test]
+async fn unknown_providers_list_the_known_ones_and_are_recorded() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |_| {})]).await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    let error = client
+        .request("nope", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "no provider named `nope` (configured: oa)"
+    );
+    let done = completions(&drain(&mut events));
+    assert_eq!(done.len(), 1);
+    assert!(matches!(
+        done[0].outcome,
+        Outcome::Failed {
+            error_kind: "unknown_provider",
+            ..
+        }
+    ));
+    let error = client
+        .request("oa", vec![], RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::InvalidRequest { .. }),
+        "{error:?}"
+    );
+}
+
+/// Collects everything every tracing event writes, at every level, from every crate.
+#[derive(Clone, Default)]
+struct Capture(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_api_key_appears_in_no_log_error_or_debug_output() {
+    let capture = Capture::default();
+    let sink = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The mock wants another key and quotes the one it got, like a careless provider.
+    let upstream = mock(MockConfig {
+        require_api_key: Some("a-different-key".into()),
+        record_requests: 10,
+        ..MockConfig::default()
+    })
+    .await;
+    let client = client_with(vec![
+        provider("oa", "openai", &upstream.base_url(), |r| {
+            r.api_key_env = Some("DSPEX_TEST_KEY".into())
+        }),
+        provider("claude", "anthropic", &upstream.anthropic_base_url(), |r| {
+            r.api_key_env = Some("DSPEX_TEST_KEY".into());
+        }),
+    ])
+    .await;
+    let mut texts = Vec::new();
+    for id in ["oa", "claude"] {
+        let error = client
+            .request(id, user("x"), RequestOptions::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ClientError::Api { status: 401, .. }),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("[redacted]"),
+            "the key was quoted, then scrubbed: {error}"
+        );
+        texts.push(error.to_string());
+        texts.push(format!("{error:?}"));
+        texts.push(format!("{}", error.context().unwrap()));
+        let mut stream_error = None;
+        match client
+            .request_stream(id, user("x"), RequestOptions::new())
+            .await
+        {
+            Err(e) => stream_error = Some(e),
+            Ok(mut s) => {
+                while let Some(item) = s.next().await {
+                    if let Err(e) = item {
+                        stream_error = Some(e);
+                    }
+                }
+            }
+        }
+        texts.push(format!("{:?}", stream_error.unwrap()));
+    }
+    // The key did reach the upstream, in the right header.
+    let recorded = upstream.recorded();
+    assert!(
+        recorded
+            .iter()
+            .any(|r| r.headers.values().any(|v| v.contains(KEY)))
+    );
+    texts.push(format!("{client:?}"));
+    texts.push(format!("{:?}", client.provider("oa").unwrap()));
+    texts.push(serde_json::to_string(client.provider("oa").unwrap().config()).unwrap());
+    texts.push(String::from_utf8_lossy(&capture.0.lock()).into_owned());
+    assert!(
+        texts.last().unwrap().len() > 1_000,
+        "the capture saw the HTTP traffic logs"
+    );
+    for text in &texts {
+        assert!(!text.contains(KEY), "the key leaked into: {text}");
+        assert!(
+            !text.contains("0123456789abcdef"),
+            "part of the key leaked into: {text}"
+        );
+    }
+}
