@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::common::{self, Failure};
 
-#[derive(clap::Subcommand, Debug)]
+#[derive(clap::Subcommand, Debug, Clone, Copy)]
 pub(crate) enum ConfigCommand {
     /// Validate the config and print the effective values (secrets redacted).
     Check,

@@ -26,7 +26,7 @@ use crate::events::{
 };
 use crate::provider::{HttpTransport, Transport, anthropic, openai, wire_error};
 use crate::stream::{ChatStream, StreamParts};
-use crate::telemetry::{Ending, Recorder};
+use crate::telemetry::{CallMetrics, Ending, Recorder};
 use crate::tokens;
 use crate::types::{
     ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message, RequestOptions, Usage,
@@ -41,6 +41,7 @@ pub(crate) struct ProviderShared {
     pub(crate) limits_requests: bool,
     pub(crate) limits_tokens: bool,
     pub(crate) events: EventBus,
+    pub(crate) metrics: Arc<CallMetrics>,
 }
 
 type Stack = BoxCloneSyncService<Call, Reply, ClientError>;
@@ -102,7 +103,7 @@ impl Provider {
             ),
             None => Arc::new(LocalLimiter::new(config.limits.clone())),
         };
-        let host = reqwest::Url::parse(&config.base_url)
+        let host = url::Url::parse(&config.base_url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
@@ -113,6 +114,7 @@ impl Provider {
             host: Arc::from(host),
             limiter: Arc::clone(&limiter),
             events: events.clone(),
+            metrics: Arc::default(),
             config,
         });
         let transport: Arc<dyn Transport> = Arc::new(HttpTransport::new(Arc::clone(&shared))?);
@@ -212,6 +214,8 @@ impl Provider {
 struct ClientInner {
     providers: Registry<Provider>,
     events: EventBus,
+    /// Metrics of calls to unknown providers.
+    metrics: Arc<CallMetrics>,
     default_provider: Option<String>,
 }
 
@@ -252,6 +256,7 @@ impl Client {
             inner: Arc::new(ClientInner {
                 providers: Registry::new("provider"),
                 events,
+                metrics: Arc::default(),
                 default_provider: config.default_provider_id().map(str::to_owned),
             }),
         };
@@ -315,6 +320,7 @@ impl Client {
         let Ok(provider) = self.inner.providers.get(provider_id) else {
             let recorder = Recorder::start(
                 &self.inner.events,
+                &self.inner.metrics,
                 "",
                 CallInfo {
                     provider: Arc::from(provider_id),
@@ -361,6 +367,7 @@ impl Client {
         };
         let mut recorder = Recorder::start(
             &shared.events,
+            &shared.metrics,
             &shared.host,
             CallInfo {
                 provider: Arc::clone(&shared.id),

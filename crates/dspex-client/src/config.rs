@@ -254,7 +254,7 @@ fn redact_url<S: Serializer>(url: &Option<String>, s: S) -> std::result::Result<
 
 /// A URL with any password replaced, for printing.
 pub fn redacted_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(parsed) => match parsed.password() {
             // Replace the text itself: setting the password would percent-encode
             // the marker.
@@ -424,7 +424,7 @@ impl ProviderConfig {
             .base_url
             .clone()
             .unwrap_or_else(|| kind.default_base_url().to_owned());
-        match reqwest::Url::parse(&base_url) {
+        match url::Url::parse(&base_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
             Ok(_) => {
                 return Err(CoreError::config(
@@ -588,7 +588,7 @@ impl ProviderConfig {
             n => n,
         };
         for name in raw.headers.keys() {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(CoreError::config(
                     key(&format!("headers.{name}")),
                     "is not a valid HTTP header name",

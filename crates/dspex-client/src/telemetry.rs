@@ -15,7 +15,11 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use dspex_core::CorrelationId;
+use parking_lot::RwLock;
 use tokio::time::Instant;
 use tracing::Span;
 use tracing::field::Empty;
@@ -58,6 +62,7 @@ impl Ending {
 /// exactly one completion event.
 pub(crate) struct Recorder {
     events: EventBus,
+    metrics: Arc<CallMetrics>,
     info: CallInfo,
     correlation_id: CorrelationId,
     call: Option<Call>,
@@ -69,6 +74,7 @@ pub(crate) struct Recorder {
 impl Recorder {
     pub(crate) fn start(
         events: &EventBus,
+        metrics: &Arc<CallMetrics>,
         host: &str,
         info: CallInfo,
         correlation_id: CorrelationId,
@@ -120,6 +126,7 @@ impl Recorder {
         }
         Self {
             events: events.clone(),
+            metrics: Arc::clone(metrics),
             info,
             correlation_id,
             call: None,
@@ -188,44 +195,27 @@ impl Recorder {
                 }
             }
         }
-        let system = self.info.system;
-        let operation = self.info.operation.otel_name();
-        let model = self.info.model.to_string();
         let error_type = match &ending.outcome {
             Outcome::Success => "",
-            Outcome::Failed { error_kind, .. } => error_kind,
+            Outcome::Failed { error_kind, .. } => *error_kind,
             Outcome::Cancelled => "cancelled",
         };
-        metrics::histogram!(
-            "gen_ai.client.operation.duration",
-            "gen_ai.system" => system,
-            "gen_ai.operation.name" => operation,
-            "gen_ai.request.model" => model.clone(),
-            "error.type" => error_type,
-        )
-        .record(latency.as_secs_f64());
+        let handles = self
+            .metrics
+            .handles(&self.info, error_type, ending.outcome.as_str());
+        handles.duration.record(latency.as_secs_f64());
         if ending.usage.total_tokens() > 0 {
-            for (kind, tokens) in [
-                ("input", ending.usage.input_tokens),
-                ("output", ending.usage.output_tokens),
-            ] {
-                metrics::histogram!(
-                    "gen_ai.client.token.usage",
-                    "gen_ai.system" => system,
-                    "gen_ai.operation.name" => operation,
-                    "gen_ai.request.model" => model.clone(),
-                    "gen_ai.token.type" => kind,
-                )
-                .record(tokens as f64);
-            }
+            handles
+                .input_tokens
+                .record(ending.usage.input_tokens as f64);
+            handles
+                .output_tokens
+                .record(ending.usage.output_tokens as f64);
         }
-        metrics::counter!(
-            "dspex_requests_total",
-            "provider" => self.info.provider.to_string(),
-            "model" => model,
-            "outcome" => ending.outcome.as_str(),
-        )
-        .increment(1);
+        handles.requests.increment(1);
+        if !self.events.has_subscribers() {
+            return;
+        }
         self.events.publish(Event::now(
             Some(self.correlation_id.clone()),
             EventKind::RequestCompleted(Completion {
@@ -254,5 +244,73 @@ impl Drop for Recorder {
                 request_id: None,
             });
         }
+    }
+}
+
+/// Model, error type and outcome.
+type HandleKey = (Arc<str>, &'static str, &'static str);
+
+/// The metric handles of one (model, outcome) pair.
+pub(crate) struct Handles {
+    duration: metrics::Histogram,
+    input_tokens: metrics::Histogram,
+    output_tokens: metrics::Histogram,
+    requests: metrics::Counter,
+}
+
+/// Metric handles by model and outcome, registered once and reused: building
+/// labels allocates, and a call should not pay for that each time.
+///
+/// Handles bind to the metrics recorder installed when they are first used, so
+/// install a recorder (for example with
+/// [`install_prometheus`](dspex_core::telemetry::install_prometheus)) before
+/// the first call.
+#[derive(Default)]
+pub(crate) struct CallMetrics {
+    handles: RwLock<HashMap<HandleKey, Arc<Handles>>>,
+}
+
+impl CallMetrics {
+    fn handles(
+        &self,
+        info: &CallInfo,
+        error_type: &'static str,
+        outcome: &'static str,
+    ) -> Arc<Handles> {
+        let key = (Arc::clone(&info.model), error_type, outcome);
+        if let Some(handles) = self.handles.read().get(&key) {
+            return Arc::clone(handles);
+        }
+        let system = info.system;
+        let operation = info.operation.otel_name();
+        let model = info.model.to_string();
+        let token = |kind: &'static str| {
+            metrics::histogram!(
+                "gen_ai.client.token.usage",
+                "gen_ai.system" => system,
+                "gen_ai.operation.name" => operation,
+                "gen_ai.request.model" => model.clone(),
+                "gen_ai.token.type" => kind,
+            )
+        };
+        let handles = Arc::new(Handles {
+            duration: metrics::histogram!(
+                "gen_ai.client.operation.duration",
+                "gen_ai.system" => system,
+                "gen_ai.operation.name" => operation,
+                "gen_ai.request.model" => model.clone(),
+                "error.type" => error_type,
+            ),
+            input_tokens: token("input"),
+            output_tokens: token("output"),
+            requests: metrics::counter!(
+                "dspex_requests_total",
+                "provider" => info.provider.to_string(),
+                "model" => model.clone(),
+                "outcome" => outcome,
+            ),
+        });
+        self.handles.write().insert(key, Arc::clone(&handles));
+        handles
     }
 }

@@ -13,7 +13,7 @@
 //! ```
 //! use dspex_client::{Message, tokens};
 //! let messages = [Message::user("Hello there, how are you?")];
-//! assert_eq!(tokens::estimate_chat_tokens("gpt-4o-mini", &messages), 14);
+//! assert_eq!(tokens::estimate_chat_tokens("gpt-4o-mini", &messages), 13);
 //! assert_eq!(tokens::count_text_tokens("my-local-llama", "abcdefgh"), 2);
 //! ```
 

@@ -282,7 +282,7 @@ async fn retries_honour_retry_after() {
 async fn server_errors_are_retried_then_fail_with_the_trail() {
     let upstream = mock(MockConfig::default()).await;
     let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
-        r.max_retries = Some(2)
+        r.max_retries = Some(2);
     })])
     .await;
     upstream.enqueue([
@@ -451,7 +451,7 @@ async fn breaker_opens_fails_fast_half_opens_and_closes() {
 async fn malformed_and_truncated_replies_are_typed() {
     let upstream = mock(MockConfig::default()).await;
     let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
-        r.max_retries = Some(0)
+        r.max_retries = Some(0);
     })])
     .await;
     upstream.enqueue([Fault::Malformed]);
@@ -526,7 +526,7 @@ async fn first_byte_timeouts_are_typed_and_retried() {
     let upstream = mock(MockConfig::default()).await;
     let client = client_with(vec![
         provider("patient", "openai", &upstream.base_url(), |r| {
-            r.first_byte_timeout_ms = Some(150)
+            r.first_byte_timeout_ms = Some(150);
         }),
         provider("once", "openai", &upstream.base_url(), |r| {
             r.first_byte_timeout_ms = Some(150);
@@ -633,7 +633,7 @@ async fn local_buckets_wait_then_refuse_with_the_bucket_name() {
 async fn token_buckets_refuse_what_can_never_fit() {
     let upstream = mock(MockConfig::default()).await;
     let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
-        r.tpm = Some(100)
+        r.tpm = Some(100);
     })])
     .await;
     let error = client
@@ -652,7 +652,7 @@ async fn token_buckets_refuse_what_can_never_fit() {
 async fn an_upstream_429_pauses_the_provider() {
     let upstream = mock(MockConfig::default()).await;
     let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
-        r.max_retries = Some(0)
+        r.max_retries = Some(0);
     })])
     .await;
     upstream.enqueue([Fault::rate_limited(1)]);
@@ -681,7 +681,7 @@ async fn the_pool_bounds_requests_in_flight() {
     })
     .await;
     let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
-        r.pool_size = Some(4)
+        r.pool_size = Some(4);
     })])
     .await;
     let calls = (0..32).map(|i| {
@@ -903,7 +903,7 @@ async fn the_api_key_appears_in_no_log_error_or_debug_output() {
     .await;
     let client = client_with(vec![
         provider("oa", "openai", &upstream.base_url(), |r| {
-            r.api_key_env = Some("DSPEX_TEST_KEY".into())
+            r.api_key_env = Some("DSPEX_TEST_KEY".into());
         }),
         provider("claude", "anthropic", &upstream.anthropic_base_url(), |r| {
             r.api_key_env = Some("DSPEX_TEST_KEY".into());

@@ -1,19 +1,23 @@
 //! Admission cost of the in-process limiter across two buckets.
-#![allow(missing_docs, clippy::expect_used)]
+#![allow(missing_docs, clippy::expect_used, clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dspex_core::protect::{BucketSpec, Cost, LocalLimiter, Unit};
+use dspex_core::protect::{Admission, BucketSpec, Cost, LocalLimiter, RedisLimiter, Unit};
 
-fn limiter() -> LocalLimiter {
+fn limiter_buckets() -> Vec<BucketSpec> {
     // Limits far above what the bench admits in a window, so it measures the
     // admission path, not waiting.
-    LocalLimiter::new(vec![
-        BucketSpec::new(Unit::Requests, u64::MAX / 4, Duration::from_secs(1)),
-        BucketSpec::new(Unit::Tokens, u64::MAX / 4, Duration::from_secs(1)),
-    ])
+    vec![
+        BucketSpec::new(Unit::Requests, 1 << 50, Duration::from_secs(1)),
+        BucketSpec::new(Unit::Tokens, 1 << 60, Duration::from_secs(1)),
+    ]
+}
+
+fn limiter() -> LocalLimiter {
+    LocalLimiter::new(limiter_buckets())
 }
 
 fn admission(c: &mut Criterion) {
@@ -47,5 +51,29 @@ fn admission(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, admission);
+/// One admission against Redis (a single `EVALSHA` round trip), when a Redis is
+/// reachable at `DSPEX_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
+fn redis_admission(c: &mut Criterion) {
+    let url = std::env::var("DSPEX_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let name = format!("bench-{}", std::process::id());
+    let Ok(limiter) = runtime.block_on(RedisLimiter::connect(&url, &name, limiter_buckets()))
+    else {
+        eprintln!("admission/redis: skipped, no Redis at {url}");
+        return;
+    };
+    let cost = Cost::call(500, 200);
+    c.bench_function("admission/redis_two_buckets", |b| {
+        b.to_async(&runtime).iter(|| async {
+            // Dropped unsettled: measures the admission round trip alone.
+            drop(limiter.reserve(cost, Duration::ZERO).await.expect("room"));
+        });
+    });
+}
+
+criterion_group!(benches, admission, redis_admission);
 criterion_main!(benches);

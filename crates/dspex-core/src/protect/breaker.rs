@@ -370,7 +370,7 @@ mod tests {
                 half_open_probes: probes,
             },
             Some(Arc::new(move |t: &Transition| {
-                sink.lock().push((t.from, t.to))
+                sink.lock().push((t.from, t.to));
             })),
         );
         (breaker, log)

@@ -1,0 +1,727 @@
+//! `POST /v1/chat/completions`: OpenAI's Chat Completions API, plain and streamed.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::content::{Ask, Message, Prompt, Reply, ResponseFormat};
+use crate::server::{BodyMode, Plan, Shared, with_limits};
+use crate::stats::Route;
+use crate::tokens::{approx_tokens, cut_to_tokens};
+use crate::wire::{
+    ApiError, Flavor, json_response, sse_response, truncated_json_response, unix_now,
+};
+
+const FLAVOR: Flavor = Flavor::OpenAi;
+
+/// The parts of a chat request the mock acts on.
+#[derive(Debug)]
+struct ChatRequest {
+    model: String,
+    prompt: Prompt,
+    max_tokens: Option<u64>,
+    stop: Vec<String>,
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+    format: ResponseFormat,
+    tool: Option<String>,
+}
+
+/// The handler.
+pub(crate) async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _in_flight = shared.stats.begin(Route::ChatCompletions);
+    let seq = shared.next_seq();
+    let response = match handle(&shared, seq, &headers, &body).await {
+        Ok(response) | Err(response) => response,
+    };
+    shared.finish(response, seq, FLAVOR)
+}
+
+async fn handle(
+    shared: &Shared,
+    seq: u64,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Response> {
+    let json = shared.read_body(Route::ChatCompletions, headers, body);
+    shared
+        .check_auth(FLAVOR, headers)
+        .map_err(|e| e.into_response(FLAVOR))?;
+    let json = json.ok_or_else(|| invalid_json().into_response(FLAVOR))?;
+    let request = parse(&json).map_err(|e| e.into_response(FLAVOR))?;
+    let ask = Ask {
+        prompt: &request.prompt,
+        tool: request.tool.as_deref(),
+        format: &request.format,
+    };
+    let prompt_tokens = request.prompt.tokens();
+    let plan = shared
+        .plan(seq, FLAVOR, || {
+            let completion = request.max_tokens.unwrap_or_else(|| {
+                reply_tokens(&shared.responder.reply(ask, None, false)) * request.n as u64
+            });
+            prompt_tokens + completion
+        })
+        .await?;
+    let reply = shared.responder.reply(ask, plan.forced.as_deref(), true);
+    Ok(respond(shared, seq, &request, reply, prompt_tokens, &plan))
+}
+
+/// OpenAI's answer to a body that is not JSON.
+pub(crate) fn invalid_json() -> ApiError {
+    ApiError::bad_request(
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
+         using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was \
+         sent was not valid JSON.)",
+    )
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn invalid_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    ApiError::invalid_param(
+        param,
+        "invalid_type",
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            type_name(got)
+        ),
+    )
+}
+
+fn missing(param: &str) -> ApiError {
+    ApiError::invalid_param(
+        param,
+        "missing_required_parameter",
+        format!("Missing required parameter: '{param}'."),
+    )
+}
+
+/// Present and not null.
+fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|value| !value.is_null())
+}
+
+fn optional_u64(body: &Value, name: &str) -> Result<Option<u64>, ApiError> {
+    match field(body, name) {
+        None => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid_type(name, "a non-negative integer", value)),
+    }
+}
+
+fn optional_bool(body: &Value, name: &str) -> Result<bool, ApiError> {
+    match field(body, name) {
+        None => Ok(false),
+        Some(value) => value
+            .as_bool()
+            .ok_or_else(|| invalid_type(name, "a boolean", value)),
+    }
+}
+
+/// The text of a message's `content`: a string, or the concatenated text parts.
+pub(crate) fn content_text(content: Option<&Value>, param: &str) -> Result<String, ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                if !part.is_object() {
+                    return Err(invalid_type(&format!("{param}[{i}]"), "an object", part));
+                }
+                let is_text = part
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_none_or(|ty| ty == "text");
+                if let (true, Some(piece)) = (is_text, part.get("text").and_then(Value::as_str)) {
+                    text.push_str(piece);
+                }
+            }
+            Ok(text)
+        }
+        Some(other) => Err(invalid_type(
+            param,
+            "one of a string or array of objects",
+            other,
+        )),
+    }
+}
+
+fn parse(body: &Value) -> Result<ChatRequest, ApiError> {
+    if !body.is_object() {
+        return Err(invalid_type("body", "an object", body));
+    }
+    let model = match field(body, "model") {
+        None => return Err(ApiError::bad_request("you must provide a model parameter")),
+        Some(Value::String(model)) => model.clone(),
+        Some(other) => return Err(invalid_type("model", "a string", other)),
+    };
+    let messages = match field(body, "messages") {
+        None => return Err(missing("messages")),
+        Some(Value::Array(messages)) => messages,
+        Some(other) => return Err(invalid_type("messages", "an array of objects", other)),
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "empty_array",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        ));
+    }
+    let mut prompt = Prompt::default();
+    for (i, message) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        if !message.is_object() {
+            return Err(invalid_type(&param, "an object", message));
+        }
+        let role = match message.get("role") {
+            None | Some(Value::Null) => return Err(missing(&format!("{param}.role"))),
+            Some(Value::String(role)) => role.clone(),
+            Some(other) => return Err(invalid_type(&format!("{param}.role"), "a string", other)),
+        };
+        if !matches!(
+            role.as_str(),
+            "system" | "developer" | "user" | "assistant" | "tool" | "function"
+        ) {
+            return Err(ApiError::invalid_param(
+                format!("{param}.role"),
+                "invalid_value",
+                format!(
+                    "Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', \
+                     'function', 'tool', and 'developer'."
+                ),
+            ));
+        }
+        let text = content_text(message.get("content"), &format!("{param}.content"))?;
+        prompt.messages.push(Message { role, text });
+    }
+    let max_tokens = match optional_u64(body, "max_completion_tokens")? {
+        Some(max) => Some(max),
+        None => optional_u64(body, "max_tokens")?,
+    };
+    let n = optional_u64(body, "n")?.unwrap_or(1);
+    if !(1..=128).contains(&n) {
+        return Err(ApiError::invalid_param(
+            "n",
+            "invalid_value",
+            format!("Invalid 'n': expected a value between 1 and 128, but got {n} instead."),
+        ));
+    }
+    let stop = match field(body, "stop") {
+        None => Vec::new(),
+        Some(Value::String(stop)) => vec![stop.clone()],
+        Some(Value::Array(stops)) => stops
+            .iter()
+            .map(|stop| {
+                stop.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid_type("stop", "a string or array of strings", stop))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(invalid_type("stop", "a string or array of strings", other)),
+    };
+    let stream = optional_bool(body, "stream")?;
+    let include_usage = match field(body, "stream_options") {
+        None => false,
+        Some(options) => optional_bool(options, "include_usage")?,
+    };
+    let format = match field(body, "response_format") {
+        None => ResponseFormat::Text,
+        Some(format) => match format.get("type").and_then(Value::as_str) {
+            Some("text") => ResponseFormat::Text,
+            Some("json_object") => ResponseFormat::JsonObject,
+            Some("json_schema") => ResponseFormat::JsonSchema(
+                format
+                    .get("json_schema")
+                    .and_then(|spec| spec.get("schema"))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            ),
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "response_format.type",
+                    "invalid_value",
+                    "Invalid value for 'response_format.type': expected one of 'text', 'json_object' or 'json_schema'.",
+                ));
+            }
+        },
+    };
+    let tool = match field(body, "tools") {
+        None => None,
+        Some(Value::Array(tools)) => match tools.first() {
+            None => None,
+            Some(first) => match first
+                .get("function")
+                .and_then(|function| function.get("name"))
+                .and_then(Value::as_str)
+            {
+                Some(name) => Some(name.to_owned()),
+                None => return Err(missing("tools[0].function.name")),
+            },
+        },
+        Some(other) => return Err(invalid_type("tools", "an array of objects", other)),
+    };
+    Ok(ChatRequest {
+        model,
+        prompt,
+        max_tokens,
+        stop,
+        n: usize::try_from(n).unwrap_or(1),
+        stream,
+        include_usage,
+        format,
+        tool,
+    })
+}
+
+/// A choice's final content and finish reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Text {
+        content: String,
+        finish: &'static str,
+    },
+    ToolCall {
+        name: String,
+    },
+}
+
+const TOOL_ARGUMENTS: &str = "{}";
+
+fn reply_tokens(reply: &Reply) -> u64 {
+    match reply {
+        Reply::Text(text) => approx_tokens(text),
+        Reply::ToolCall(name) => approx_tokens(name) + approx_tokens(TOOL_ARGUMENTS),
+    }
+}
+
+/// Applies stop sequences, then `max_tokens`.
+fn answer(reply: Reply, stop: &[String], max_tokens: Option<u64>) -> Answer {
+    let mut content = match reply {
+        Reply::ToolCall(name) => return Answer::ToolCall { name },
+        Reply::Text(text) => text,
+    };
+    let cut_at = stop
+        .iter()
+        .filter(|stop| !stop.is_empty())
+        .filter_map(|stop| content.find(stop.as_str()))
+        .min();
+    if let Some(at) = cut_at {
+        content.truncate(at);
+    }
+    if let Some(max) = max_tokens
+        && let Some(cut) = cut_to_tokens(&content, max)
+    {
+        let cut = cut.len();
+        content.truncate(cut);
+        return Answer::Text {
+            content,
+            finish: "length",
+        };
+    }
+    Answer::Text {
+        content,
+        finish: "stop",
+    }
+}
+
+impl Answer {
+    fn tokens(&self) -> u64 {
+        match self {
+            Self::Text { content, .. } => approx_tokens(content),
+            Self::ToolCall { name } => approx_tokens(name) + approx_tokens(TOOL_ARGUMENTS),
+        }
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        match self {
+            Self::Text { finish, .. } => finish,
+            Self::ToolCall { .. } => "tool_calls",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<Choice<'a>>,
+    usage: &'a Usage,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: usize,
+    message: AssistantMessage<'a>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct AssistantMessage<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCall<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolCall<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionCall<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [ChunkChoice<'a>],
+    /// Absent without `include_usage`; `null` on content chunks with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<&'a Usage>>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoice<'a> {
+    index: usize,
+    delta: Delta<'a>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCall<'a>; 1]>,
+}
+
+fn respond(
+    shared: &Shared,
+    seq: u64,
+    request: &ChatRequest,
+    reply: Reply,
+    prompt_tokens: u64,
+    plan: &Plan,
+) -> Response {
+    let answer = answer(reply, &request.stop, request.max_tokens);
+    let completion_tokens = answer.tokens() * request.n as u64;
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+        prompt_tokens_details: CachedTokens { cached_tokens: 0 },
+    };
+    let id = format!("chatcmpl-{seq}");
+    let call_id = format!("call_{seq}");
+    let created = unix_now();
+    let response = if request.stream {
+        shared.stats.streamed();
+        let events = stream_events(&Stream {
+            id: &id,
+            call_id: &call_id,
+            created,
+            request,
+            answer: &answer,
+            usage: &usage,
+            chunk_chars: shared.config.chunk_chars,
+        });
+        match plan.mode {
+            BodyMode::Normal => sse_response(events.concat()),
+            BodyMode::Truncate => {
+                let keep = (events.len() / 2).max(1);
+                sse_response(events.get(..keep).unwrap_or_default().concat())
+            }
+            BodyMode::Malformed => {
+                let mut body = events.first().cloned().unwrap_or_default();
+                body.push_str(&format!(
+                    "data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\n\n"
+                ));
+                // The normal end: the last choice's finish chunk (and usage), then [DONE].
+                let tail = if request.include_usage { 3 } else { 2 };
+                for event in events.iter().skip(events.len().saturating_sub(tail)) {
+                    body.push_str(event);
+                }
+                sse_response(body)
+            }
+        }
+    } else {
+        let content = match &answer {
+            Answer::Text { content, .. } => Some(content.as_str()),
+            Answer::ToolCall { .. } => None,
+        };
+        let choices = (0..request.n)
+            .map(|index| Choice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content,
+                    tool_calls: tool_call(&answer, &call_id, None),
+                },
+                finish_reason: answer.finish_reason(),
+            })
+            .collect();
+        let completion = Completion {
+            id: &id,
+            object: "chat.completion",
+            created,
+            model: &request.model,
+            choices,
+            usage: &usage,
+        };
+        let body = serde_json::to_vec(&completion).unwrap_or_default();
+        match plan.mode {
+            BodyMode::Normal => json_response(StatusCode::OK, body),
+            BodyMode::Truncate => truncated_json_response(&body),
+            BodyMode::Malformed => json_response(
+                StatusCode::OK,
+                format!(
+                    "{{\"id\":\"{id}\",\"object\":\"chat.completion\",\"choices\": [ {{\"message\": {{\"role\": \"assistant\", \"content\": "
+                ),
+            ),
+        }
+    };
+    if plan.mode == BodyMode::Normal {
+        shared
+            .stats
+            .tokens(usage.prompt_tokens, usage.completion_tokens);
+    }
+    with_limits(response, plan, FLAVOR)
+}
+
+fn tool_call<'a>(
+    answer: &'a Answer,
+    call_id: &'a str,
+    index: Option<usize>,
+) -> Option<[ToolCall<'a>; 1]> {
+    match answer {
+        Answer::ToolCall { name } => Some([ToolCall {
+            index,
+            id: Some(call_id),
+            kind: Some("function"),
+            function: FunctionCall {
+                name: Some(name),
+                arguments: TOOL_ARGUMENTS,
+            },
+        }]),
+        Answer::Text { .. } => None,
+    }
+}
+
+struct Stream<'a> {
+    id: &'a str,
+    call_id: &'a str,
+    created: u64,
+    request: &'a ChatRequest,
+    answer: &'a Answer,
+    usage: &'a Usage,
+    chunk_chars: usize,
+}
+
+/// Splits text into pieces of `chunk_chars` characters (on char boundaries).
+pub(crate) fn pieces(text: &str, chunk_chars: usize) -> Vec<&str> {
+    let chunk_chars = chunk_chars.max(1);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for (count, (at, _)) in text.char_indices().enumerate() {
+        if count > 0 && count % chunk_chars == 0 {
+            pieces.push(text.get(start..at).unwrap_or_default());
+            start = at;
+        }
+    }
+    if start < text.len() {
+        pieces.push(text.get(start..).unwrap_or_default());
+    }
+    pieces
+}
+
+/// Every SSE event of a streamed completion, `[DONE]` last.
+fn stream_events(stream: &Stream<'_>) -> Vec<String> {
+    let usage_field = stream.request.include_usage.then_some(None);
+    let event = |choices: &[ChunkChoice<'_>], usage: Option<Option<&Usage>>| {
+        let chunk = Chunk {
+            id: stream.id,
+            object: "chat.completion.chunk",
+            created: stream.created,
+            model: &stream.request.model,
+            choices,
+            usage,
+        };
+        let json = serde_json::to_string(&chunk).unwrap_or_default();
+        format!("data: {json}\n\n")
+    };
+    let mut events = Vec::new();
+    for index in 0..stream.request.n {
+        match stream.answer {
+            Answer::Text { content, .. } => {
+                let role = ChunkChoice {
+                    index,
+                    delta: Delta {
+                        role: Some("assistant"),
+                        content: Some(""),
+                        tool_calls: None,
+                    },
+                    finish_reason: None,
+                };
+                events.push(event(&[role], usage_field));
+                for piece in pieces(content, stream.chunk_chars) {
+                    let choice = ChunkChoice {
+                        index,
+                        delta: Delta {
+                            content: Some(piece),
+                            ..Delta::default()
+                        },
+                        finish_reason: None,
+                    };
+                    events.push(event(&[choice], usage_field));
+                }
+            }
+            Answer::ToolCall { name } => {
+                let start = ChunkChoice {
+                    index,
+                    delta: Delta {
+                        role: Some("assistant"),
+                        content: None,
+                        tool_calls: Some([ToolCall {
+                            index: Some(0),
+                            id: Some(stream.call_id),
+                            kind: Some("function"),
+                            function: FunctionCall {
+                                name: Some(name),
+                                arguments: "",
+                            },
+                        }]),
+                    },
+                    finish_reason: None,
+                };
+                events.push(event(&[start], usage_field));
+                let arguments = ChunkChoice {
+                    index,
+                    delta: Delta {
+                        tool_calls: Some([ToolCall {
+                            index: Some(0),
+                            id: None,
+                            kind: None,
+                            function: FunctionCall {
+                                name: None,
+                                arguments: TOOL_ARGUMENTS,
+                            },
+                        }]),
+                        ..Delta::default()
+                    },
+                    finish_reason: None,
+                };
+                events.push(event(&[arguments], usage_field));
+            }
+        }
+        let finish = ChunkChoice {
+            index,
+            delta: Delta::default(),
+            finish_reason: Some(stream.answer.finish_reason()),
+        };
+        events.push(event(&[finish], usage_field));
+    }
+    if stream.request.include_usage {
+        events.push(event(&[], Some(Some(stream.usage))));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pieces_respect_chars() {
+        assert_eq!(pieces("abcdefg", 3), vec!["abc", "def", "g"]);
+        assert_eq!(pieces("ééé", 2), vec!["éé", "é"]);
+        assert!(pieces("", 4).is_empty());
+    }
+
+    #[test]
+    fn answer_cuts() {
+        let long = Reply::Text("0123456789".into());
+        assert_eq!(
+            answer(long.clone(), &[], Some(2)),
+            Answer::Text {
+                content: "01234567".into(),
+                finish: "length"
+            }
+        );
+        assert_eq!(
+            answer(long, &["45".into()], None),
+            Answer::Text {
+                content: "0123".into(),
+                finish: "stop"
+            }
+        );
+    }
+
+    #[test]
+    fn parse_errors() {
+        let err = parse(&json!({"model": "m"})).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("messages"));
+        let err = parse(&json!({"model": "m", "messages": "hi"})).unwrap_err();
+        assert!(err.message.contains("messages"));
+        let ok = parse(&json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "b"}
+        ]}]}))
+        .unwrap();
+        assert_eq!(ok.prompt.last_user(), "ab");
+    }
+}
