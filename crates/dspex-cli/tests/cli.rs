@@ -310,3 +310,19 @@ async fn demo_runs_the_main_job_on_embedded_defaults() {
     );
     assert!(run.stdout.contains("request_completed=3"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configs_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for example in ["examples/dspex.toml", "examples/mock.toml"] {
+        let path = root.join(example);
+        let run = dspex(
+            &root,
+            &["--config", path.to_str().unwrap(), "config", "check"],
+            &[("OPENAI_API_KEY", KEY), ("ANTHROPIC_API_KEY", KEY)],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{example}: {}", run.stderr);
+        assert!(!run.stdout.contains(KEY));
+    }
+}
