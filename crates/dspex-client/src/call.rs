@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -15,44 +16,71 @@ use futures::Stream;
 use crate::error::ClientError;
 use crate::events::Operation;
 use crate::provider::{ParsedChat, ParsedEmbeddings, RawEvent};
-use crate::types::Usage;
+use crate::types::{ChatRequest, EmbeddingRequest, Usage};
 
-/// One call: its encoded body and what the layers need to know about it.
-/// Cloning is cheap; every attempt shares the same trail and attempt counter.
+/// What a call asks for, before any transport encodes it.
+pub(crate) enum Payload {
+    Chat(ChatRequest),
+    Embeddings(EmbeddingRequest),
+}
+
+/// One call: its request and what the layers need to know about it. Cloning is
+/// cheap; every attempt shares the same trail, attempt counter and encoded body.
 #[derive(Clone)]
 pub(crate) struct Call(Arc<CallInner>);
 
 pub(crate) struct CallInner {
     pub(crate) operation: Operation,
-    pub(crate) body: Bytes,
+    pub(crate) payload: Payload,
     pub(crate) cost: Cost,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) trail: Trail,
     pub(crate) model: Arc<str>,
-    pub(crate) inputs: usize,
     attempts: AtomicU32,
+    /// The wire body, encoded by the first attempt that needs it and reused by
+    /// retries.
+    body: OnceLock<Bytes>,
 }
 
 impl Call {
     pub(crate) fn new(
         operation: Operation,
-        body: Bytes,
+        payload: Payload,
         cost: Cost,
         max_wait: Option<Duration>,
         trail: Trail,
         model: Arc<str>,
-        inputs: usize,
     ) -> Self {
         Self(Arc::new(CallInner {
             operation,
-            body,
+            payload,
             cost,
             max_wait,
             trail,
             model,
-            inputs,
             attempts: AtomicU32::new(0),
+            body: OnceLock::new(),
         }))
+    }
+
+    /// The encoded body, encoding it with `encode` on first use.
+    pub(crate) fn body<E>(
+        &self,
+        encode: impl FnOnce(&Payload) -> Result<Vec<u8>, E>,
+    ) -> Result<Bytes, E> {
+        if let Some(body) = self.0.body.get() {
+            return Ok(body.clone());
+        }
+        let body = Bytes::from(encode(&self.0.payload)?);
+        Ok(self.0.body.get_or_init(|| body).clone())
+    }
+
+    /// How many inputs an embeddings call has (1 for chats).
+    pub(crate) fn inputs(&self) -> usize {
+        match &self.0.payload {
+            Payload::Embeddings(request) => request.input.len(),
+            Payload::Chat(_) => 1,
+        }
     }
 
     pub(crate) fn inner(&self) -> &CallInner {

@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use dspex_core::protect::{
     Admission, CircuitBreaker, CircuitBreakerLayer, CircuitState, ConcurrencyLimitLayer, Cost,
     LocalLimiter, RateLimitLayer, RedisLimiter, RetryLayer, TimeoutLayer, Transition, Unit,
@@ -17,14 +16,15 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
-use crate::call::{Call, Reply, ReplyBody};
+use crate::call::{Call, Payload, Reply, ReplyBody};
 use crate::config::{ClientConfig, ProviderConfig, ProviderKind};
 use crate::error::ClientError;
 use crate::events::{
     CallInfo, CircuitEvent, Event, EventBus, EventKind, LimitSource, Operation, RateLimitEvent,
     RetryEvent,
 };
-use crate::provider::{HttpTransport, Transport, anthropic, openai, wire_error};
+use crate::provider::{HttpTransport, Transport};
+use crate::scripted::{ScriptedLm, ScriptedTransport};
 use crate::stream::{ChatStream, StreamParts};
 use crate::telemetry::{CallMetrics, Ending, Recorder};
 use crate::tokens;
@@ -88,7 +88,6 @@ impl fmt::Debug for Provider {
 impl Provider {
     /// Builds the provider's stack. Connects to Redis when its limits are shared.
     pub async fn build(config: ProviderConfig, events: EventBus) -> Result<Self, ClientError> {
-        let id: Arc<str> = Arc::from(config.id.as_str());
         let limiter: Arc<dyn Admission> = match &config.rate_limit_backend {
             Some(url) => Arc::new(
                 RedisLimiter::connect(url, &config.id, config.limits.clone())
@@ -103,22 +102,30 @@ impl Provider {
             ),
             None => Arc::new(LocalLimiter::new(config.limits.clone())),
         };
+        let shared = Self::shared(config, events, limiter);
+        let transport: Arc<dyn Transport> = Arc::new(HttpTransport::new(Arc::clone(&shared))?);
+        Ok(Self::assemble(shared, transport))
+    }
+
+    fn shared(
+        config: ProviderConfig,
+        events: EventBus,
+        limiter: Arc<dyn Admission>,
+    ) -> Arc<ProviderShared> {
         let host = url::Url::parse(&config.base_url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
-        let shared = Arc::new(ProviderShared {
-            id: Arc::clone(&id),
+        Arc::new(ProviderShared {
+            id: Arc::from(config.id.as_str()),
             limits_requests: config.limits.iter().any(|b| b.unit == Unit::Requests),
             limits_tokens: config.limits.iter().any(|b| b.unit != Unit::Requests),
             host: Arc::from(host),
-            limiter: Arc::clone(&limiter),
-            events: events.clone(),
+            limiter,
+            events,
             metrics: Arc::default(),
             config,
-        });
-        let transport: Arc<dyn Transport> = Arc::new(HttpTransport::new(Arc::clone(&shared))?);
-        Ok(Self::assemble(shared, transport))
+        })
     }
 
     fn assemble(shared: Arc<ProviderShared>, transport: Arc<dyn Transport>) -> Self {
@@ -276,6 +283,26 @@ impl Client {
             .map_err(ClientError::Config)
     }
 
+    /// Registers a scripted in-process LM as provider `id`. Calls to it go
+    /// through the same protection stack, events and telemetry as calls to a
+    /// real provider.
+    pub async fn add_scripted(&self, id: &str, lm: ScriptedLm) -> Result<(), ClientError> {
+        let config = ProviderConfig::scripted(id, "scripted").map_err(ClientError::Config)?;
+        let shared = Provider::shared(
+            config,
+            self.inner.events.clone(),
+            Arc::new(LocalLimiter::new(Vec::new())),
+        );
+        let transport: Arc<dyn Transport> = Arc::new(ScriptedTransport {
+            lm,
+            provider: Arc::clone(&shared.id),
+        });
+        self.inner
+            .providers
+            .register(id, Arc::new(Provider::assemble(shared, transport)))
+            .map_err(ClientError::Config)
+    }
+
     /// The event bus calls publish on.
     pub fn events(&self) -> &EventBus {
         &self.inner.events
@@ -308,7 +335,7 @@ impl Client {
         provider_id: &str,
         operation: Operation,
         messages: Vec<Message>,
-        embed: Option<&EmbeddingRequest>,
+        embed: Option<EmbeddingRequest>,
         options: RequestOptions,
     ) -> Result<Prepared, ClientError> {
         let correlation_id = options
@@ -343,7 +370,7 @@ impl Client {
         };
         let shared = &provider.shared;
         let config = &shared.config;
-        let model: Arc<str> = match (operation, embed) {
+        let model: Arc<str> = match (operation, &embed) {
             (Operation::Embeddings, Some(request)) => {
                 Arc::from(request.model.as_deref().unwrap_or(&config.embedding_model))
             }
@@ -353,7 +380,7 @@ impl Client {
             "provider",
             format!("{} ({}) model {model}", shared.id, config.kind.system()),
         );
-        let estimated_input = match (operation, embed) {
+        let estimated_input = match (operation, &embed) {
             (Operation::Embeddings, Some(request)) => shared.limits_tokens.then(|| {
                 request
                     .input
@@ -407,7 +434,7 @@ impl Client {
             recorder.finish(Ending::failed(&error));
             error
         };
-        let (body, inputs) = match (operation, embed) {
+        let payload = match (operation, embed) {
             (Operation::Embeddings, Some(request)) => {
                 if config.kind != ProviderKind::OpenAi {
                     let error = ClientError::Unsupported {
@@ -421,10 +448,7 @@ impl Client {
                 if request.input.is_empty() {
                     return Err(invalid("no input to embed".into(), recorder));
                 }
-                (
-                    openai::embeddings_body(request, &model),
-                    request.input.len(),
-                )
+                Payload::Embeddings(request)
             }
             _ => {
                 if messages.is_empty() {
@@ -436,48 +460,13 @@ impl Client {
                 if options.params.n == Some(0) {
                     return Err(invalid("n must be at least 1".into(), recorder));
                 }
-                let stream = operation == Operation::ChatStream;
-                let request = ChatRequest {
+                Payload::Chat(ChatRequest {
                     messages,
                     params: options.params,
-                };
-                let body = match config.kind {
-                    ProviderKind::OpenAi => {
-                        openai::chat_body(&request, &model, stream, config.stream_usage)
-                    }
-                    ProviderKind::Anthropic => {
-                        anthropic::chat_body(&request, &model, stream, config.default_max_tokens)
-                    }
-                };
-                (body, 1)
+                })
             }
         };
-        let body = match body {
-            Ok(body) => Bytes::from(body),
-            Err(error) => {
-                let call = Call::new(
-                    operation,
-                    Bytes::new(),
-                    cost,
-                    None,
-                    trail.clone(),
-                    Arc::clone(&model),
-                    inputs,
-                );
-                let error = wire_error(shared, &call, error, false);
-                recorder.finish(Ending::failed(&error));
-                return Err(error);
-            }
-        };
-        let call = Call::new(
-            operation,
-            body,
-            cost,
-            options.max_wait,
-            trail,
-            model,
-            inputs,
-        );
+        let call = Call::new(operation, payload, cost, options.max_wait, trail, model);
         recorder.attach(call.clone());
         Ok(Prepared {
             provider,
@@ -638,7 +627,7 @@ impl Client {
             provider_id,
             Operation::Embeddings,
             Vec::new(),
-            Some(&request),
+            Some(request),
             options,
         )?;
         let result = Self::run(&prepared).await;

@@ -42,6 +42,10 @@ pub enum ProviderKind {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// An in-process [`ScriptedLm`](crate::ScriptedLm), registered with
+    /// [`Client::add_scripted`](crate::Client::add_scripted); not available
+    /// from config files.
+    Scripted,
 }
 
 impl ProviderKind {
@@ -50,6 +54,7 @@ impl ProviderKind {
         match self {
             Self::OpenAi => "openai",
             Self::Anthropic => "anthropic",
+            Self::Scripted => "scripted",
         }
     }
 
@@ -57,6 +62,7 @@ impl ProviderKind {
         match self {
             Self::OpenAi => "https://api.openai.com/v1",
             Self::Anthropic => "https://api.anthropic.com",
+            Self::Scripted => "scripted://in-process",
         }
     }
 
@@ -64,6 +70,7 @@ impl ProviderKind {
         match self {
             Self::OpenAi => "gpt-4o-mini",
             Self::Anthropic => "claude-3-5-haiku-latest",
+            Self::Scripted => "scripted",
         }
     }
 }
@@ -620,6 +627,22 @@ impl ProviderConfig {
             stream_usage: raw.stream_usage.unwrap_or(true),
             headers: raw.headers.clone(),
         })
+    }
+
+    /// An in-process scripted provider with default protection settings and no
+    /// limits.
+    pub fn scripted(id: &str, model: &str) -> Result<Self> {
+        let mut config = Self::openai_compatible(
+            id,
+            ProviderKind::Scripted
+                .default_base_url()
+                .replace("scripted", "http")
+                .as_str(),
+            model,
+        )?;
+        config.kind = ProviderKind::Scripted;
+        config.base_url = ProviderKind::Scripted.default_base_url().to_owned();
+        Ok(config)
     }
 
     /// A provider for an OpenAI-compatible server at `base_url` with defaults

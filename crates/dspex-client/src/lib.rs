@@ -30,6 +30,7 @@ pub mod config;
 mod error;
 pub mod events;
 mod provider;
+mod scripted;
 mod stream;
 mod telemetry;
 pub mod tokens;
@@ -39,6 +40,7 @@ pub use client::{Client, Provider};
 pub use config::{ClientConfig, ProviderConfig, ProviderKind};
 pub use error::{ApiErrorKind, ClientError, TimeoutPhase};
 pub use events::{Event, EventBus, EventKind};
+pub use scripted::ScriptedLm;
 pub use stream::ChatStream;
 pub use types::{
     ChatDelta, ChatParams, ChatRequest, ChatResponse, Choice, EmbeddingRequest, EmbeddingResponse,

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::call::{Call, Reply, ReplyBody};
+use crate::call::{Call, Payload, Reply, ReplyBody};
 use crate::client::ProviderShared;
 use crate::config::ProviderKind;
 use crate::error::{ApiErrorKind, ClientError, TimeoutPhase};
@@ -126,7 +126,9 @@ pub(crate) enum Decoder {
 impl Decoder {
     pub(crate) fn new(kind: ProviderKind) -> Self {
         match kind {
-            ProviderKind::OpenAi => Self::OpenAi(openai::StreamDecoder::default()),
+            ProviderKind::OpenAi | ProviderKind::Scripted => {
+                Self::OpenAi(openai::StreamDecoder::default())
+            }
             ProviderKind::Anthropic => Self::Anthropic(anthropic::StreamDecoder),
         }
     }
@@ -195,7 +197,7 @@ impl HttpTransport {
         );
         let key_path = format!("providers.{}.api_key_env", config.id);
         match config.kind {
-            ProviderKind::OpenAi => {
+            ProviderKind::OpenAi | ProviderKind::Scripted => {
                 if let Some(key) = &config.api_key {
                     let mut value =
                         header_value(&key_path, &format!("Bearer {}", key.secret.expose()))?;
@@ -249,7 +251,9 @@ impl HttpTransport {
                 })
         };
         let (chat_uri, embeddings_uri) = match config.kind {
-            ProviderKind::OpenAi => (uri("/chat/completions")?, uri("/embeddings")?),
+            ProviderKind::OpenAi | ProviderKind::Scripted => {
+                (uri("/chat/completions")?, uri("/embeddings")?)
+            }
             ProviderKind::Anthropic => (uri("/v1/messages")?, uri("/v1/embeddings")?),
         };
         Ok(Self {
@@ -269,7 +273,26 @@ impl Transport for HttpTransport {
             Operation::Chat | Operation::ChatStream => self.chat_uri.clone(),
             Operation::Embeddings => self.embeddings_uri.clone(),
         };
-        let mut request = http::Request::new(Full::new(call.inner().body.clone()));
+        let config = &self.shared.config;
+        let stream = call.inner().operation == Operation::ChatStream;
+        let model = &*call.inner().model;
+        let body = call.body(|payload| match (payload, config.kind) {
+            (Payload::Embeddings(request), _) => openai::embeddings_body(request, model),
+            (Payload::Chat(request), ProviderKind::Anthropic) => {
+                anthropic::chat_body(request, model, stream, config.default_max_tokens)
+            }
+            (Payload::Chat(request), _) => {
+                openai::chat_body(request, model, stream, config.stream_usage)
+            }
+        });
+        let body = match body {
+            Ok(body) => body,
+            Err(error) => {
+                let error = wire_error(&self.shared, &call, error, false);
+                return Box::pin(async move { Err(error) });
+            }
+        };
+        let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = uri;
         *request.headers_mut() = self.headers.clone();
@@ -340,7 +363,7 @@ async fn attempt(
                 .await
                 .map_err(|e| transport_error(shared, call, &e, false))?;
             let parsed = match config.kind {
-                ProviderKind::OpenAi => openai::parse_chat(&bytes),
+                ProviderKind::OpenAi | ProviderKind::Scripted => openai::parse_chat(&bytes),
                 ProviderKind::Anthropic => anthropic::parse_chat(&bytes),
             };
             ReplyBody::Chat(parsed.map_err(|e| wire_error(shared, call, e, false))?)
@@ -350,7 +373,7 @@ async fn attempt(
                 .await
                 .map_err(|e| transport_error(shared, call, &e, false))?;
             ReplyBody::Embeddings(
-                openai::parse_embeddings(&bytes, inner.inputs)
+                openai::parse_embeddings(&bytes, call.inputs())
                     .map_err(|e| wire_error(shared, call, e, false))?,
             )
         }
@@ -565,7 +588,7 @@ async fn api_error(
         .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
     let parsed = match shared.config.kind {
-        ProviderKind::OpenAi => openai::parse_error(&body),
+        ProviderKind::OpenAi | ProviderKind::Scripted => openai::parse_error(&body),
         ProviderKind::Anthropic => anthropic::parse_error(&body),
     };
     let (message, code) = parsed.unwrap_or_else(|| {
