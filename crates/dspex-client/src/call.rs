@@ -123,6 +123,8 @@ pub(crate) enum ReplyBody {
 /// and the rate-limit reservation it must release or settle.
 pub(crate) struct Reply {
     pub(crate) body: ReplyBody,
+    /// When the attempt that produced this reply started.
+    pub(crate) started: tokio::time::Instant,
     pub(crate) request_id: Option<String>,
     pub(crate) reservation: Option<Reservation>,
     pub(crate) guards: Vec<Box<dyn Any + Send + Sync>>,
@@ -132,6 +134,7 @@ impl Reply {
     pub(crate) fn new(body: ReplyBody, request_id: Option<String>) -> Self {
         Self {
             body,
+            started: tokio::time::Instant::now(),
             request_id,
             reservation: None,
             guards: Vec::new(),

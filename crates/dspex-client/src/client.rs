@@ -316,7 +316,7 @@ impl Client {
             .map_err(|_| ClientError::UnknownProvider {
                 id: id.to_owned(),
                 known: self.inner.providers.ids(),
-                context: Box::new(ErrorContext::new(CorrelationId::from(""))),
+                context: Box::new(ErrorContext::new(CorrelationId::generate())),
             })
     }
 
@@ -460,6 +460,22 @@ impl Client {
                 if options.params.n == Some(0) {
                     return Err(invalid("n must be at least 1".into(), recorder));
                 }
+                // Refuse what the wire format cannot express before taking any
+                // rate-limit room or pool slot.
+                if config.kind == ProviderKind::Anthropic {
+                    if options.params.n.is_some_and(|n| n > 1) {
+                        return Err(invalid("Anthropic does not support n > 1".into(), recorder));
+                    }
+                    if messages
+                        .iter()
+                        .all(|m| m.role == crate::types::Role::System)
+                    {
+                        return Err(invalid(
+                            "Anthropic needs at least one user or assistant message".into(),
+                            recorder,
+                        ));
+                    }
+                }
                 Payload::Chat(ChatRequest {
                     messages,
                     params: options.params,
@@ -591,6 +607,7 @@ impl Client {
         };
         let Reply {
             body,
+            started,
             request_id,
             reservation,
             guards,
@@ -606,6 +623,7 @@ impl Client {
         };
         Ok(ChatStream::new(StreamParts {
             events,
+            attempt_started: started,
             shared: Arc::clone(&provider.shared),
             recorder,
             reservation,

@@ -22,6 +22,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use dspex_core::config::{ConfigLoader, Secret, parse_window};
@@ -76,7 +77,7 @@ impl ProviderKind {
 }
 
 /// Raw `[providers.<id>]` entry, as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     /// `openai` or `anthropic`.
@@ -155,7 +156,7 @@ pub struct RawBreaker {
 }
 
 /// Raw client configuration: the top-level keys in [`CONFIG_KEYS`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RawClientConfig {
     /// `[providers.<id>]` tables.
     pub providers: BTreeMap<String, RawProvider>,
@@ -209,8 +210,9 @@ impl Serialize for ApiKey {
     }
 }
 
-/// A validated provider.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A validated provider. `Debug` and `Serialize` redact the key, header values
+/// and URL credentials.
+#[derive(Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct ProviderConfig {
     /// Its registry id.
@@ -218,6 +220,7 @@ pub struct ProviderConfig {
     /// Its protocol.
     pub kind: ProviderKind,
     /// The API base URL (`.../v1` for OpenAI-style, the host for Anthropic).
+    #[serde(serialize_with = "redact_url_str")]
     pub base_url: String,
     /// The key, when one is configured.
     pub api_key: Option<ApiKey>,
@@ -259,21 +262,26 @@ fn redact_url<S: Serializer>(url: &Option<String>, s: S) -> std::result::Result<
     }
 }
 
-/// A URL with any password replaced, for printing.
+/// A URL with its credentials (user name and password) replaced, for printing.
 pub fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(parsed) => match parsed.password() {
-            // Replace the text itself: setting the password would percent-encode
-            // the marker.
-            Some(password) => url.replacen(
-                &format!(":{password}@"),
-                &format!(":{}@", dspex_core::config::REDACTED),
-                1,
-            ),
-            None => url.to_owned(),
-        },
-        Err(_) => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
+        // Replace the text itself: setting it through `Url` would percent-encode
+        // the marker.
+        Some(at) => format!(
+            "{scheme}://{}{}",
+            dspex_core::config::REDACTED,
+            rest.get(at..).unwrap_or_default()
+        ),
+        None => url.to_owned(),
     }
+}
+
+fn redact_url_str<S: Serializer>(url: &str, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted_url(url))
 }
 
 fn redact_headers<S: Serializer>(
@@ -285,6 +293,46 @@ fn redact_headers<S: Serializer>(
         .map(|k| (k.as_str(), dspex_core::config::REDACTED))
         .collect();
     redacted.serialize(s)
+}
+
+impl fmt::Debug for RawProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values, backend URLs and base URLs may carry credentials.
+        f.debug_struct("RawProvider")
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url.as_deref().map(redacted_url))
+            .field("api_key_env", &self.api_key_env)
+            .field("model", &self.model)
+            .field(
+                "rate_limit_backend",
+                &self.rate_limit_backend.as_deref().map(redacted_url),
+            )
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RawClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawClientConfig")
+            .field("providers", &self.providers)
+            .field(
+                "rate_limit_backend",
+                &self.rate_limit_backend.as_deref().map(redacted_url),
+            )
+            .field("default_provider", &self.default_provider)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The serialized form is the redacted one; print that.
+        match serde_json::to_string(self) {
+            Ok(text) => write!(f, "ProviderConfig {text}"),
+            Err(_) => f.write_str("ProviderConfig { .. }"),
+        }
+    }
 }
 
 /// The validated client configuration.
@@ -436,13 +484,16 @@ impl ProviderConfig {
             Ok(_) => {
                 return Err(CoreError::config(
                     key("base_url"),
-                    format!("`{base_url}` must be an http:// or https:// URL"),
+                    format!(
+                        "`{}` must be an http:// or https:// URL",
+                        redacted_url(&base_url)
+                    ),
                 ));
             }
             Err(e) => {
                 return Err(CoreError::config(
                     key("base_url"),
-                    format!("`{base_url}` is not a URL: {e}"),
+                    format!("`{}` is not a URL: {e}", redacted_url(&base_url)),
                 ));
             }
         }
@@ -836,7 +887,15 @@ mod tests {
     fn redis_passwords_are_redacted() {
         assert_eq!(
             redacted_url("redis://:hunter2@host:6379/0"),
-            "redis://:[redacted]@host:6379/0"
+            "redis://[redacted]@host:6379/0"
+        );
+        assert_eq!(
+            redacted_url("https://user:pw@proxy.example/v1?x=1"),
+            "https://[redacted]@proxy.example/v1?x=1"
+        );
+        assert_eq!(
+            redacted_url("https://api.openai.com/v1"),
+            "https://api.openai.com/v1"
         );
     }
 }

@@ -393,7 +393,10 @@ impl ClientError {
 
     /// The correlation id and breadcrumbs, for call-time errors.
     pub fn context(&self) -> Option<&ErrorContext> {
-        self.parts().map(|(_, context)| context)
+        match self {
+            Self::UnknownProvider { context, .. } => Some(context),
+            other => other.parts().map(|(_, context)| context),
+        }
     }
 
     fn parts(&self) -> Option<(&Arc<str>, &ErrorContext)> {
@@ -510,6 +513,17 @@ impl ClientError {
 }
 
 impl ProtectedError for ClientError {
+    fn reached_upstream(&self) -> bool {
+        matches!(
+            self,
+            Self::Api { .. }
+                | Self::Timeout { .. }
+                | Self::Connect { .. }
+                | Self::MalformedResponse { .. }
+                | Self::Truncated { .. }
+        )
+    }
+
     fn trips_breaker(&self) -> bool {
         match self {
             Self::Api { kind, .. } => {

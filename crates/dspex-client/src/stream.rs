@@ -66,6 +66,9 @@ impl fmt::Debug for ChatStream {
 
 pub(crate) struct StreamParts {
     pub(crate) events: RawEvents,
+    /// When the attempt that started the stream began: the total timeout runs
+    /// from there, not from before earlier waits and retries.
+    pub(crate) attempt_started: tokio::time::Instant,
     pub(crate) shared: Arc<ProviderShared>,
     pub(crate) recorder: Recorder,
     pub(crate) reservation: Option<Reservation>,
@@ -77,7 +80,10 @@ pub(crate) struct StreamParts {
 
 impl ChatStream {
     pub(crate) fn new(parts: StreamParts) -> Self {
-        let deadline = parts.recorder.started() + parts.shared.config.timeouts.total;
+        let deadline = parts
+            .attempt_started
+            .checked_add(parts.shared.config.timeouts.total)
+            .unwrap_or(parts.attempt_started);
         Self {
             events: parts.events,
             decoder: Decoder::new(parts.shared.config.kind),
@@ -116,6 +122,14 @@ impl ChatStream {
         })
     }
 
+    /// The choices the call asked for (`n`); a delta for another is malformed.
+    fn choice_limit(&self) -> u32 {
+        match &self.call.inner().payload {
+            crate::call::Payload::Chat(request) => request.params.n.unwrap_or(1).max(1),
+            crate::call::Payload::Embeddings(_) => 1,
+        }
+    }
+
     fn choice(&mut self, index: u32) -> &mut ChoiceSoFar {
         let index = index as usize;
         if self.choices.len() <= index {
@@ -127,8 +141,9 @@ impl ChatStream {
     }
 
     /// Applies decoded chunks; returns true at the end of the stream.
-    fn apply(&mut self) -> bool {
+    fn apply(&mut self) -> Result<bool, ClientError> {
         let mut ended = false;
+        let limit = self.choice_limit();
         for chunk in std::mem::take(&mut self.chunks) {
             match chunk {
                 Chunk::Start { id, model } => {
@@ -136,6 +151,16 @@ impl ChatStream {
                     self.model = self.model.take().or(model);
                 }
                 Chunk::Delta(delta) => {
+                    if delta.index >= limit {
+                        return Err(ClientError::MalformedResponse {
+                            provider: Arc::clone(&self.shared.id),
+                            message: format!(
+                                "a stream event for choice {} when {limit} choice(s) were asked for",
+                                delta.index
+                            ),
+                            context: ClientError::context_for(&self.call.inner().trail),
+                        });
+                    }
                     let choice = self.choice(delta.index);
                     choice.content.push_str(&delta.content);
                     if let Some(calls) = &delta.tool_calls {
@@ -158,7 +183,7 @@ impl ChatStream {
                 Chunk::End => ended = true,
             }
         }
-        ended
+        Ok(ended)
     }
 
     fn all_choices_finished(&self) -> bool {
@@ -268,8 +293,10 @@ impl Stream for ChatStream {
                         let error = wire_error(&this.shared, &this.call, error, true);
                         return Poll::Ready(Some(Err(this.fail(error))));
                     }
-                    if this.apply() {
-                        this.complete();
+                    match this.apply() {
+                        Ok(true) => this.complete(),
+                        Ok(false) => {}
+                        Err(error) => return Poll::Ready(Some(Err(this.fail(error)))),
                     }
                 }
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(this.fail(error)))),

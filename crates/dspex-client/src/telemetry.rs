@@ -145,10 +145,6 @@ impl Recorder {
         &self.span
     }
 
-    pub(crate) fn started(&self) -> Instant {
-        self.started
-    }
-
     pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }

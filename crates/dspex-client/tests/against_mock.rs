@@ -950,6 +950,29 @@ async fn the_api_key_appears_in_no_log_error_or_debug_output() {
             .iter()
             .any(|r| r.headers.values().any(|v| v.contains(KEY)))
     );
+    // Credentials in headers, URLs and the Redis backend stay out of Debug too.
+    let mut raw = RawProvider {
+        kind: Some("openai".into()),
+        base_url: Some("https://user-token-xyz:pass-abc@proxy.example/v1".into()),
+        rate_limit_backend: Some("redis://:redis-secret-pw@127.0.0.1:6379".into()),
+        ..RawProvider::default()
+    };
+    raw.headers
+        .insert("x-proxy-key".into(), "proxy-secret-value".into());
+    texts.push(format!("{raw:?}"));
+    let validated = ProviderConfig::validate("p", &raw, None, &|_| None).unwrap();
+    texts.push(format!("{validated:?}"));
+    texts.push(serde_json::to_string(&validated).unwrap());
+    for text in &texts[texts.len() - 3..] {
+        for secret in [
+            "user-token-xyz",
+            "pass-abc",
+            "redis-secret-pw",
+            "proxy-secret-value",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked into: {text}");
+        }
+    }
     texts.push(format!("{client:?}"));
     texts.push(format!("{:?}", client.provider("oa").unwrap()));
     texts.push(serde_json::to_string(client.provider("oa").unwrap().config()).unwrap());
@@ -965,4 +988,82 @@ async fn the_api_key_appears_in_no_log_error_or_debug_output() {
             "part of the key leaked into: {text}"
         );
     }
+}
+
+#[tokio::test]
+async fn absurd_retry_after_values_are_bounded_not_panics() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.max_retries = Some(0);
+        r.max_retry_after_ms = Some(100);
+    })])
+    .await;
+    upstream.enqueue([Fault::rate_limited(u64::MAX)]);
+    let error = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(429));
+    let start = Instant::now();
+    client
+        .request("oa", user("y"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the pause was capped: {:?}",
+        start.elapsed()
+    );
+    let forever = RequestOptions {
+        max_wait: Some(Duration::MAX),
+        ..RequestOptions::new()
+    };
+    client.request("oa", user("z"), forever).await.unwrap();
+}
+
+#[tokio::test]
+async fn local_refusals_neither_open_nor_close_the_circuit() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.max_retries = Some(0);
+        r.tpm = Some(10);
+        r.circuit_breaker = Some(dspex_client::config::RawBreaker {
+            failure_threshold: Some(1),
+            open_ms: Some(100),
+            half_open_probes: Some(1),
+        });
+    })])
+    .await;
+    upstream.enqueue([Fault::server_error()]);
+    client
+        .request("oa", user("x"), RequestOptions::new().max_tokens(1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        client.provider("oa").unwrap().circuit_state(),
+        CircuitState::Open
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // A probe refused locally (it can never fit the token bucket) says nothing
+    // about the upstream: the circuit must not close on it.
+    let error = client
+        .request("oa", user("x"), RequestOptions::new().max_tokens(1_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::OverCapacity { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        client.provider("oa").unwrap().circuit_state(),
+        CircuitState::HalfOpen
+    );
+    client
+        .request("oa", user("x"), RequestOptions::new().max_tokens(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.provider("oa").unwrap().circuit_state(),
+        CircuitState::Closed
+    );
 }

@@ -63,19 +63,18 @@ pub fn install_prometheus() -> Result<PrometheusMetrics> {
         })?;
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
-    // Two threads may race here; the loser's recorder is dropped and it gets the
-    // winner's handle.
-    let mut won = false;
-    let installed = INSTALLED.get_or_init(|| {
-        won = true;
-        PrometheusMetrics {
-            handle: handle.clone(),
-        }
-    });
-    if won {
-        metrics::set_global_recorder(recorder).map_err(|e| CoreError::Telemetry {
-            message: format!("another metrics recorder is already installed: {e}"),
-        })?;
+    // Install first, remember after: a handle is only ever returned for a
+    // recorder that really is the global one. A racing second caller fails to
+    // install and then finds the winner's handle.
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => Ok(INSTALLED
+            .get_or_init(|| PrometheusMetrics { handle })
+            .clone()),
+        Err(e) => INSTALLED
+            .get()
+            .cloned()
+            .ok_or_else(|| CoreError::Telemetry {
+                message: format!("another metrics recorder is already installed: {e}"),
+            }),
     }
-    Ok(installed.clone())
 }

@@ -113,7 +113,9 @@ impl WireUsage {
         let reads = self.cache_read_input_tokens.unwrap_or(0);
         let writes = self.cache_creation_input_tokens.unwrap_or(0);
         UsageUpdate {
-            input_tokens: self.input_tokens.map(|i| i + reads + writes),
+            input_tokens: self
+                .input_tokens
+                .map(|i| i.saturating_add(reads).saturating_add(writes)),
             output_tokens: self.output_tokens,
             cached_input_tokens: self.cache_read_input_tokens,
             cache_write_tokens: self.cache_creation_input_tokens,

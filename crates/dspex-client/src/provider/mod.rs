@@ -421,7 +421,9 @@ async fn attempt(
             ReplyBody::Stream(Box::pin(events))
         }
     };
-    Ok(Reply::new(body, request_id))
+    let mut reply = Reply::new(body, request_id);
+    reply.started = started;
+    Ok(reply)
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, hyper::Error> {
@@ -603,7 +605,11 @@ async fn api_error(
         )
     });
     if status == 429 {
-        let pause = retry_after.unwrap_or(Duration::from_secs(1));
+        // Bounded: one reply must not stop a provider for longer than a retry
+        // would ever wait.
+        let pause = retry_after
+            .unwrap_or(Duration::from_secs(1))
+            .min(shared.config.retry.max_retry_after);
         shared.limiter.pause(pause);
         call.inner().trail.push(
             "rate_limit",
@@ -663,10 +669,12 @@ pub(crate) fn retry_after(
     if !rate_limited {
         return None;
     }
-    let mut longest: Option<Duration> = None;
+    // Reset headers give the time until a bucket is full again, which is longer
+    // than the time until the next request fits: take the soonest.
+    let mut soonest: Option<Duration> = None;
     for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
         if let Some(d) = get(name).and_then(parse_go_duration) {
-            longest = Some(longest.map_or(d, |l| l.max(d)));
+            soonest = Some(soonest.map_or(d, |l| l.min(d)));
         }
     }
     for name in [
@@ -677,10 +685,10 @@ pub(crate) fn retry_after(
     ] {
         if let Some(at) = get(name).and_then(|v| humantime::parse_rfc3339_weak(v).ok()) {
             let d = at.duration_since(now).unwrap_or_default();
-            longest = Some(longest.map_or(d, |l| l.max(d)));
+            soonest = Some(soonest.map_or(d, |l| l.min(d)));
         }
     }
-    longest
+    soonest
 }
 
 /// Parses Go's duration format (`1h2m3.5s`, `6m0s`, `20ms`).
@@ -764,7 +772,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-reset-requests", HeaderValue::from_static("1s"));
         h.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("6m0s"));
-        assert_eq!(retry_after(&h, true, now), Some(Duration::from_secs(360)));
+        assert_eq!(retry_after(&h, true, now), Some(Duration::from_secs(1)));
         assert_eq!(
             retry_after(&h, false, now),
             None,

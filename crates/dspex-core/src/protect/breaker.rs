@@ -341,12 +341,12 @@ where
             let permit = permit?;
             futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
             let result = inner.call(req).await;
-            permit.record(
-                result
-                    .as_ref()
-                    .err()
-                    .is_some_and(ProtectedError::trips_breaker),
-            );
+            match &result {
+                Ok(_) => permit.record(false),
+                Err(error) if error.reached_upstream() => permit.record(error.trips_breaker()),
+                // Neutral: frees a probe slot, changes nothing else.
+                Err(_) => drop(permit),
+            }
             result
         })
     }

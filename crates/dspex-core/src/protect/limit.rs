@@ -84,7 +84,7 @@ impl Cost {
     pub fn call(input_tokens: u64, output_tokens: u64) -> Self {
         Self {
             requests: 1,
-            tokens: input_tokens + output_tokens,
+            tokens: input_tokens.saturating_add(output_tokens),
             input_tokens,
             output_tokens,
         }
@@ -135,6 +135,8 @@ impl BucketSpec {
 
 /// Takes a settlement for a reservation; implemented by each limiter backend.
 pub(crate) trait Settler: Send + Sync + 'static {
+    /// The units this limiter has buckets for; settlement only matters there.
+    fn units(&self) -> &[Unit];
     fn adjust(self: Arc<Self>, id: u64, reserved: Cost, actual: Cost);
 }
 
@@ -207,7 +209,10 @@ impl Reservation {
     /// was under-reserved.
     pub fn settle(mut self, actual: Cost) {
         if let Some(settler) = self.settler.take()
-            && actual != self.reserved
+            && settler
+                .units()
+                .iter()
+                .any(|&unit| actual.of(unit) != self.reserved.of(unit))
         {
             settler.adjust(self.id, self.reserved, actual);
         }
@@ -245,22 +250,32 @@ struct Log {
 impl Log {
     fn expire(&mut self, now: Instant) {
         while let Some(front) = self.entries.front() {
-            if front.at + self.spec.window > now {
+            if front
+                .at
+                .checked_add(self.spec.window)
+                .is_none_or(|end| end > now)
+            {
                 break;
             }
-            self.used -= front.amount;
+            self.used = self.used.saturating_sub(front.amount);
             self.entries.pop_front();
         }
     }
 
     /// How long until `amount` more fits, assuming nothing is refunded.
     fn wait_for(&self, amount: u64, now: Instant) -> Duration {
-        let excess = (self.used + amount).saturating_sub(self.spec.limit);
-        let mut freed = 0;
+        let excess = self
+            .used
+            .saturating_add(amount)
+            .saturating_sub(self.spec.limit);
+        let mut freed: u64 = 0;
         for entry in &self.entries {
-            freed += entry.amount;
+            freed = freed.saturating_add(entry.amount);
             if freed >= excess {
-                return (entry.at + self.spec.window).saturating_duration_since(now);
+                return entry
+                    .at
+                    .checked_add(self.spec.window)
+                    .map_or(self.spec.window, |end| end.saturating_duration_since(now));
             }
         }
         // Unreachable when amount <= limit; a full window is a safe answer anyway.
@@ -283,6 +298,7 @@ struct Shared {
     state: Mutex<State>,
     room: Notify,
     epoch: Instant,
+    units: Vec<Unit>,
 }
 
 /// The in-process limiter: exact sliding logs behind one mutex.
@@ -324,6 +340,7 @@ impl LocalLimiter {
                 }),
                 room: Notify::new(),
                 epoch: Instant::now(),
+                units: buckets.iter().map(|b| b.unit).collect(),
             }),
             specs: buckets.into(),
         }
@@ -397,7 +414,7 @@ impl LocalLimiter {
                 });
             }
             log.expire(now);
-            if log.used + amount > log.spec.limit {
+            if log.used.saturating_add(amount) > log.spec.limit {
                 let wait = log.wait_for(amount, now);
                 if longest.is_none_or(|(w, _)| wait > w) {
                     longest = Some((wait, index));
@@ -420,7 +437,7 @@ impl LocalLimiter {
         for log in &mut state.logs {
             let amount = cost.of(log.spec.unit);
             if amount > 0 {
-                log.used += amount;
+                log.used = log.used.saturating_add(amount);
                 log.entries.push_back(Entry {
                     id,
                     at: now,
@@ -433,6 +450,10 @@ impl LocalLimiter {
 }
 
 impl Settler for Shared {
+    fn units(&self) -> &[Unit] {
+        &self.units
+    }
+
     fn adjust(self: Arc<Self>, id: u64, reserved: Cost, actual: Cost) {
         let now = Instant::now();
         let mut refunded = false;
@@ -445,10 +466,10 @@ impl Settler for Shared {
             }
             // Settlement follows admission closely, so the entry is near the back.
             if let Some(entry) = log.entries.iter_mut().rev().find(|e| e.id == id) {
-                log.used = log.used - entry.amount + after;
+                log.used = log.used.saturating_sub(entry.amount).saturating_add(after);
                 entry.amount = after;
             } else if before == 0 {
-                log.used += after;
+                log.used = log.used.saturating_add(after);
                 log.entries.push_back(Entry {
                     id,
                     at: now,
@@ -469,7 +490,8 @@ impl Admission for LocalLimiter {
     fn reserve(&self, cost: Cost, max_wait: Duration) -> BoxFuture<'_, Result<Reservation>> {
         Box::pin(async move {
             let start = Instant::now();
-            let deadline = start + max_wait;
+            // No deadline at all for a wait too long to represent.
+            let deadline = start.checked_add(max_wait);
             let mut full_bucket = None;
             loop {
                 let room = self.shared.room.notified();
@@ -481,15 +503,20 @@ impl Admission for LocalLimiter {
                         return Ok(self.reservation(id, cost, now - start, full_bucket, now));
                     }
                     Verdict::Wait { bucket, wait } => {
-                        if now + wait > deadline {
+                        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+                        if remaining.is_some_and(|r| r.is_zero()) {
                             return Err(CoreError::RateLimited {
                                 bucket,
                                 retry_after: wait,
                             });
                         }
+                        // When room only comes after the deadline, a refund (a
+                        // call settling below its estimate) may still open it
+                        // sooner: wait for one until the deadline.
+                        let sleep = remaining.map_or(wait, |r| wait.min(r));
                         full_bucket = Some(bucket);
                         tokio::select! {
-                            () = tokio::time::sleep(wait) => {}
+                            () = tokio::time::sleep(sleep) => {}
                             () = room => {}
                         }
                     }
@@ -499,7 +526,9 @@ impl Admission for LocalLimiter {
     }
 
     fn pause(&self, pause: Duration) {
-        let until = Instant::now() + pause;
+        let Some(until) = Instant::now().checked_add(pause) else {
+            return;
+        };
         let mut state = self.shared.state.lock();
         if state.paused_until.is_none_or(|current| current < until) {
             state.paused_until = Some(until);

@@ -90,6 +90,12 @@ pub trait ProtectedError: From<CoreError> + Send + 'static {
     /// Counts toward opening the circuit: server errors, timeouts, broken
     /// connections and garbled replies; never rate limits or client errors.
     fn trips_breaker(&self) -> bool;
+    /// Whether the upstream took part in the outcome. Errors made locally (a
+    /// full rate-limit bucket, an invalid request, a backend failure) say
+    /// nothing about the upstream's health, so the breaker ignores them.
+    fn reached_upstream(&self) -> bool {
+        true
+    }
     /// Trying again may succeed.
     fn is_retryable(&self) -> bool;
     /// The upstream asked for this wait before the next try.

@@ -17,7 +17,7 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
-use super::limit::{Admission, BucketSpec, Cost, Reservation, Settler};
+use super::limit::{Admission, BucketSpec, Cost, Reservation, Settler, Unit};
 use crate::error::{CoreError, Result};
 
 const ADMIT: &str = r#"
@@ -136,6 +136,7 @@ struct Shared {
     paused_key: String,
     seq_key: String,
     specs: Vec<BucketSpec>,
+    units: Vec<Unit>,
 }
 
 /// A limiter whose buckets live in Redis, shared by every process that uses the
@@ -211,6 +212,7 @@ impl RedisLimiter {
                 bucket_keys,
                 paused_key: format!("{tag}:paused"),
                 seq_key: format!("{tag}:seq"),
+                units: buckets.iter().map(|b| b.unit).collect(),
                 specs: buckets,
             }),
         }
@@ -259,6 +261,10 @@ impl RedisLimiter {
 }
 
 impl Settler for Shared {
+    fn units(&self) -> &[Unit] {
+        &self.units
+    }
+
     fn adjust(self: Arc<Self>, id: u64, reserved: Cost, actual: Cost) {
         // Settlement is off the call path. If it cannot run (no runtime, Redis
         // down) the estimate stays charged, which can only make limits stricter.
@@ -305,7 +311,7 @@ impl Admission for RedisLimiter {
                 }
             }
             let start = Instant::now();
-            let deadline = start + max_wait;
+            let deadline = start.checked_add(max_wait);
             let mut full_bucket = None;
             loop {
                 match self.try_admit(cost).await? {
@@ -322,7 +328,10 @@ impl Admission for RedisLimiter {
                     Err((index, wait)) => {
                         let wait = wait.max(Duration::from_micros(100));
                         let bucket = self.bucket_name(index);
-                        if Instant::now() + wait > deadline {
+                        let late = deadline.is_some_and(|d| {
+                            Instant::now().checked_add(wait).is_none_or(|end| end > d)
+                        });
+                        if late {
                             return Err(CoreError::RateLimited {
                                 bucket,
                                 retry_after: wait,
