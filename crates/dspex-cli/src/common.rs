@@ -31,6 +31,9 @@ pub(crate) enum Failure {
     Usage(anyhow::Error),
     /// The provider failed: exit 3.
     Provider(ClientError),
+    /// The program failed after calling the provider (a reply that would not
+    /// parse): exit 3.
+    Program(dspex::PromptError),
 }
 
 impl Failure {
@@ -43,6 +46,10 @@ impl Failure {
             Self::Usage(error) => {
                 err(&format!("error: {error:#}"));
                 ExitCode::from(2)
+            }
+            Self::Program(error) => {
+                err(&format!("error: {error}"));
+                ExitCode::from(3)
             }
             Self::Provider(error) => {
                 err(&format!("error: {error}"));

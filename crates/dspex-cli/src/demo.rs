@@ -1,6 +1,7 @@
 //! `dspex demo`: the main job on embedded defaults. Starts the mock upstream in
 //! process and makes calls through the full client stack (circuit breaker, rate
-//! limits, pool, retries, timeouts), with no key and no config file.
+//! limits, pool, retries, timeouts), then runs a ChainOfThought program the way
+//! `dspex predict --cot` does, with no key and no config file.
 
 use std::collections::BTreeMap;
 
@@ -102,6 +103,25 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             }
         }
     }
+
+    // 4. A real program: ChainOfThought over a typed signature, through the
+    //    same stack (the mock answers DSPy-formatted prompts field by field).
+    common::out("program: ChainOfThought(\"question -> answer\")");
+    crate::predict::run_with(
+        &client,
+        "openai-mock",
+        crate::predict::PredictArgs {
+            provider: None,
+            model: None,
+            cot: true,
+            adapter: "chat".into(),
+            instructions: None,
+            json: args.json,
+            signature: "question -> answer".into(),
+            inputs: vec![format!("question={question}")],
+        },
+    )
+    .await?;
 
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     while let Some(event) = events.try_recv() {

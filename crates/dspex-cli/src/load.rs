@@ -99,6 +99,12 @@ impl Bare {
                     serde_json::json!({"model": config.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}),
                 )
             }
+            ProviderKind::Scripted => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--bare needs an HTTP provider; `{}` is scripted in process",
+                    config.id
+                )));
+            }
             ProviderKind::Anthropic => {
                 if let Some(key) = &config.api_key {
                     let mut value = reqwest::header::HeaderValue::from_str(key.secret.expose())

@@ -3,6 +3,7 @@
 //! ```text
 //! dspex demo                                   # the main job on embedded defaults
 //! dspex chat --provider openai "Say hi"        # one protected call
+//! dspex predict --cot "question -> answer" -i question="Why is the sky blue?"
 //! dspex load --provider mock --requests 10000 --concurrency 64
 //! dspex config check --config dspex.toml
 //! dspex mock-server --port 8089 --fail-429 0.1
@@ -15,6 +16,7 @@ mod common;
 mod config_cmd;
 mod demo;
 mod load;
+mod predict;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,8 @@ struct Cli {
 enum Command {
     /// One protected call to a provider.
     Chat(chat::ChatArgs),
+    /// Run Predict (or ChainOfThought with --cot) once on a signature.
+    Predict(predict::PredictArgs),
     /// Drive many calls through the full stack and report latency and throughput.
     Load(load::LoadArgs),
     /// Configuration commands.
@@ -91,6 +95,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Chat(args) => chat::run(config, args).await,
         Command::Load(args) => load::run(config, args).await,
+        Command::Predict(args) => predict::run(config, args).await,
         Command::Config(command) => config_cmd::run(config, command),
         Command::MockServer(args) => {
             let addr = std::net::SocketAddr::new(args.host, args.port);

@@ -308,7 +308,13 @@ async fn demo_runs_the_main_job_on_embedded_defaults() {
         "the 503 was retried:\n{}",
         run.stdout
     );
-    assert!(run.stdout.contains("request_completed=3"), "{}", run.stdout);
+    assert!(run.stdout.contains("request_completed=4"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("reasoning: mock reasoning for: What is DSPex?"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,5 +330,74 @@ async fn the_example_configs_validate() {
         .await;
         assert_eq!(run.code, 0, "{example}: {}", run.stderr);
         assert!(!run.stdout.contains(KEY));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_runs_a_program_against_the_mock() {
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock_config(&upstream.base_url(), ""));
+    let run = dspex(
+        dir.path(),
+        &[
+            "predict",
+            "--cot",
+            "--json",
+            "context: list[str], question -> answer: int",
+            "-i",
+            "question=How many?",
+            "-i",
+            "context=[\"a\", \"b\"]",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        json["outputs"]["answer"], 42,
+        "the mock fills an int field with 42: {json}"
+    );
+    assert!(
+        json["outputs"]["reasoning"]
+            .as_str()
+            .unwrap()
+            .starts_with("mock reasoning")
+    );
+    assert!(json["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(json["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["trace"].as_array().unwrap().len(), 1);
+
+    let run = dspex(
+        dir.path(),
+        &["predict", "question -> answer", "-i", "question=Why?"],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "answer: mock answer for: Why?");
+
+    for (args, words) in [
+        (
+            &["predict", "question answer", "-i", "question=x"][..],
+            "exactly one `->`",
+        ),
+        (
+            &["predict", "question -> answer", "-i", "query=x"][..],
+            "no input `query`",
+        ),
+        (
+            &["predict", "question -> answer"][..],
+            "`question` is missing",
+        ),
+        (
+            &["predict", "k: int -> answer", "-i", "k=three"][..],
+            "must be JSON",
+        ),
+    ] {
+        let run = dspex(dir.path(), args, &[]).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(words), "{args:?}: {}", run.stderr);
     }
 }

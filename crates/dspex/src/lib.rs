@@ -5,6 +5,8 @@
 //!
 //! - the protected provider client ([`Client`], [`Message`], [`RequestOptions`],
 //!   [`ChatResponse`], [`ChatStream`], [`ClientError`]...), from `dspex-client`;
+//! - prompts and modules ([`Signature`], [`Predict`], [`ChainOfThought`],
+//!   adapters, templates), from `dspex-prompt`, also as [`prompt`];
 //! - the generic layer as [`core`]: config, registry, events, telemetry, error
 //!   context and protection, from `dspex-core`;
 //! - with the default `mock` feature, the deterministic mock upstream as
@@ -31,3 +33,8 @@ pub use dspex_client::*;
 pub use dspex_core as core;
 #[cfg(feature = "mock")]
 pub use dspex_mock as mock;
+pub use dspex_prompt as prompt;
+pub use dspex_prompt::{
+    Adapter, ChainOfThought, Example, Lm, Module, Predict, Prediction, PromptError, Signature,
+    batch,
+};
