@@ -204,12 +204,11 @@ impl ScriptedTransport {
             choices.push(text);
         }
         let model = &*inner.model;
+        // The documented heuristic, whatever the model name: a scripted LM has
+        // no real tokenizer, and tiktoken would cost more than the call.
         let usage = Usage {
-            input_tokens: tokens::estimate_chat_tokens(model, &request.messages),
-            output_tokens: choices
-                .iter()
-                .map(|c| tokens::count_text_tokens(model, c))
-                .sum(),
+            input_tokens: tokens::estimate_chat_tokens_heuristic(&request.messages),
+            output_tokens: choices.iter().map(|c| tokens::heuristic_tokens(c)).sum(),
             ..Usage::default()
         };
         let counters = &self.lm.inner;

@@ -82,6 +82,17 @@ pub fn count_text_tokens(model: &str, text: &str) -> u64 {
     }
 }
 
+/// Prompt tokens of a chat by the heuristic alone, framing included.
+pub fn estimate_chat_tokens_heuristic(messages: &[Message]) -> u64 {
+    messages.iter().fold(REPLY_PRIMING, |total, message| {
+        let name = message
+            .name
+            .as_deref()
+            .map_or(0, |n| PER_NAME + heuristic_tokens(n));
+        total + PER_MESSAGE + heuristic_tokens(&message.content) + name
+    })
+}
+
 /// Prompt tokens of a chat for `model`, framing included.
 pub fn estimate_chat_tokens(model: &str, messages: &[Message]) -> u64 {
     let bpe = encoding(model).map(|(bpe, _)| bpe);

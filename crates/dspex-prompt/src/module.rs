@@ -365,17 +365,16 @@ impl Predict {
             ..run
         };
         let mut prediction = Prediction::default();
-        let messages = self.messages(inputs);
         let response = self
             .call(
-                messages.clone(),
+                self.messages(inputs),
                 &run,
                 CallPurpose::Predict,
                 &mut prediction,
             )
             .await?;
-        let reply = response.text().to_owned();
-        let mut parsed = self.adapter.parse(&self.signature, &reply);
+        let reply = response.text();
+        let mut parsed = self.adapter.parse(&self.signature, reply);
         prediction.repairs += parsed.repairs;
         if !parsed.failures.is_empty() {
             // Re-ask once, for the failed fields only.
@@ -388,8 +387,10 @@ impl Predict {
                 .filter(|f| parsed.failures.iter().any(|(name, _)| *name == f.name))
                 .cloned()
                 .collect();
-            let mut follow_up = messages;
-            follow_up.push(Message::assistant(reply.clone()));
+            // Rebuilt rather than kept: re-asks are rare, copies on every call
+            // are not.
+            let mut follow_up = self.messages(inputs);
+            follow_up.push(Message::assistant(reply));
             follow_up.push(
                 self.adapter
                     .reask_message(&self.signature, &parsed.failures),

@@ -20,7 +20,10 @@ use dspex_prompt::{
 use serde_json::{Value, json};
 
 fn inputs(value: Value) -> Inputs {
-    value.as_object().unwrap().clone()
+    match value {
+        Value::Object(map) => map,
+        other => panic!("inputs must be an object, not {other}"),
+    }
 }
 
 async fn scripted(lm: ScriptedLm) -> Client {

@@ -299,6 +299,9 @@ struct Shared {
     room: Notify,
     epoch: Instant,
     units: Vec<Unit>,
+    /// Set once any pause has been requested (lets a bucketless limiter skip
+    /// the lock until then).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 /// The in-process limiter: exact sliding logs behind one mutex.
@@ -341,6 +344,7 @@ impl LocalLimiter {
                 room: Notify::new(),
                 epoch: Instant::now(),
                 units: buckets.iter().map(|b| b.unit).collect(),
+                paused: std::sync::atomic::AtomicBool::new(false),
             }),
             specs: buckets.into(),
         }
@@ -489,6 +493,22 @@ impl Settler for Shared {
 impl Admission for LocalLimiter {
     fn reserve(&self, cost: Cost, max_wait: Duration) -> BoxFuture<'_, Result<Reservation>> {
         Box::pin(async move {
+            // No buckets and never paused: nothing to check or record.
+            if self.specs.is_empty()
+                && !self
+                    .shared
+                    .paused
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Ok(Reservation::new(
+                    0,
+                    cost,
+                    Duration::ZERO,
+                    None,
+                    0,
+                    Arc::clone(&self.shared) as Arc<dyn Settler>,
+                ));
+            }
             let start = Instant::now();
             // No deadline at all for a wait too long to represent.
             let deadline = start.checked_add(max_wait);
@@ -529,6 +549,9 @@ impl Admission for LocalLimiter {
         let Some(until) = Instant::now().checked_add(pause) else {
             return;
         };
+        self.shared
+            .paused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut state = self.shared.state.lock();
         if state.paused_until.is_none_or(|current| current < until) {
             state.paused_until = Some(until);
