@@ -178,7 +178,7 @@ impl Provider {
                 ));
             })
         };
-        let pool = ConcurrencyLimitLayer::new(config.pool_size);
+        let pool = ConcurrencyLimitLayer::new(config.pool_size, config.max_wait);
         let stack = ServiceBuilder::new()
             .layer(CircuitBreakerLayer::new(Arc::clone(&breaker)))
             .layer(
@@ -457,8 +457,8 @@ impl Client {
                         recorder,
                     ));
                 }
-                if options.params.n == Some(0) {
-                    return Err(invalid("n must be at least 1".into(), recorder));
+                if options.params.n == Some(0) || options.params.n.is_some_and(|n| n > 128) {
+                    return Err(invalid("n must be between 1 and 128".into(), recorder));
                 }
                 // Refuse what the wire format cannot express before taking any
                 // rate-limit room or pool slot.

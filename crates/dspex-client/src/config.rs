@@ -617,6 +617,11 @@ impl ProviderConfig {
                 n => n,
             },
         };
+        let backend_key = if raw.rate_limit_backend.is_some() {
+            key("rate_limit_backend")
+        } else {
+            "rate_limit_backend".to_owned()
+        };
         let rate_limit_backend = raw
             .rate_limit_backend
             .as_deref()
@@ -629,7 +634,7 @@ impl ProviderConfig {
                 || url.starts_with("redis+unix://"))
         {
             return Err(CoreError::config(
-                key("rate_limit_backend"),
+                backend_key.clone(),
                 format!(
                     "`{}` is not a redis:// URL (or \"memory\")",
                     redacted_url(url)

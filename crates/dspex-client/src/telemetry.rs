@@ -243,8 +243,8 @@ impl Drop for Recorder {
     }
 }
 
-/// Model, error type and outcome.
-type HandleKey = (Arc<str>, &'static str, &'static str);
+/// Provider, model, operation, error type and outcome.
+type HandleKey = (Arc<str>, Arc<str>, &'static str, &'static str, &'static str);
 
 /// The metric handles of one (model, outcome) pair.
 pub(crate) struct Handles {
@@ -273,7 +273,13 @@ impl CallMetrics {
         error_type: &'static str,
         outcome: &'static str,
     ) -> Arc<Handles> {
-        let key = (Arc::clone(&info.model), error_type, outcome);
+        let key = (
+            Arc::clone(&info.provider),
+            Arc::clone(&info.model),
+            info.operation.otel_name(),
+            error_type,
+            outcome,
+        );
         if let Some(handles) = self.handles.read().get(&key) {
             return Arc::clone(handles);
         }

@@ -1067,3 +1067,25 @@ async fn local_refusals_neither_open_nor_close_the_circuit() {
         CircuitState::Closed
     );
 }
+
+#[tokio::test]
+async fn waiting_for_a_pool_slot_is_bounded() {
+    let upstream = mock(MockConfig {
+        latency_ms: 300,
+        ..MockConfig::default()
+    })
+    .await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.pool_size = Some(1);
+        r.max_wait_ms = Some(50);
+    })])
+    .await;
+    let (first, second) = tokio::join!(
+        client.request("oa", user("a"), RequestOptions::new()),
+        client.request("oa", user("b"), RequestOptions::new()),
+    );
+    let results = [first, second];
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    let error = results.into_iter().find_map(Result::err).unwrap();
+    assert!(matches!(&error, ClientError::RateLimited { bucket, .. } if bucket == "pool/1"), "{error:?}");
+}

@@ -352,10 +352,11 @@ impl LocalLimiter {
 
     /// Tries to admit `cost` now, without waiting.
     pub fn try_reserve(&self, cost: Cost) -> Result<Reservation> {
-        let now = Instant::now();
-        match self.admit(cost, now)? {
-            Verdict::Admitted(id) => Ok(self.reservation(id, cost, Duration::ZERO, None, now)),
-            Verdict::Wait { bucket, wait } => Err(CoreError::RateLimited {
+        match self.admit(cost)? {
+            (Verdict::Admitted(id), now) => {
+                Ok(self.reservation(id, cost, Duration::ZERO, None, now))
+            }
+            (Verdict::Wait { bucket, wait }, _) => Err(CoreError::RateLimited {
                 bucket,
                 retry_after: wait,
             }),
@@ -395,8 +396,11 @@ impl LocalLimiter {
         )
     }
 
-    fn admit(&self, cost: Cost, now: Instant) -> Result<Verdict> {
+    /// Checks and commits under the lock. The clock is read under the lock too,
+    /// so entries enter each log in time order.
+    fn admit(&self, cost: Cost) -> Result<(Verdict, Instant)> {
         let mut state = self.shared.state.lock();
+        let now = Instant::now();
         let mut longest: Option<(Duration, usize)> = None;
         if let Some(until) = state.paused_until {
             if until > now {
@@ -431,10 +435,13 @@ impl LocalLimiter {
                 .get(index)
                 .map_or_else(|| "paused by upstream 429".to_owned(), |l| l.name.clone());
             // A zero wait would spin: the entry expires at exactly `now + 0`.
-            return Ok(Verdict::Wait {
-                bucket,
-                wait: wait.max(Duration::from_micros(100)),
-            });
+            return Ok((
+                Verdict::Wait {
+                    bucket,
+                    wait: wait.max(Duration::from_micros(100)),
+                },
+                now,
+            ));
         }
         let id = state.next_id;
         state.next_id += 1;
@@ -449,7 +456,7 @@ impl LocalLimiter {
                 });
             }
         }
-        Ok(Verdict::Admitted(id))
+        Ok((Verdict::Admitted(id), now))
     }
 }
 
@@ -459,9 +466,9 @@ impl Settler for Shared {
     }
 
     fn adjust(self: Arc<Self>, id: u64, reserved: Cost, actual: Cost) {
-        let now = Instant::now();
         let mut refunded = false;
         let mut state = self.state.lock();
+        let now = Instant::now();
         for log in &mut state.logs {
             let unit = log.spec.unit;
             let (before, after) = (reserved.of(unit), actual.of(unit));
@@ -517,12 +524,11 @@ impl Admission for LocalLimiter {
                 let room = self.shared.room.notified();
                 tokio::pin!(room);
                 room.as_mut().enable();
-                let now = Instant::now();
-                match self.admit(cost, now)? {
-                    Verdict::Admitted(id) => {
+                match self.admit(cost)? {
+                    (Verdict::Admitted(id), now) => {
                         return Ok(self.reservation(id, cost, now - start, full_bucket, now));
                     }
-                    Verdict::Wait { bucket, wait } => {
+                    (Verdict::Wait { bucket, wait }, now) => {
                         let remaining = deadline.map(|d| d.saturating_duration_since(now));
                         if remaining.is_some_and(|r| r.is_zero()) {
                             return Err(CoreError::RateLimited {
