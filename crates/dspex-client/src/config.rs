@@ -634,7 +634,7 @@ impl ProviderConfig {
                 || url.starts_with("redis+unix://"))
         {
             return Err(CoreError::config(
-                backend_key.clone(),
+                backend_key,
                 format!(
                     "`{}` is not a redis:// URL (or \"memory\")",
                     redacted_url(url)
