@@ -1087,5 +1087,60 @@ async fn waiting_for_a_pool_slot_is_bounded() {
     let results = [first, second];
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
     let error = results.into_iter().find_map(Result::err).unwrap();
-    assert!(matches!(&error, ClientError::RateLimited { bucket, .. } if bucket == "pool/1"), "{error:?}");
+    assert!(
+        matches!(&error, ClientError::RateLimited { bucket, .. } if bucket == "pool/1"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_error_as_the_first_stream_event_is_retried() {
+    use axum::response::IntoResponse;
+    // A server that answers 200 and then an overloaded error event the first
+    // time, and a normal stream the second time.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post(move || {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let body = if n == 0 {
+                    "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n".to_owned()
+                } else {
+                    [
+                        r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":3,"output_tokens":1}}}"#,
+                        r#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ok"}}"#,
+                        r#"event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}"#,
+                        r#"event: message_stop
+data: {"type":"message_stop"}"#,
+                    ]
+                    .join("\n\n")
+                        + "\n\n"
+                };
+                ([("content-type", "text/event-stream")], body).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = client_with(vec![provider(
+        "claude",
+        "anthropic",
+        &format!("http://{addr}"),
+        |_| {},
+    )])
+    .await;
+    let stream = client
+        .request_stream("claude", user("x"), RequestOptions::new())
+        .await
+        .unwrap();
+    let response = stream.collect_response().await.unwrap();
+    assert_eq!(response.text(), "ok");
+    assert_eq!(response.attempts, 2);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -413,6 +413,15 @@ async fn attempt(
                 event: first.event,
                 data: first.data,
             };
+            // An error as the very first event (an overloaded upstream that
+            // already sent 200) reached no caller yet: fail the attempt, so
+            // the retry layer and the breaker see it like an error status.
+            let mut probe = Vec::new();
+            if let Err(error @ WireError::Upstream { .. }) =
+                Decoder::new(config.kind).decode(&first, &mut probe)
+            {
+                return Err(wire_error(shared, call, error, false));
+            }
             let events =
                 futures::stream::once(async move { Ok(first) }).chain(rest.map_ok(|e| RawEvent {
                     event: e.event,
