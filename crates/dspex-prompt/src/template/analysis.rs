@@ -11,16 +11,18 @@
 //! its variables required. Defaults come from [`scan`]: `name | default(x)` and
 //! `name | d(x)` give `x` (evaluated when it is a constant expression),
 //! `name | default` gives `""`, `name is defined` makes the name optional with
-//! a `null` default.
+//! a `null` default. A name is optional only if every template of the closure
+//! that reads it gives it a fallback (within one source, one fallback is
+//! enough); the default reported is the first one found.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use minijinja::Environment;
 use serde_json::Value as Json;
 
+use super::TemplateVariable;
 use super::compile::{Compiled, DEMOS_FUNCTION};
 use super::scan::{self, Fallback, RefKind};
-use super::TemplateVariable;
 
 /// Names that look like variables to the static analysis but are provided by
 /// the engine: default globals, macro and loop specials, and the demos
@@ -53,17 +55,25 @@ pub(super) fn analyze(compiled: &Compiled) -> Analysis {
     let mut walker = Walker {
         compiled,
         names: BTreeSet::new(),
+        required: BTreeSet::new(),
         fallbacks: BTreeMap::new(),
         visited: HashSet::new(),
         depth: 0,
     };
     walker.visit(&compiled.root, &BTreeSet::new(), &BTreeSet::new());
     let Walker {
-        names, fallbacks, ..
+        names,
+        required,
+        fallbacks,
+        ..
     } = walker;
     let mut analysis = Analysis::default();
     for name in names {
-        let default = fallbacks.get(&name).map(evaluate);
+        let default = if required.contains(&name) {
+            None
+        } else {
+            fallbacks.get(&name).map(evaluate)
+        };
         if default.is_none() {
             analysis.required.push(name.clone());
         }
@@ -78,7 +88,11 @@ const MAX_DEPTH: usize = 64;
 
 struct Walker<'a> {
     compiled: &'a Compiled,
+    /// Every variable read.
     names: BTreeSet<String>,
+    /// Variables some template reads without giving a fallback for them.
+    required: BTreeSet<String>,
+    /// The first fallback found for each name.
     fallbacks: BTreeMap<String, Fallback>,
     visited: HashSet<(String, Vec<String>, Vec<String>)>,
     depth: usize,
@@ -110,15 +124,21 @@ impl Walker<'_> {
         let scratch = Environment::new();
         if let Ok(template) = scratch.template_from_str(source) {
             for name in template.undeclared_variables(false) {
-                if !bound.contains(&name) && !PROVIDED.contains(&name.as_str()) {
-                    self.names.insert(name);
+                if bound.contains(&name) || PROVIDED.contains(&name.as_str()) {
+                    continue;
                 }
+                match facts.fallbacks.iter().find(|(n, _)| *n == name) {
+                    Some((_, fallback)) => {
+                        self.fallbacks
+                            .entry(name.clone())
+                            .or_insert_with(|| fallback.clone());
+                    }
+                    None => {
+                        self.required.insert(name.clone());
+                    }
+                }
+                self.names.insert(name);
             }
-        }
-        for (name, fallback) in &facts.fallbacks {
-            self.fallbacks
-                .entry(name.clone())
-                .or_insert_with(|| fallback.clone());
         }
 
         self.depth += 1;
@@ -190,7 +210,11 @@ mod tests {
             ("'a' ~ 'b'", json!("ab")),
         ];
         for (text, expected) in cases {
-            assert_eq!(evaluate(&Fallback::Expr(text.to_owned())), expected, "{text}");
+            assert_eq!(
+                evaluate(&Fallback::Expr(text.to_owned())),
+                expected,
+                "{text}"
+            );
         }
         assert_eq!(evaluate(&Fallback::Empty), json!(""));
         assert_eq!(evaluate(&Fallback::Guard), Json::Null);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use minijinja::{AutoEscape, Environment, State, UndefinedBehavior, Value};
 
-use super::scan;
+use super::scan::{self, RefKind};
 use super::{Def, PromptTemplate};
 use crate::error::{PromptError, Result};
 
@@ -77,6 +77,7 @@ struct Scope {
 struct Registered {
     scope: usize,
     display: String,
+    source: String,
 }
 
 /// Name resolution for the templates of one environment.
@@ -96,9 +97,10 @@ impl Table {
         // terminates; the bound guards against a malformed table anyway.
         for _ in 0..=self.scopes.len() {
             let current = self.scopes.get(scope)?;
-            let found = current.names.get(name).or_else(|| {
-                strip_extension(name).and_then(|stem| current.names.get(stem))
-            });
+            let found = current
+                .names
+                .get(name)
+                .or_else(|| strip_extension(name).and_then(|stem| current.names.get(stem)));
             if let Some(found) = found {
                 return Some(found);
             }
@@ -134,37 +136,57 @@ pub(super) struct Compiled {
 impl Compiled {
     /// The source of a registered template.
     pub(super) fn source_of(&self, registered: &str) -> Option<&str> {
-        self.env.get_template(registered).ok().map(|t| t.source())
+        self.table
+            .registered
+            .get(registered)
+            .map(|r| r.source.as_str())
     }
 
-    /// Checks that every literal `extends`/`include`/`import` target of every
-    /// template of the closure exists.
+    /// Checks the references of every template of the closure: every literal
+    /// `extends`/`include`/`import` target exists, every `extends` names its
+    /// parent literally, and inheritance has no cycle.
     pub(super) fn check_references(&self) -> Result<()> {
+        let mut edges: HashMap<&str, Vec<(&str, usize)>> = HashMap::new();
         for registered in self.table.registered() {
             let Some(source) = self.source_of(registered) else {
                 continue;
             };
+            let display = self.table.display(registered);
             for reference in scan::facts(source).refs {
-                if reference.ignore_missing || reference.names.is_empty() {
-                    continue;
-                }
-                let found = reference
-                    .names
-                    .iter()
-                    .any(|name| self.table.resolve(name, registered).is_some());
-                if !found {
-                    return Err(PromptError::UnknownTemplate {
-                        name: reference.names.first().cloned().unwrap_or_default(),
-                        referenced_by: self.table.display(registered).to_owned(),
-                    });
+                check_reference(display, source, &reference, |name| {
+                    self.table.resolve(name, registered).is_some()
+                })?;
+                if reference.kind == RefKind::Extends {
+                    let targets = edges.entry(registered).or_default();
+                    for name in &reference.names {
+                        if let Some(target) = self.table.resolve(name, registered) {
+                            targets.push((target, reference.offset));
+                        }
+                    }
                 }
             }
         }
-        Ok(())
+        check_cycles(self.table.registered(), &edges, |registered| {
+            (
+                self.table.display(registered),
+                self.source_of(registered).unwrap_or(""),
+            )
+        })
     }
 
     /// Maps a render error, naming the template it happened in.
     pub(super) fn render_error(&self, fallback: &str, error: &minijinja::Error) -> PromptError {
+        // An error inside an included template arrives wrapped as "error in
+        // <included>"; report the innermost one, where the line applies.
+        let mut error = error;
+        while error.kind() == minijinja::ErrorKind::BadInclude {
+            match std::error::Error::source(error)
+                .and_then(|inner| inner.downcast_ref::<minijinja::Error>())
+            {
+                Some(inner) => error = inner,
+                None => break,
+            }
+        }
         let registered = error.name();
         let template = registered.map_or(fallback, |r| self.table.display(r));
         let mut message = describe(error);
@@ -180,6 +202,95 @@ impl Compiled {
             message,
         }
     }
+}
+
+/// Checks one reference of the template `display`; `exists` tells whether
+/// a name can be found.
+pub(super) fn check_reference(
+    display: &str,
+    source: &str,
+    reference: &scan::Reference,
+    exists: impl Fn(&str) -> bool,
+) -> Result<()> {
+    if reference.names.is_empty() {
+        if reference.kind == RefKind::Extends {
+            // minijinja cannot detect a cycle through a computed parent name
+            // once names are resolved per scope, so such a template could
+            // loop forever; require literal names.
+            let (line, column) = line_column(source, reference.offset);
+            return Err(PromptError::TemplateSyntax {
+                template: display.to_owned(),
+                line,
+                column: Some(column),
+                message: "`extends` needs a literal template name".to_owned(),
+            });
+        }
+        return Ok(());
+    }
+    if reference.ignore_missing || reference.names.iter().any(|name| exists(name)) {
+        return Ok(());
+    }
+    Err(PromptError::UnknownTemplate {
+        name: reference.names.first().cloned().unwrap_or_default(),
+        referenced_by: display.to_owned(),
+    })
+}
+
+/// Fails when following `extends` edges (`node -> [(target, offset of the
+/// tag)]`) from any node comes back to it; `describe` gives a node's name and
+/// source.
+pub(super) fn check_cycles<'a>(
+    nodes: impl Iterator<Item = &'a str>,
+    edges: &HashMap<&'a str, Vec<(&'a str, usize)>>,
+    describe: impl Fn(&'a str) -> (&'a str, &'a str),
+) -> Result<()> {
+    // 1 = on the current path, 2 = done.
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    for start in nodes {
+        if state.contains_key(start) {
+            continue;
+        }
+        // Iterative depth-first search: (node, next edge index).
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        state.insert(start, 1);
+        while let Some((node, index)) = path.last().copied() {
+            let next = edges.get(node).and_then(|targets| targets.get(index));
+            let Some(&(target, offset)) = next else {
+                state.insert(node, 2);
+                path.pop();
+                continue;
+            };
+            if let Some(top) = path.last_mut() {
+                top.1 += 1;
+            }
+            match state.get(target) {
+                Some(1) => {
+                    let from = path.iter().position(|(n, _)| *n == target).unwrap_or(0);
+                    let mut chain: Vec<&str> = path
+                        .get(from..)
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|(n, _)| describe(n).0)
+                        .collect();
+                    chain.push(describe(target).0);
+                    let (display, source) = describe(node);
+                    let (line, column) = line_column(source, offset);
+                    return Err(PromptError::TemplateSyntax {
+                        template: display.to_owned(),
+                        line,
+                        column: Some(column),
+                        message: format!("cycle in template inheritance: {}", chain.join(" -> ")),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    state.insert(target, 1);
+                    path.push((target, 0));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Collects the templates of a closure into one environment.
@@ -263,6 +374,7 @@ impl Builder {
             Registered {
                 scope,
                 display: display.to_owned(),
+                source: source.to_owned(),
             },
         );
         self.table.order.push(registered.to_owned());
@@ -300,13 +412,22 @@ impl Builder {
 
 /// A syntax error of the template `display` whose source is `source`.
 pub(super) fn syntax_error(display: &str, source: &str, error: &minijinja::Error) -> PromptError {
-    let column = error.range().and_then(|range| column_at(source, range.start));
+    let column = error
+        .range()
+        .and_then(|range| column_at(source, range.start));
     PromptError::TemplateSyntax {
         template: display.to_owned(),
         line: error.line().unwrap_or(1),
         column,
         message: describe(error),
     }
+}
+
+/// The 1-based line and column (in characters) of a byte offset.
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    (line, column_at(source, before.len()).unwrap_or(1))
 }
 
 /// The 1-based column (in characters) of a byte offset.
@@ -332,7 +453,14 @@ mod tests {
 
     #[test]
     fn literals_round_trip_through_the_scanner() {
-        for text in ["plain", "quo\"te", "back\\slash", "new\nline", "ctl\u{1}", "\u{e9}"] {
+        for text in [
+            "plain",
+            "quo\"te",
+            "back\\slash",
+            "new\nline",
+            "ctl\u{1}",
+            "\u{e9}",
+        ] {
             assert_eq!(scan::decode_str(&literal(text)).unwrap(), text);
         }
     }

@@ -155,7 +155,7 @@ pub(super) enum Tok<'a> {
 }
 
 /// A token and its byte range inside the tag body.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Token<'a> {
     /// The token.
     pub(super) tok: Tok<'a>,
@@ -283,6 +283,8 @@ pub(super) struct Reference {
     /// Names bound by enclosing `for`, `with`, `set`, `macro` and similar at
     /// the point of the reference (an included template sees them).
     pub(super) bound: BTreeSet<String>,
+    /// Byte offset of the tag in the source.
+    pub(super) offset: usize,
 }
 
 /// How the template supplies a value for a name that may be missing.
@@ -352,10 +354,10 @@ pub(super) fn facts(source: &str) -> Facts {
     for tag in tags(source) {
         let toks = tokens(tag.body);
         scan_fallbacks(tag.body, &toks, &mut facts.fallbacks);
-        if let Some(open) = open_blocks.last_mut() {
-            if calls_super(&toks) {
-                open.2 = true;
-            }
+        if let Some(open) = open_blocks.last_mut()
+            && calls_super(&toks)
+        {
+            open.2 = true;
         }
         if tag.kind != TagKind::Stmt {
             continue;
@@ -383,6 +385,7 @@ pub(super) fn facts(source: &str) -> Facts {
                     names: literal_names(rest),
                     ignore_missing: has_ignore_missing(rest),
                     bound,
+                    offset: tag.start,
                 });
                 if keyword == "import" || keyword == "from" {
                     bind(&mut frames, import_targets(keyword, rest));
@@ -477,10 +480,10 @@ fn bind(frames: &mut [Frame], names: Vec<String>) {
 /// Closes the innermost frame opened by the statement `end` closes; stray end
 /// tags are ignored. The outermost frame is never closed.
 fn close(frames: &mut Vec<Frame>, end: &str) {
-    if let Some(pos) = frames.iter().rposition(|f| f.end == end) {
-        if pos > 0 {
-            frames.truncate(pos);
-        }
+    if let Some(pos) = frames.iter().rposition(|f| f.end == end)
+        && pos > 0
+    {
+        frames.truncate(pos);
     }
 }
 
@@ -783,7 +786,15 @@ mod tests {
 
     #[test]
     fn unterminated_tags_do_not_panic() {
-        for src in ["{{", "{%", "{#", "{{ 'abc", "{% raw %}abc", "\u{e9}{{ \u{e9}", "{"] {
+        for src in [
+            "{{",
+            "{%",
+            "{#",
+            "{{ 'abc",
+            "{% raw %}abc",
+            "\u{e9}{{ \u{e9}",
+            "{",
+        ] {
             let _ = facts(src);
         }
     }
@@ -802,7 +813,11 @@ mod tests {
             refs,
             vec![
                 (RefKind::Extends, vec!["base".to_owned()], false),
-                (RefKind::Include, vec!["a".to_owned(), "b".to_owned()], false),
+                (
+                    RefKind::Include,
+                    vec!["a".to_owned(), "b".to_owned()],
+                    false
+                ),
                 (RefKind::Include, vec![], false),
                 (RefKind::Include, vec!["c".to_owned()], true),
                 (RefKind::Import, vec!["m".to_owned()], false),
@@ -834,10 +849,17 @@ mod tests {
     fn blocks_and_stripping() {
         let src = "A{% block x %}X{{ super() }}{% endblock %}B{% block y %}Y{% block z %}Z{% endblock %}{% endblock %}";
         let facts = facts(src);
-        let names: Vec<_> = facts.blocks.iter().map(|b| (b.name.as_str(), b.uses_super)).collect();
+        let names: Vec<_> = facts
+            .blocks
+            .iter()
+            .map(|b| (b.name.as_str(), b.uses_super))
+            .collect();
         assert_eq!(names, vec![("x", true), ("y", false), ("z", false)]);
         let stripped = strip_blocks(src, &facts, &["y".to_owned()].into());
-        assert_eq!(stripped, "A{% block x %}X{{ super() }}{% endblock %}B{% block y %}{% endblock %}");
+        assert_eq!(
+            stripped,
+            "A{% block x %}X{{ super() }}{% endblock %}B{% block y %}{% endblock %}"
+        );
     }
 
     #[test]
