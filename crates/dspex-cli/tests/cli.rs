@@ -401,3 +401,24 @@ async fn predict_runs_a_program_against_the_mock() {
         assert!(run.stderr.contains(words), "{args:?}: {}", run.stderr);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dspex_config_names_the_file_when_no_flag_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("elsewhere.toml");
+    std::fs::write(&path, "[providers.from-env-var]\nkind = \"openai\"\n").unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let run = dspex(
+        cwd.path(),
+        &["config", "check"],
+        &[("DSPEX_CONFIG", path.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("[providers.from-env-var]"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("elsewhere.toml"), "{}", run.stderr);
+}
