@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use crate::adapter::{Adapter, Example};
 use crate::error::{PromptError, Result};
 use crate::signature::{Field, FieldType, Signature};
+use crate::template::PromptTemplate;
 
 /// Input values by field name.
 pub type Inputs = Map<String, Value>;
@@ -204,6 +205,8 @@ pub struct CallSettings {
 #[derive(Clone, Debug)]
 pub struct Predict {
     signature: Signature,
+    /// The template the instructions were rendered from, and its variables.
+    instructions_template: Option<(PromptTemplate, Map<String, Value>)>,
     adapter: Adapter,
     demos: Vec<Example>,
     lm: Lm,
@@ -218,6 +221,7 @@ impl Predict {
     pub fn new(signature: Signature, lm: Lm) -> Self {
         let mut predict = Self {
             signature,
+            instructions_template: None,
             adapter: Adapter::Chat,
             demos: Vec::new(),
             lm,
@@ -272,10 +276,33 @@ impl Predict {
         self.rebuild();
     }
 
-    /// Replaces the instructions.
+    /// Replaces the instructions (and forgets any instructions template).
     pub fn set_instructions(&mut self, instructions: impl Into<String>) {
+        self.instructions_template = None;
         self.signature = self.signature.clone().with_instructions(instructions);
         self.rebuild();
+    }
+
+    /// Renders the instructions from `template` with `vars` (strictly: every
+    /// missing variable is an error). The template, its version and the
+    /// variables are part of the saved state.
+    pub fn set_instructions_template(
+        &mut self,
+        template: PromptTemplate,
+        vars: Map<String, Value>,
+    ) -> Result<()> {
+        let instructions = template.render(&vars)?;
+        self.signature = self.signature.clone().with_instructions(instructions);
+        self.instructions_template = Some((template, vars));
+        self.rebuild();
+        Ok(())
+    }
+
+    /// The instructions template and its variables, when one is used.
+    pub fn instructions_template(&self) -> Option<&PromptTemplate> {
+        self.instructions_template
+            .as_ref()
+            .map(|(template, _)| template)
     }
 
     /// The signature.
@@ -436,6 +463,13 @@ impl Predict {
         PredictState {
             signature: self.signature.to_string(),
             instructions: self.signature.raw_instructions().to_owned(),
+            template: self
+                .instructions_template
+                .as_ref()
+                .map(|(template, vars)| TemplateState {
+                    template: template.clone(),
+                    vars: vars.clone(),
+                }),
             adapter: self.adapter,
             demos: self.demos.clone(),
             settings: self.settings.clone(),
@@ -462,6 +496,15 @@ impl Predict {
             });
         }
         self.signature = self.signature.clone().with_instructions(state.instructions);
+        self.instructions_template = match state.template {
+            Some(saved) => {
+                // Re-rendered, so the saved template and the saved text agree.
+                let rendered = saved.template.render(&saved.vars)?;
+                self.signature = self.signature.clone().with_instructions(rendered);
+                Some((saved.template, saved.vars))
+            }
+            None => None,
+        };
         self.adapter = state.adapter;
         self.demos = state.demos;
         self.settings = state.settings;
@@ -577,12 +620,35 @@ pub struct PredictState {
     pub signature: String,
     /// The instructions (empty for the default objective).
     pub instructions: String,
+    /// The template the instructions come from (its definition, with its
+    /// version), when one is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateState>,
     /// The adapter.
     pub adapter: Adapter,
     /// The demos.
     pub demos: Vec<Example>,
     /// The call settings.
     pub settings: CallSettings,
+}
+
+/// An instructions template in saved state: the definition (name, version,
+/// source, metadata) and the variables it was rendered with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TemplateState {
+    /// The template's definition.
+    pub template: PromptTemplate,
+    /// The variables.
+    pub vars: Map<String, Value>,
+}
+
+impl PartialEq for TemplateState {
+    fn eq(&self, other: &Self) -> bool {
+        self.template.name() == other.template.name()
+            && self.template.version() == other.template.version()
+            && self.template.source() == other.template.source()
+            && self.vars == other.vars
+    }
 }
 
 /// A program's saved state: every predictor's, by name. Plain JSON: loading

@@ -282,6 +282,48 @@ async fn program_state_saves_and_loads() {
         "Answer in one word."
     );
 
+    // Instructions from a template: the template's version and variables are
+    // saved and restored with the program.
+    let template = dspex_prompt::template::PromptTemplate::create(
+        "instructions",
+        "Answer in {{ n }} word(s), in {{ lang }}.",
+    )
+    .unwrap();
+    let template = dspex_prompt::template::optimize(&template, &[]).unwrap();
+    assert_eq!(template.version(), 2);
+    tuned
+        .predict_mut()
+        .set_instructions_template(template, inputs(json!({"n": 1, "lang": "French"})))
+        .unwrap();
+    assert_eq!(
+        tuned.predict().signature().instructions(),
+        "Answer in 1 word(s), in French."
+    );
+    save_program(&tuned, &path).unwrap();
+    let mut restored = ChainOfThought::new(
+        Signature::parse("question -> answer").unwrap(),
+        Lm::new(&client, "dummy"),
+    );
+    load_program(&mut restored, &path).unwrap();
+    assert_eq!(
+        restored
+            .predict()
+            .instructions_template()
+            .unwrap()
+            .version(),
+        2
+    );
+    assert_eq!(
+        restored.predict().signature().instructions(),
+        "Answer in 1 word(s), in French."
+    );
+    assert_eq!(restored.predict().state(), tuned.predict().state());
+    let missing = tuned.predict_mut().set_instructions_template(
+        dspex_prompt::template::PromptTemplate::create("i", "{{ a }} {{ b }}").unwrap(),
+        inputs(json!({})),
+    );
+    assert!(missing.unwrap_err().to_string().contains("a, b"));
+
     let mut other = Predict::new(
         Signature::parse("text -> label").unwrap(),
         Lm::new(&client, "dummy"),
