@@ -31,6 +31,6 @@ pub use adapter::{Adapter, Example};
 pub use error::{PromptError, Result};
 pub use module::{
     CallSettings, ChainOfThought, Inputs, Lm, LmCall, Module, Predict, Prediction, ProgramState,
-    RunContext, batch, load_program, program_state, save_program,
+    RunContext, TemplateState, batch, load_program, program_state, save_program,
 };
 pub use signature::{Field, FieldType, Signature};
