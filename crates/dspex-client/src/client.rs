@@ -343,7 +343,15 @@ impl Client {
             .clone()
             .unwrap_or_else(CorrelationId::generate);
         let trail = Trail::new(correlation_id.clone());
-        let tags = Arc::new(options.tags.clone());
+        let tags = if options.tags.is_empty() {
+            // Most calls carry no tags: share one empty map instead of
+            // allocating one per call.
+            static EMPTY: std::sync::OnceLock<Arc<BTreeMap<String, String>>> =
+                std::sync::OnceLock::new();
+            Arc::clone(EMPTY.get_or_init(Arc::default))
+        } else {
+            Arc::new(options.tags.clone())
+        };
         let Ok(provider) = self.inner.providers.get(provider_id) else {
             let recorder = Recorder::start(
                 &self.inner.events,

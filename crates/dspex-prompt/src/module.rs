@@ -55,7 +55,7 @@ pub struct LmCall {
     /// The run it belonged to.
     pub correlation_id: CorrelationId,
     /// The provider id.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// The model that answered.
     pub model: String,
     /// Tokens used.
@@ -369,7 +369,7 @@ impl Predict {
             .await?;
         prediction.add_call(LmCall {
             correlation_id: response.correlation_id.clone(),
-            provider: response.provider.to_string(),
+            provider: Arc::clone(&response.provider),
             model: response.model.clone(),
             usage: response.usage,
             latency: response.latency,
