@@ -18,7 +18,7 @@ pub const DEFAULT_MODELS: [&str; 3] = ["mock-model", "gpt-4o-mini", "claude-3-5-
 /// `0.0..=1.0`. They are taken from one deterministic draw per request, in that
 /// order, so `fail_429 = 0.1, fail_500 = 0.1` makes 10 % of requests 429 and another
 /// 10 % 500. If they add up to more than 1 the later kinds get what is left.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct MockConfig {
     /// Latency in milliseconds added before every reply.
     #[arg(long = "latency-ms", default_value_t = 0)]
@@ -239,5 +239,45 @@ mod tests {
             ..MockConfig::default()
         };
         assert!(config.validate().is_err());
+    }
+}
+
+impl std::fmt::Debug for MockConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The expected key is a secret like any other: never printed.
+        f.debug_struct("MockConfig")
+            .field("latency_ms", &self.latency_ms)
+            .field("jitter_ms", &self.jitter_ms)
+            .field("fail_429", &self.fail_429)
+            .field("fail_500", &self.fail_500)
+            .field("hang", &self.hang)
+            .field("malformed", &self.malformed)
+            .field("truncate", &self.truncate)
+            .field("rpm", &self.rpm)
+            .field("tpm", &self.tpm)
+            .field("script", &self.script)
+            .field("seed", &self.seed)
+            .field(
+                "require_api_key",
+                &self.require_api_key.as_ref().map(|_| "[redacted]"),
+            )
+            .field("record_requests", &self.record_requests)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_the_expected_key() {
+        let config = MockConfig {
+            require_api_key: Some("sk-mock-secret-123".into()),
+            ..MockConfig::default()
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("sk-mock-secret-123"), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
     }
 }
