@@ -243,6 +243,23 @@ impl fmt::Debug for Client {
     }
 }
 
+/// A transport answered with another kind of reply than the call asked for
+/// (a bug in a transport, never an upstream's doing): record and report it.
+fn wrong_reply(
+    provider: &Provider,
+    call: &Call,
+    recorder: Recorder,
+    expected: &str,
+) -> ClientError {
+    let error = ClientError::MalformedResponse {
+        provider: Arc::clone(&provider.shared.id),
+        message: format!("the transport returned a reply that is not a {expected} reply"),
+        context: ClientError::context_for(&call.inner().trail),
+    };
+    recorder.finish(Ending::failed(&error));
+    error
+}
+
 /// A call resolved to its provider, encoded and ready for the stack.
 struct Prepared {
     provider: Arc<Provider>,
@@ -542,13 +559,7 @@ impl Client {
             body, request_id, ..
         } = reply;
         let ReplyBody::Chat(parsed) = body else {
-            let error = ClientError::MalformedResponse {
-                provider: Arc::clone(&provider.shared.id),
-                message: "the transport returned a non-chat reply".into(),
-                context: ClientError::context_for(&call.inner().trail),
-            };
-            recorder.finish(Ending::failed(&error));
-            return Err(error);
+            return Err(wrong_reply(&provider, &call, recorder, "chat"));
         };
         let model = parsed
             .model
@@ -621,13 +632,7 @@ impl Client {
             guards,
         } = reply;
         let ReplyBody::Stream(events) = body else {
-            let error = ClientError::MalformedResponse {
-                provider: Arc::clone(&provider.shared.id),
-                message: "the transport returned a non-stream reply".into(),
-                context: ClientError::context_for(&call.inner().trail),
-            };
-            recorder.finish(Ending::failed(&error));
-            return Err(error);
+            return Err(wrong_reply(&provider, &call, recorder, "stream"));
         };
         Ok(ChatStream::new(StreamParts {
             events,
@@ -671,13 +676,7 @@ impl Client {
             }
         };
         let ReplyBody::Embeddings(parsed) = reply.body else {
-            let error = ClientError::MalformedResponse {
-                provider: Arc::clone(&provider.shared.id),
-                message: "the transport returned a non-embeddings reply".into(),
-                context: ClientError::context_for(&call.inner().trail),
-            };
-            recorder.finish(Ending::failed(&error));
-            return Err(error);
+            return Err(wrong_reply(&provider, &call, recorder, "embeddings"));
         };
         let model = parsed
             .model

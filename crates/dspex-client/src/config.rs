@@ -688,14 +688,9 @@ impl ProviderConfig {
     /// An in-process scripted provider with default protection settings and no
     /// limits.
     pub fn scripted(id: &str, model: &str) -> Result<Self> {
-        let mut config = Self::openai_compatible(
-            id,
-            ProviderKind::Scripted
-                .default_base_url()
-                .replace("scripted", "http")
-                .as_str(),
-            model,
-        )?;
+        // Validated as an HTTP provider for every other default, then marked
+        // scripted: no request ever goes to its address.
+        let mut config = Self::openai_compatible(id, "http://in-process", model)?;
         config.kind = ProviderKind::Scripted;
         config.base_url = ProviderKind::Scripted.default_base_url().to_owned();
         Ok(config)
