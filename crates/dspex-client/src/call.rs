@@ -1,7 +1,6 @@
 //! What travels through a provider's protection stack: the [`Call`] going in and
 //! the [`Reply`] coming out.
 
-use std::any::Any;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -10,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dspex_core::Trail;
-use dspex_core::protect::{Cost, ProtectedRequest, ProtectedResponse, Reservation};
+use dspex_core::protect::{Cost, PoolSlot, ProtectedRequest, ProtectedResponse, Reservation};
 use futures::Stream;
 
 use crate::error::ClientError;
@@ -127,7 +126,7 @@ pub(crate) struct Reply {
     pub(crate) started: tokio::time::Instant,
     pub(crate) request_id: Option<String>,
     pub(crate) reservation: Option<Reservation>,
-    pub(crate) guards: Vec<Box<dyn Any + Send + Sync>>,
+    pub(crate) slot: Option<PoolSlot>,
 }
 
 impl Reply {
@@ -137,7 +136,7 @@ impl Reply {
             started: tokio::time::Instant::now(),
             request_id,
             reservation: None,
-            guards: Vec::new(),
+            slot: None,
         }
     }
 }
@@ -161,7 +160,7 @@ impl ProtectedResponse for Reply {
         }
     }
 
-    fn hold(&mut self, guard: Box<dyn Any + Send + Sync>) {
-        self.guards.push(guard);
+    fn hold(&mut self, slot: PoolSlot) {
+        self.slot = Some(slot);
     }
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use dspex_core::protect::{
-    Admission, CircuitBreaker, CircuitBreakerLayer, CircuitState, ConcurrencyLimitLayer, Cost,
-    LocalLimiter, RateLimitLayer, RedisLimiter, RetryLayer, TimeoutLayer, Transition, Unit,
+    Admission, CircuitBreaker, CircuitBreakerLayer, CircuitBreakerService, CircuitState,
+    ConcurrencyLimitLayer, ConcurrencyLimitService, Cost, LocalLimiter, RateLimitLayer,
+    RateLimitService, RedisLimiter, RetryLayer, RetryService, TimeoutLayer, TimeoutService,
+    Transition, Unit,
 };
 use dspex_core::registry::Registry;
 use dspex_core::{CoreError, CorrelationId, ErrorContext, Trail};
-use futures::future::BoxFuture;
-use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
@@ -23,7 +23,7 @@ use crate::events::{
     CallInfo, CircuitEvent, Event, EventBus, EventKind, LimitSource, Operation, RateLimitEvent,
     RetryEvent,
 };
-use crate::provider::{HttpTransport, Transport};
+use crate::provider::{HttpTransport, Sent, Transport};
 use crate::scripted::{ScriptedLm, ScriptedTransport};
 use crate::stream::{ChatStream, StreamParts};
 use crate::telemetry::{CallMetrics, Ending, Recorder};
@@ -42,9 +42,42 @@ pub(crate) struct ProviderShared {
     pub(crate) limits_tokens: bool,
     pub(crate) events: EventBus,
     pub(crate) metrics: Arc<CallMetrics>,
+    /// The configured chat and embedding models, and the trail's first
+    /// breadcrumb for each, built once rather than on every call.
+    chat_model: (Arc<str>, Arc<str>),
+    embedding_model: (Arc<str>, Arc<str>),
 }
 
-type Stack = BoxCloneSyncService<Call, Reply, ClientError>;
+impl ProviderShared {
+    /// The model a call asks for (or the default) and the breadcrumb naming
+    /// provider and model.
+    fn model_and_crumb(&self, requested: Option<&str>, embeddings: bool) -> (Arc<str>, Arc<str>) {
+        let default = if embeddings {
+            &self.embedding_model
+        } else {
+            &self.chat_model
+        };
+        match requested {
+            Some(model) if model != &*default.0 => describe(&self.config, model),
+            _ => (Arc::clone(&default.0), Arc::clone(&default.1)),
+        }
+    }
+}
+
+/// A model and the breadcrumb that names it with its provider.
+fn describe(config: &ProviderConfig, model: &str) -> (Arc<str>, Arc<str>) {
+    let crumb = format!("{} ({}) model {model}", config.id, config.kind.system());
+    (Arc::from(model), Arc::from(crumb))
+}
+
+/// The whole stack, named so that a call costs no boxed future or service:
+/// each layer's future is a concrete type.
+type Stack = CircuitBreakerService<
+    RateLimitService<
+        ConcurrencyLimitService<RetryService<TimeoutService<AttemptService>, Call>>,
+        Call,
+    >,
+>;
 
 /// The innermost service: one attempt through the transport.
 #[derive(Clone)]
@@ -55,7 +88,7 @@ struct AttemptService {
 impl tower::Service<Call> for AttemptService {
     type Response = Reply;
     type Error = ClientError;
-    type Future = BoxFuture<'static, Result<Reply, ClientError>>;
+    type Future = Sent;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
         Poll::Ready(Ok(()))
@@ -117,6 +150,8 @@ impl Provider {
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
         Arc::new(ProviderShared {
+            chat_model: describe(&config, &config.model),
+            embedding_model: describe(&config, &config.embedding_model),
             id: Arc::from(config.id.as_str()),
             limits_requests: config.limits.iter().any(|b| b.unit == Unit::Requests),
             limits_tokens: config.limits.iter().any(|b| b.unit != Unit::Requests),
@@ -190,7 +225,7 @@ impl Provider {
             .layer(TimeoutLayer::new(config.timeouts.total))
             .service(AttemptService { transport });
         Self {
-            stack: BoxCloneSyncService::new(stack),
+            stack,
             shared,
             breaker,
             pool,
@@ -395,16 +430,13 @@ impl Client {
         };
         let shared = &provider.shared;
         let config = &shared.config;
-        let model: Arc<str> = match (operation, &embed) {
+        let (model, crumb) = match (operation, &embed) {
             (Operation::Embeddings, Some(request)) => {
-                Arc::from(request.model.as_deref().unwrap_or(&config.embedding_model))
+                shared.model_and_crumb(request.model.as_deref(), true)
             }
-            _ => Arc::from(options.params.model.as_deref().unwrap_or(&config.model)),
+            _ => shared.model_and_crumb(options.params.model.as_deref(), false),
         };
-        trail.push(
-            "provider",
-            format!("{} ({}) model {model}", shared.id, config.kind.system()),
-        );
+        trail.push("provider", crumb);
         let estimated_input = match (operation, &embed) {
             (Operation::Embeddings, Some(request)) => shared.limits_tokens.then(|| {
                 request
@@ -629,7 +661,7 @@ impl Client {
             started,
             request_id,
             reservation,
-            guards,
+            slot,
         } = reply;
         let ReplyBody::Stream(events) = body else {
             return Err(wrong_reply(&provider, &call, recorder, "stream"));
@@ -640,7 +672,7 @@ impl Client {
             shared: Arc::clone(&provider.shared),
             recorder,
             reservation,
-            guards,
+            slot,
             request_id,
             estimated_input,
             call,

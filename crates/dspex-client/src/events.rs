@@ -147,6 +147,21 @@ pub struct Completion {
     pub finish_reason: Option<FinishReason>,
     /// The provider's request id.
     pub request_id: Option<String>,
+    /// Set when the response came from the response cache: then `usage` is
+    /// zero (nothing was billed) and this holds what the call would have cost.
+    /// (Boxed: it is rare, and completions travel through the event bus.)
+    pub cache: Option<Box<CacheServed>>,
+}
+
+/// How a cached response was served.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CacheServed {
+    /// The tier that answered: `l1`, `l2` or `l3`.
+    pub tier: &'static str,
+    /// Cosine similarity of a semantic (`l3`) hit.
+    pub similarity: Option<f32>,
+    /// The usage of the original call, which this hit did not pay for.
+    pub saved: Usage,
 }
 
 /// Where a rate limit came from.

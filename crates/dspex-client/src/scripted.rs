@@ -21,13 +21,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use futures::future::BoxFuture;
 use serde_json::json;
 
 use crate::call::{Call, Payload, Reply, ReplyBody};
 use crate::error::ClientError;
 use crate::events::Operation;
-use crate::provider::{ParsedChat, RawEvent, Transport};
+use crate::provider::{ParsedChat, RawEvent, Sent, Transport};
 use crate::tokens;
 use crate::types::{ChatRequest, Choice, FinishReason, Role, Usage};
 
@@ -174,9 +173,8 @@ pub(crate) struct ScriptedTransport {
 }
 
 impl Transport for ScriptedTransport {
-    fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, ClientError>> {
-        let result = self.answer(&call);
-        Box::pin(async move { result })
+    fn send(&self, call: Call) -> Sent {
+        Sent::Ready(Some(self.answer(&call)))
     }
 }
 

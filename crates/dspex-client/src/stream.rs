@@ -1,13 +1,12 @@
 //! A streamed chat response.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use dspex_core::protect::Reservation;
+use dspex_core::protect::{PoolSlot, Reservation};
 use futures::Stream;
 use tokio::time::Sleep;
 
@@ -40,7 +39,7 @@ pub struct ChatStream {
     shared: Arc<ProviderShared>,
     recorder: Option<Recorder>,
     reservation: Option<Reservation>,
-    guards: Vec<Box<dyn Any + Send + Sync>>,
+    slot: Option<PoolSlot>,
     deadline: Pin<Box<Sleep>>,
     pending: VecDeque<StreamEvent>,
     chunks: Vec<Chunk>,
@@ -72,7 +71,7 @@ pub(crate) struct StreamParts {
     pub(crate) shared: Arc<ProviderShared>,
     pub(crate) recorder: Recorder,
     pub(crate) reservation: Option<Reservation>,
-    pub(crate) guards: Vec<Box<dyn Any + Send + Sync>>,
+    pub(crate) slot: Option<PoolSlot>,
     pub(crate) request_id: Option<String>,
     pub(crate) estimated_input: Option<u64>,
     pub(crate) call: crate::call::Call,
@@ -90,7 +89,7 @@ impl ChatStream {
             recorder: Some(parts.recorder),
             shared: parts.shared,
             reservation: parts.reservation,
-            guards: parts.guards,
+            slot: parts.slot,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             pending: VecDeque::new(),
             chunks: Vec::new(),
@@ -209,7 +208,7 @@ impl ChatStream {
         if let Some(reservation) = self.reservation.take() {
             reservation.settle(cost_of(&self.usage));
         }
-        self.guards.clear();
+        self.slot = None;
         let choices: Vec<Choice> = std::mem::take(&mut self.choices)
             .into_iter()
             .enumerate()
@@ -252,7 +251,7 @@ impl ChatStream {
         self.done = true;
         // The upstream did the work up to here: keep the estimate charged.
         drop(self.reservation.take());
-        self.guards.clear();
+        self.slot = None;
         if let Some(recorder) = self.recorder.take() {
             let mut ending = Ending::failed(&error);
             ending.usage = self.usage;

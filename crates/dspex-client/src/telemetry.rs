@@ -223,6 +223,7 @@ impl Recorder {
                 attempts,
                 finish_reason: ending.finish_reason,
                 request_id: ending.request_id,
+                cache: None,
             }),
         ));
     }
@@ -263,7 +264,9 @@ pub(crate) struct Handles {
 /// the first call.
 #[derive(Default)]
 pub(crate) struct CallMetrics {
-    handles: RwLock<HashMap<HandleKey, Arc<Handles>>>,
+    // foldhash rather than SipHash: the key is hashed on every call, and the
+    // keys come from configuration, not from an attacker.
+    handles: RwLock<HashMap<HandleKey, Arc<Handles>, foldhash::fast::RandomState>>,
 }
 
 impl CallMetrics {

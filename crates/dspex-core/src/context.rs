@@ -4,6 +4,7 @@
 //! the run it belongs to and a trail of [`Breadcrumb`]s (which provider, which
 //! model, each attempt, each wait). Errors box it so `Result`s stay small.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -67,14 +68,15 @@ pub struct Breadcrumb {
     #[serde(with = "crate::serde_time")]
     pub at: SystemTime,
     /// A short category, such as `provider`, `attempt`, `wait`, `step`.
-    pub category: String,
-    /// What happened, in words.
-    pub message: String,
+    pub category: Cow<'static, str>,
+    /// What happened, in words. Shared, so a message that repeats on every
+    /// call (which provider and model) can be built once.
+    pub message: Arc<str>,
 }
 
 impl Breadcrumb {
     /// A breadcrumb stamped now.
-    pub fn new(category: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(category: impl Into<Cow<'static, str>>, message: impl Into<Arc<str>>) -> Self {
         Self {
             at: SystemTime::now(),
             category: category.into(),
@@ -110,7 +112,11 @@ impl ErrorContext {
 
     /// Adds a breadcrumb at the end of the trail.
     #[must_use]
-    pub fn with(mut self, category: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn with(
+        mut self,
+        category: impl Into<Cow<'static, str>>,
+        message: impl Into<Arc<str>>,
+    ) -> Self {
         self.breadcrumbs.push(Breadcrumb::new(category, message));
         self
     }
@@ -151,7 +157,7 @@ impl Trail {
     }
 
     /// Appends a breadcrumb.
-    pub fn push(&self, category: impl Into<String>, message: impl Into<String>) {
+    pub fn push(&self, category: impl Into<Cow<'static, str>>, message: impl Into<Arc<str>>) {
         self.crumbs.lock().push(Breadcrumb::new(category, message));
     }
 
@@ -208,7 +214,7 @@ mod tests {
         let ctx = trail.snapshot();
         assert_eq!(ctx.correlation_id.as_str(), "run-1");
         assert_eq!(ctx.breadcrumbs.len(), 2);
-        assert_eq!(ctx.breadcrumbs[1].message, "rate limit: waited 250ms");
+        assert_eq!(&*ctx.breadcrumbs[1].message, "rate limit: waited 250ms");
         assert_eq!(
             ctx.to_string()
                 .split("; ")

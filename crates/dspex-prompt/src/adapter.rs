@@ -333,8 +333,9 @@ fn schema_of(ty: &FieldType) -> Value {
 }
 
 /// Finds every `[[ ## name ## ]]` marker, tolerating missing spaces and `#`s:
-/// `(name, start of marker, end of marker)`.
-fn markers(reply: &str) -> Vec<(String, usize, usize)> {
+/// `(name, start of marker, end of marker)`. Names keep their case: callers
+/// compare them ignoring ASCII case, which needs no lowercased copy.
+fn markers(reply: &str) -> Vec<(&str, usize, usize)> {
     // Byte scans: `str::find` builds a two-way searcher per call, which costs
     // more than these short scans.
     let find = |from: usize, pair: u8| {
@@ -342,7 +343,7 @@ fn markers(reply: &str) -> Vec<(String, usize, usize)> {
         (from..bytes.len().saturating_sub(1))
             .find(|&i| bytes.get(i) == Some(&pair) && bytes.get(i + 1) == Some(&pair))
     };
-    let mut found = Vec::new();
+    let mut found = Vec::with_capacity(8);
     let mut from = 0;
     while let Some(start) = find(from, b'[') {
         let Some(close) = find(start + 2, b']').map(|end| end - (start + 2)) else {
@@ -355,7 +356,7 @@ fn markers(reply: &str) -> Vec<(String, usize, usize)> {
             && name.len() <= 64
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            found.push((name.to_ascii_lowercase(), start, end));
+            found.push((name, start, end));
             from = end;
         } else {
             from = start + 2;
@@ -377,10 +378,10 @@ fn strip_fences(text: &str) -> &str {
 fn parse_chat(fields: &[Field], reply: &str) -> Parsed {
     let found = markers(reply);
     let mut parsed = Parsed::default();
-    let mut sections: Vec<(String, &str)> = Vec::new();
+    let mut sections: Vec<(&str, &str)> = Vec::with_capacity(found.len());
     for (i, (name, _, end)) in found.iter().enumerate() {
         let stop = found.get(i + 1).map_or(reply.len(), |next| next.1);
-        sections.push((name.clone(), reply.get(*end..stop).unwrap_or_default()));
+        sections.push((name, reply.get(*end..stop).unwrap_or_default()));
     }
     // A single output answered without any marker: take the whole reply.
     let lone = fields.len() == 1
@@ -411,8 +412,10 @@ fn parse_chat(fields: &[Field], reply: &str) -> Parsed {
         }
     }
     for field in fields {
-        let key = field.name.to_ascii_lowercase();
-        let Some((_, text)) = sections.iter().find(|(name, _)| *name == key) else {
+        let Some((_, text)) = sections
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&field.name))
+        else {
             parsed.failures.push((
                 field.name.clone(),
                 "no `[[ ## ".to_owned() + &field.name + " ## ]]` section in the reply",

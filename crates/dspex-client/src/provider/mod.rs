@@ -148,7 +148,35 @@ impl Decoder {
 /// Sends one attempt of a call. The HTTP implementation is the only one today;
 /// the trait keeps the protection stack independent of how bytes move.
 pub(crate) trait Transport: Send + Sync + 'static {
-    fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, ClientError>>;
+    fn send(&self, call: Call) -> Sent;
+}
+
+/// An attempt's future: already answered (an in-process transport, which then
+/// costs no boxed future) or on its way.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the inline reply is the point: an in-process answer costs no allocation"
+)]
+pub(crate) enum Sent {
+    Ready(Option<Result<Reply, ClientError>>),
+    Later(BoxFuture<'static, Result<Reply, ClientError>>),
+}
+
+impl Future for Sent {
+    type Output = Result<Reply, ClientError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut *self {
+            // Polled again after it finished: never resolves a second time.
+            Self::Ready(result) => result
+                .take()
+                .map_or(std::task::Poll::Pending, std::task::Poll::Ready),
+            Self::Later(future) => future.as_mut().poll(cx),
+        }
+    }
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
@@ -267,7 +295,13 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
-    fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, ClientError>> {
+    fn send(&self, call: Call) -> Sent {
+        Sent::Later(self.send_http(call))
+    }
+}
+
+impl HttpTransport {
+    fn send_http(&self, call: Call) -> BoxFuture<'static, Result<Reply, ClientError>> {
         let shared = Arc::clone(&self.shared);
         let uri = match call.inner().operation {
             Operation::Chat | Operation::ChatStream => self.chat_uri.clone(),

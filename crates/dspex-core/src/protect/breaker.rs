@@ -14,12 +14,14 @@
 //! started before the circuit opened cannot close it.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use parking_lot::Mutex;
+use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -320,35 +322,76 @@ pub struct CircuitBreakerService<S> {
 
 impl<S, Req> Service<Req> for CircuitBreakerService<S>
 where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Req>,
     S::Error: ProtectedError,
-    S::Response: Send + 'static,
-    Req: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = BreakerFuture<S::Future, S::Error>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let permit = self.breaker.try_acquire();
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let permit = permit?;
-            futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-            let result = inner.call(req).await;
-            match &result {
-                Ok(_) => permit.record(false),
-                Err(error) if error.reached_upstream() => permit.record(error.trips_breaker()),
-                // Neutral: frees a probe slot, changes nothing else.
-                Err(_) => drop(permit),
+        let state = match self.breaker.try_acquire() {
+            Ok(permit) => BreakerState::Running {
+                inner: self.inner.call(req),
+                permit: Some(permit),
+            },
+            Err(error) => BreakerState::Refused {
+                error: Some(error.into()),
+            },
+        };
+        BreakerFuture { state }
+    }
+}
+
+pin_project! {
+    /// The future of a [`CircuitBreakerService`] call: the inner call holding
+    /// its permit, or the refusal of an open circuit.
+    pub struct BreakerFuture<F, E> {
+        #[pin]
+        state: BreakerState<F, E>,
+    }
+}
+
+pin_project! {
+    #[project = BreakerStateProj]
+    enum BreakerState<F, E> {
+        Running { #[pin] inner: F, permit: Option<BreakerPermit> },
+        Refused { error: Option<E> },
+    }
+}
+
+impl<F, T, E> Future for BreakerFuture<F, E>
+where
+    F: Future<Output = Result<T, E>>,
+    E: ProtectedError,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            BreakerStateProj::Running { inner, permit } => {
+                let result = std::task::ready!(inner.poll(cx));
+                if let Some(permit) = permit.take() {
+                    match &result {
+                        Ok(_) => permit.record(false),
+                        Err(error) if error.reached_upstream() => {
+                            permit.record(error.trips_breaker());
+                        }
+                        // Neutral: frees a probe slot, changes nothing else.
+                        Err(_) => drop(permit),
+                    }
+                }
+                Poll::Ready(result)
             }
-            result
-        })
+            // Polled again after it finished: never resolves a second time.
+            BreakerStateProj::Refused { error } => {
+                error.take().map_or(Poll::Pending, |e| Poll::Ready(Err(e)))
+            }
+        }
     }
 }
 

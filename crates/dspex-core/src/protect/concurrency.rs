@@ -5,17 +5,24 @@
 //! ([`ProtectedResponse::hold`]), so a streamed response keeps its slot until the
 //! stream ends.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{ProtectedError, ProtectedRequest, ProtectedResponse};
 use crate::error::CoreError;
+
+/// A held slot of a [`ConcurrencyLimitLayer`]: freed when dropped.
+#[derive(Debug)]
+pub struct PoolSlot(#[allow(dead_code, reason = "held only to be dropped")] OwnedSemaphorePermit);
 
 /// Bounds the calls in flight through a shared semaphore.
 #[derive(Clone, Debug)]
@@ -72,16 +79,28 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = PoolFuture<S::Future, S::Response, S::Error>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut inner = self.inner.clone();
+        // The fast path: a free slot, so no boxed future and no clone.
+        if let Ok(permit) = Arc::clone(&self.layer.slots).try_acquire_owned() {
+            return PoolFuture {
+                state: PoolState::Holding {
+                    inner: self.inner.call(req),
+                    permit: Some(permit),
+                },
+            };
+        }
+        // Waiting for a slot: the readied inner service moves into the future
+        // and a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        Box::pin(async move {
+        let waiting = Box::pin(async move {
             let max_wait = req.max_wait().unwrap_or(layer.max_wait);
             let acquire = Arc::clone(&layer.slots).acquire_owned();
             // The semaphore is never closed, so acquiring cannot fail; if it ever
@@ -100,9 +119,50 @@ where
             futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
             let mut response = inner.call(req).await?;
             if let Some(permit) = permit {
-                response.hold(Box::new(permit));
+                response.hold(PoolSlot(permit));
             }
             Ok(response)
-        })
+        });
+        PoolFuture {
+            state: PoolState::Waiting { waiting },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`ConcurrencyLimitService`] call.
+    pub struct PoolFuture<F, T, E> {
+        #[pin]
+        state: PoolState<F, T, E>,
+    }
+}
+
+pin_project! {
+    #[project = PoolStateProj]
+    enum PoolState<F, T, E> {
+        Holding { #[pin] inner: F, permit: Option<OwnedSemaphorePermit> },
+        Waiting { waiting: BoxFuture<'static, Result<T, E>> },
+    }
+}
+
+impl<F, T, E> Future for PoolFuture<F, T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    T: ProtectedResponse,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            PoolStateProj::Holding { inner, permit } => {
+                let mut response = std::task::ready!(inner.poll(cx))?;
+                // The slot rides on the response (a stream keeps it until its end).
+                if let Some(permit) = permit.take() {
+                    response.hold(PoolSlot(permit));
+                }
+                Poll::Ready(Ok(response))
+            }
+            PoolStateProj::Waiting { waiting } => waiting.as_mut().poll(cx),
+        }
     }
 }

@@ -16,12 +16,15 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
+use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -226,6 +229,13 @@ pub trait Admission: Send + Sync + 'static {
     /// bucket and when it will have room, or [`CoreError::OverCapacity`] when the
     /// cost exceeds a bucket's whole limit.
     fn reserve(&self, cost: Cost, max_wait: Duration) -> BoxFuture<'_, Result<Reservation>>;
+
+    /// Reserves `cost` at once when that needs no waiting and no I/O; `None`
+    /// means "ask [`reserve`](Self::reserve)", which also reports any error.
+    /// Lets the common, uncontended call skip a boxed future.
+    fn reserve_now(&self, _cost: Cost) -> Option<Reservation> {
+        None
+    }
 
     /// Admits nothing for `pause` (the upstream said so, with a 429).
     fn pause(&self, pause: Duration);
@@ -498,23 +508,35 @@ impl Settler for Shared {
 }
 
 impl Admission for LocalLimiter {
+    fn reserve_now(&self, cost: Cost) -> Option<Reservation> {
+        // No buckets and never paused: nothing to check or record.
+        if self.specs.is_empty()
+            && !self
+                .shared
+                .paused
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Some(Reservation::new(
+                0,
+                cost,
+                Duration::ZERO,
+                None,
+                0,
+                Arc::clone(&self.shared) as Arc<dyn Settler>,
+            ));
+        }
+        match self.admit(cost) {
+            Ok((Verdict::Admitted(id), now)) => {
+                Some(self.reservation(id, cost, Duration::ZERO, None, now))
+            }
+            _ => None,
+        }
+    }
+
     fn reserve(&self, cost: Cost, max_wait: Duration) -> BoxFuture<'_, Result<Reservation>> {
         Box::pin(async move {
-            // No buckets and never paused: nothing to check or record.
-            if self.specs.is_empty()
-                && !self
-                    .shared
-                    .paused
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return Ok(Reservation::new(
-                    0,
-                    cost,
-                    Duration::ZERO,
-                    None,
-                    0,
-                    Arc::clone(&self.shared) as Arc<dyn Settler>,
-                ));
+            if let Some(reservation) = self.reserve_now(cost) {
+                return Ok(reservation);
             }
             let start = Instant::now();
             // No deadline at all for a wait too long to represent.
@@ -643,17 +665,30 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = RateLimitFuture<S::Future, S::Response, S::Error>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut inner = self.inner.clone();
+        let cost = req.cost();
+        // The fast path: room at once, so no boxed future and no clone.
+        if let Some(reservation) = self.layer.limiter.reserve_now(cost) {
+            return RateLimitFuture {
+                state: AdmitState::Admitted {
+                    inner: self.inner.call(req),
+                    reservation: Some(reservation),
+                    cost,
+                },
+            };
+        }
+        // Waiting (or a shared limiter's round trip): the readied inner service
+        // moves into the future and a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        Box::pin(async move {
-            let cost = req.cost();
+        let waiting = Box::pin(async move {
             let max_wait = req.max_wait().unwrap_or(layer.max_wait);
             let reservation = match layer.limiter.reserve(cost, max_wait).await {
                 Ok(reservation) => reservation,
@@ -675,17 +710,72 @@ where
                 }
             }
             futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-            match inner.call(req).await {
-                Ok(mut response) => {
-                    response.settle(reservation);
-                    Ok(response)
-                }
-                Err(error) => {
-                    reservation.settle(error.charged(cost));
-                    Err(error)
-                }
+            settle(inner.call(req).await, reservation, cost)
+        });
+        RateLimitFuture {
+            state: AdmitState::Waiting { waiting },
+        }
+    }
+}
+
+/// Hands the reservation to a response, or settles it with what a failed call
+/// still costs.
+fn settle<T: ProtectedResponse, E: ProtectedError>(
+    result: std::result::Result<T, E>,
+    reservation: Reservation,
+    cost: Cost,
+) -> std::result::Result<T, E> {
+    match result {
+        Ok(mut response) => {
+            response.settle(reservation);
+            Ok(response)
+        }
+        Err(error) => {
+            reservation.settle(error.charged(cost));
+            Err(error)
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`RateLimitService`] call.
+    pub struct RateLimitFuture<F, T, E> {
+        #[pin]
+        state: AdmitState<F, T, E>,
+    }
+}
+
+pin_project! {
+    #[project = AdmitStateProj]
+    enum AdmitState<F, T, E> {
+        Admitted { #[pin] inner: F, reservation: Option<Reservation>, cost: Cost },
+        Waiting { waiting: BoxFuture<'static, std::result::Result<T, E>> },
+    }
+}
+
+impl<F, T, E> Future for RateLimitFuture<F, T, E>
+where
+    F: Future<Output = std::result::Result<T, E>>,
+    T: ProtectedResponse,
+    E: ProtectedError,
+{
+    type Output = std::result::Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            AdmitStateProj::Admitted {
+                inner,
+                reservation,
+                cost,
+            } => {
+                let result = std::task::ready!(inner.poll(cx));
+                Poll::Ready(match reservation.take() {
+                    Some(reservation) => settle(result, reservation, *cost),
+                    None => result,
+                })
             }
-        })
+            AdmitStateProj::Waiting { waiting } => waiting.as_mut().poll(cx),
+        }
     }
 }
 

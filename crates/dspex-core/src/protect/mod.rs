@@ -41,21 +41,20 @@ mod redis_limit;
 mod retry;
 mod timeout;
 
-use std::any::Any;
 use std::time::Duration;
 
 pub use breaker::{
-    BreakerConfig, BreakerPermit, CircuitBreaker, CircuitBreakerLayer, CircuitBreakerService,
-    CircuitState, Transition,
+    BreakerConfig, BreakerFuture, BreakerPermit, CircuitBreaker, CircuitBreakerLayer,
+    CircuitBreakerService, CircuitState, Transition,
 };
-pub use concurrency::{ConcurrencyLimitLayer, ConcurrencyLimitService};
+pub use concurrency::{ConcurrencyLimitLayer, ConcurrencyLimitService, PoolFuture, PoolSlot};
 pub use limit::{
-    Admission, BucketSpec, Cost, LocalLimiter, RateLimitLayer, RateLimitService, Reservation, Unit,
-    WaitObserver,
+    Admission, BucketSpec, Cost, LocalLimiter, RateLimitFuture, RateLimitLayer, RateLimitService,
+    Reservation, Unit, WaitObserver,
 };
 pub use redis_limit::RedisLimiter;
-pub use retry::{Backoff, RetryLayer, RetryObserver, RetryService};
-pub use timeout::{TimeoutLayer, TimeoutService};
+pub use retry::{Backoff, RetryFuture, RetryLayer, RetryObserver, RetryService};
+pub use timeout::{TimeoutFuture, TimeoutLayer, TimeoutService};
 
 use crate::context::Trail;
 use crate::error::CoreError;
@@ -80,9 +79,9 @@ pub trait ProtectedResponse: Send + 'static {
     /// Takes the call's rate-limit reservation. A complete response settles it at
     /// once with its real usage; a stream keeps it and settles when it ends.
     fn settle(&mut self, reservation: Reservation);
-    /// Keeps `guard` (a pool slot) alive for as long as the response is in use,
-    /// which for a stream is until it ends.
-    fn hold(&mut self, guard: Box<dyn Any + Send + Sync>);
+    /// Keeps `slot` alive for as long as the response is in use, which for a
+    /// stream is until it ends.
+    fn hold(&mut self, slot: PoolSlot);
 }
 
 /// What the protection layers need from an error.

@@ -9,11 +9,13 @@
 //! the first streamed byte reached the caller is ever retried here.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use pin_project_lite::pin_project;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
@@ -143,56 +145,113 @@ impl<S: Clone, Req> Clone for RetryService<S, Req> {
 
 impl<S, Req> Service<Req> for RetryService<S, Req>
 where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Response: Send + 'static,
+    S: Service<Req> + Clone,
     S::Error: ProtectedError + fmt::Display,
     Req: ProtectedRequest,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = RetryFuture<S, Req>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            let mut retries = 0;
-            loop {
-                let attempt = req.begin_attempt();
-                futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-                let error = match inner.call(req.clone()).await {
-                    Ok(response) => return Ok(response),
-                    Err(error) => error,
-                };
-                let delay = if error.is_retryable() && retries < layer.backoff.max_retries {
-                    layer.backoff.delay(retries + 1, error.retry_after())
-                } else {
-                    None
-                };
-                let Some(delay) = delay else {
-                    req.trail()
-                        .push("attempt", format!("attempt {attempt} failed: {error}"));
-                    return Err(error);
-                };
-                req.trail().push(
-                    "attempt",
-                    format!(
-                        "attempt {attempt} failed: {error}; retrying in {}",
-                        format_duration(delay)
-                    ),
-                );
-                if let Some(observer) = &layer.observer {
-                    observer(&req, attempt, delay);
+        let attempt = req.begin_attempt();
+        let first = self.inner.call(req.clone());
+        RetryFuture {
+            state: RetryState::Calling { attempt: first },
+            inner: self.inner.clone(),
+            req,
+            layer: self.layer.clone(),
+            attempt,
+            retries: 0,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`RetryService`] call: an attempt, or the wait before
+    /// the next one.
+    pub struct RetryFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: RetryState<S::Future>,
+        inner: S,
+        req: Req,
+        layer: RetryLayer<Req>,
+        attempt: u32,
+        retries: u32,
+    }
+}
+
+pin_project! {
+    #[project = RetryStateProj]
+    enum RetryState<F> {
+        Calling { #[pin] attempt: F },
+        Waiting { #[pin] sleep: tokio::time::Sleep },
+    }
+}
+
+impl<S, Req> Future for RetryFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: ProtectedError + fmt::Display,
+    Req: ProtectedRequest,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                RetryStateProj::Calling { attempt } => {
+                    let error = match ready!(attempt.poll(cx)) {
+                        Ok(response) => return Poll::Ready(Ok(response)),
+                        Err(error) => error,
+                    };
+                    let backoff = &this.layer.backoff;
+                    let delay = if error.is_retryable() && *this.retries < backoff.max_retries {
+                        backoff.delay(*this.retries + 1, error.retry_after())
+                    } else {
+                        None
+                    };
+                    let number = *this.attempt;
+                    let Some(delay) = delay else {
+                        this.req
+                            .trail()
+                            .push("attempt", format!("attempt {number} failed: {error}"));
+                        return Poll::Ready(Err(error));
+                    };
+                    this.req.trail().push(
+                        "attempt",
+                        format!(
+                            "attempt {number} failed: {error}; retrying in {}",
+                            format_duration(delay)
+                        ),
+                    );
+                    if let Some(observer) = &this.layer.observer {
+                        observer(this.req, number, delay);
+                    }
+                    *this.retries += 1;
+                    RetryState::Waiting {
+                        sleep: tokio::time::sleep(delay),
+                    }
                 }
-                retries += 1;
-                tokio::time::sleep(delay).await;
-            }
-        })
+                RetryStateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    ready!(this.inner.poll_ready(cx))?;
+                    *this.attempt = this.req.begin_attempt();
+                    RetryState::Calling {
+                        attempt: this.inner.call(this.req.clone()),
+                    }
+                }
+            };
+            this.state.set(next);
+        }
     }
 }
 

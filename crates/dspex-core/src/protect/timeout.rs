@@ -1,9 +1,11 @@
 //! A bound on each attempt.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -43,29 +45,47 @@ pub struct TimeoutService<S> {
 
 impl<S, Req> Service<Req> for TimeoutService<S>
 where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Response: Send + 'static,
+    S: Service<Req>,
     S::Error: ProtectedError,
-    Req: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = TimeoutFuture<S::Future>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let after = self.after;
-        Box::pin(async move {
-            futures::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-            match tokio::time::timeout(after, inner.call(req)).await {
-                Ok(result) => result,
-                Err(_) => Err(S::Error::timed_out(after)),
-            }
-        })
+        TimeoutFuture {
+            inner: tokio::time::timeout(self.after, self.inner.call(req)),
+            after: self.after,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`TimeoutService`] call.
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        after: Duration,
+    }
+}
+
+impl<F, T, E> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: ProtectedError,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_elapsed)) => Poll::Ready(Err(E::timed_out(*this.after))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
