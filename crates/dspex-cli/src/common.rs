@@ -34,6 +34,8 @@ pub(crate) enum Failure {
     /// The program failed after calling the provider (a reply that would not
     /// parse): exit 3.
     Program(dspex::PromptError),
+    /// A workflow step failed: exit 3 (the step history goes to stderr first).
+    Workflow(dspex::workflow::WorkflowError),
 }
 
 impl Failure {
@@ -48,6 +50,10 @@ impl Failure {
                 ExitCode::from(2)
             }
             Self::Program(error) => {
+                err(&format!("error: {error}"));
+                ExitCode::from(3)
+            }
+            Self::Workflow(error) => {
                 err(&format!("error: {error}"));
                 ExitCode::from(3)
             }

@@ -14,6 +14,9 @@ use futures::StreamExt;
 
 use crate::common::{self, Failure};
 
+/// The example workflow, compiled in so the demo runs from any directory.
+const MULTI_HOP_QA: &str = include_str!("../../../examples/multi_hop_qa.toml");
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
     /// Print each response as JSON.
@@ -120,6 +123,24 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             signature: "question -> answer".into(),
             inputs: vec![format!("question={question}")],
         },
+    )
+    .await?;
+
+    // The shipped example workflow, run against the mock as a user would run
+    // it with `dspex run examples/multi_hop_qa.toml`.
+    common::out("workflow: examples/multi_hop_qa.toml");
+    let workflow = dspex::workflow::declarative::parse(
+        MULTI_HOP_QA,
+        "examples/multi_hop_qa.toml",
+        std::path::Path::new("examples"),
+        &client,
+        Some("openai-mock"),
+    )
+    .map_err(Failure::usage)?;
+    crate::run_cmd::run_loaded(
+        &workflow,
+        &["question=Who painted the ceiling of the chapel where popes are elected?".to_owned()],
+        args.json,
     )
     .await?;
 

@@ -4,6 +4,7 @@
 //! dspex demo                                   # the main job on embedded defaults
 //! dspex chat --provider openai "Say hi"        # one protected call
 //! dspex predict --cot "question -> answer" -i question="Why is the sky blue?"
+//! dspex run examples/multi_hop_qa.toml -i question="Who painted the chapel ceiling?"
 //! dspex load --provider mock --requests 10000 --concurrency 64
 //! dspex config check --config dspex.toml
 //! dspex mock-server --port 8089 --fail-429 0.1
@@ -17,6 +18,7 @@ mod config_cmd;
 mod demo;
 mod load;
 mod predict;
+mod run_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +56,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Run Predict (or ChainOfThought with --cot) once on a signature.
     Predict(predict::PredictArgs),
+    /// Run a workflow file (TOML) and print its outputs (with --json, its run report).
+    Run(run_cmd::RunArgs),
     /// Drive many calls through the full stack and report latency and throughput.
     Load(load::LoadArgs),
     /// Configuration commands.
@@ -96,6 +100,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Chat(args) => chat::run(config, args).await,
         Command::Load(args) => load::run(config, args).await,
         Command::Predict(args) => predict::run(config, args).await,
+        Command::Run(args) => run_cmd::run(config, args).await,
         Command::Config(command) => config_cmd::run(config, command),
         Command::MockServer(args) => {
             let addr = std::net::SocketAddr::new(args.host, args.port);

@@ -308,12 +308,95 @@ async fn demo_runs_the_main_job_on_embedded_defaults() {
         "the 503 was retried:\n{}",
         run.stdout
     );
-    assert!(run.stdout.contains("request_completed=4"), "{}", run.stdout);
+    assert!(run.stdout.contains("request_completed=7"), "{}", run.stdout);
     assert!(
         run.stdout
             .contains("reasoning: mock reasoning for: What is DSPex?"),
         "{}",
         run.stdout
+    );
+    // The example workflow ran its three steps, each feeding the next.
+    assert!(
+        run.stdout
+            .contains("sub_answer: mock answer for: mock sub_question for: Who painted"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("(3 steps, 3 LM calls"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_executes_a_workflow_file_and_reports_problems() {
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock_config(&upstream.base_url(), ""));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/multi_hop_qa.toml");
+    let example = example.to_str().unwrap();
+    let run = dspex(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            example,
+            "-i",
+            "question=Why is the sky blue?",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(
+        json["outputs"]["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("mock answer for:")
+    );
+    let steps = json["report"]["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(names, ["decompose", "answer_sub", "answer"]);
+    assert_eq!(json["report"]["lm_calls"], 3);
+    assert_eq!(upstream.stats().requests, 3);
+
+    // A file with problems exits 2 and names each with its line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"bad\"\ninputs = [\"question\"]\n\n[[steps]]\nname = \"s\"\nmodule = \"predict\"\nsignature = \"topic -> answer\"\nprovider = \"ghost\"\n",
+    )
+    .unwrap();
+    let run = dspex(dir.path(), &["run", bad.to_str().unwrap()], &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("line 5, steps[0] (s).provider: unknown provider `ghost`"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("reads `topic`"), "{}", run.stderr);
+
+    // A step that fails exits 3 with the step history.
+    upstream.enqueue([Fault::Status {
+        code: 400,
+        retry_after_secs: None,
+        message: "bad request".into(),
+    }]);
+    let run = dspex(dir.path(), &["run", example, "-i", "question=q"], &[]).await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("failed at step `decompose`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("step decompose: Failed after 1 attempt(s)"),
+        "{}",
+        run.stderr
     );
 }
 

@@ -88,6 +88,20 @@ pub struct Prediction {
     pub repairs: u32,
     /// Re-asks made for fields that failed to parse (at most one per call).
     pub reasks: u32,
+    /// What each predictor saw and answered, in order; recorded only when the
+    /// run asks for it ([`RunContext::record_traces`]), as optimisers do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<PredictorTrace>,
+}
+
+/// One predictor's inputs and outputs within a prediction: the raw material of
+/// bootstrapped few-shot demos.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictorTrace {
+    /// The predictor's [`Predict::instance_id`].
+    pub predictor: u64,
+    /// What it was given and what it answered.
+    pub example: Example,
 }
 
 impl Prediction {
@@ -106,6 +120,17 @@ impl Prediction {
     /// A text output.
     pub fn text(&self, field: &str) -> Option<&str> {
         self.outputs.get(field).and_then(Value::as_str)
+    }
+
+    /// Adds `other`'s calls, usage, counts and traces to this prediction (its
+    /// outputs are left alone): how a composite module accounts for its parts.
+    pub fn absorb(&mut self, other: Prediction) {
+        for call in other.trace {
+            self.add_call(call);
+        }
+        self.repairs = self.repairs.saturating_add(other.repairs);
+        self.reasks = self.reasks.saturating_add(other.reasks);
+        self.traces.extend(other.traces);
     }
 
     fn add_call(&mut self, call: LmCall) {
@@ -132,6 +157,27 @@ pub struct RunContext {
     pub correlation_id: Option<CorrelationId>,
     /// Tags carried on every LM call's events.
     pub tags: BTreeMap<String, String>,
+    /// Record each predictor's inputs and outputs in
+    /// [`Prediction::traces`] (off by default: it copies them).
+    pub record_traces: bool,
+}
+
+/// A number that tells predictor instances apart. A clone is a new instance,
+/// so a copied program's predictors never share ids.
+#[derive(Debug)]
+struct InstanceId(u64);
+
+impl InstanceId {
+    fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Clone for InstanceId {
+    fn clone(&self) -> Self {
+        Self::next()
+    }
 }
 
 /// Something that turns inputs into a prediction; modules compose by calling
@@ -214,6 +260,7 @@ pub struct Predict {
     /// The system message and the demo messages depend only on the signature,
     /// adapter and demos: built once, reused by every call.
     prefix: Arc<[Message]>,
+    id: InstanceId,
 }
 
 impl Predict {
@@ -227,6 +274,7 @@ impl Predict {
             lm,
             settings: CallSettings::default(),
             prefix: Arc::from(Vec::new()),
+            id: InstanceId::next(),
         };
         predict.rebuild();
         predict
@@ -246,6 +294,12 @@ impl Predict {
             );
         }
         self.prefix = Arc::from(prefix);
+    }
+
+    /// This instance's id, as found in [`PredictorTrace::predictor`]. Unique
+    /// per instance: a clone gets a new one.
+    pub fn instance_id(&self) -> u64 {
+        self.id.0
     }
 
     /// Uses `adapter`.
@@ -452,6 +506,15 @@ impl Predict {
                     prediction.completions.push(extra.outputs);
                 }
             }
+        }
+        if run.record_traces {
+            prediction.traces.push(PredictorTrace {
+                predictor: self.id.0,
+                example: Example {
+                    inputs: inputs.clone(),
+                    outputs: parsed.outputs.clone(),
+                },
+            });
         }
         prediction.outputs = parsed.outputs;
         prediction.latency = started.elapsed();

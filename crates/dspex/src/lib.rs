@@ -38,3 +38,4 @@ pub use dspex_prompt::{
     Adapter, ChainOfThought, Example, Lm, Module, Predict, Prediction, PromptError, Signature,
     batch,
 };
+pub use dspex_workflow as workflow;

@@ -1,0 +1,629 @@
+//! Workflows written as TOML files.
+//!
+//! ```toml
+//! name = "multi_hop_qa"
+//! inputs = ["question"]          # what a run must be given
+//! outputs = ["answer"]           # what it returns as a module (all keys if absent)
+//!
+//! [defaults]                     # for every step that does not say
+//! provider = "mock"
+//!
+//! [[steps]]
+//! name = "decompose"
+//! module = "chain_of_thought"    # or "predict"
+//! signature = "question -> sub_question"
+//! instructions = "Ask one simpler question that helps answer the original."
+//! retry = { attempts = 3, backoff = "200ms", never = ["parse"] }
+//! timeout = "30s"
+//!
+//! [[steps]]
+//! name = "answer_sub"
+//! module = "predict"
+//! signature = "question -> answer"
+//! inputs = { question = "sub_question" }   # signature field = context key
+//! outputs = { answer = "sub_answer" }
+//! ```
+//!
+//! A step may instead hold `parallel = [ {step}, ... ]` (with `merge =
+//! "error" | "last_wins" | "collect"`), or `map = { over = "items", as =
+//! "item", output = "answers", collect = "answer", concurrency = 4 }` next to
+//! its module, to run the module once per element. `template = "file.j2"`
+//! (relative to the workflow file) renders the instructions from a template
+//! with `template_vars`.
+//!
+//! Loading checks the whole file before anything runs and reports every
+//! problem with its line: unknown modules and providers, bad signatures,
+//! inputs no earlier step provides, mappings of fields the signature lacks,
+//! branches that would overwrite each other, durations that do not parse.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dspex_client::Client;
+use dspex_core::protect::Backoff;
+use dspex_prompt::template::PromptTemplate;
+use dspex_prompt::{CallSettings, ChainOfThought, Lm, Predict, Signature};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use toml::Spanned;
+
+use crate::engine::{MergeRule, Node, RetryPolicy, StepModule, Workflow};
+use crate::error::{FileProblem, WorkflowError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    inputs: Vec<String>,
+    #[serde(default)]
+    outputs: Option<Vec<String>>,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    provider: Option<String>,
+    model: Option<String>,
+    temperature: Option<f32>,
+    max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Spanned<String>,
+    module: Option<String>,
+    signature: Option<String>,
+    instructions: Option<String>,
+    template: Option<String>,
+    #[serde(default)]
+    template_vars: Map<String, Value>,
+    provider: Option<String>,
+    model: Option<String>,
+    temperature: Option<f32>,
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
+    retry: Option<RawRetry>,
+    timeout: Option<String>,
+    parallel: Option<Vec<RawStep>>,
+    merge: Option<String>,
+    map: Option<RawMap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: u32,
+    #[serde(default)]
+    backoff: Option<String>,
+    #[serde(default)]
+    never: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMap {
+    over: String,
+    #[serde(rename = "as", default)]
+    item_as: Option<String>,
+    output: String,
+    collect: Option<String>,
+    concurrency: Option<usize>,
+}
+
+/// Loads and checks the workflow file at `path`, building its modules on
+/// `client` (whose providers the file may name). Steps that name no provider
+/// (here or in `[defaults]`) use `default_provider`, else the client's.
+pub fn load_file(
+    path: &Path,
+    client: &Client,
+    default_provider: Option<&str>,
+) -> Result<Workflow, WorkflowError> {
+    let text = std::fs::read_to_string(path).map_err(|e| WorkflowError::File {
+        path: path.display().to_string(),
+        problems: vec![FileProblem {
+            line: None,
+            location: "file".to_owned(),
+            message: format!("cannot read it: {e}"),
+        }],
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(
+        &text,
+        &path.display().to_string(),
+        &base,
+        client,
+        default_provider,
+    )
+}
+
+/// Parses and checks workflow `text` (`label` names it in errors; templates
+/// are read relative to `base`). See [`load_file`] for `default_provider`.
+pub fn parse(
+    text: &str,
+    label: &str,
+    base: &Path,
+    client: &Client,
+    default_provider: Option<&str>,
+) -> Result<Workflow, WorkflowError> {
+    let raw: RawWorkflow = toml::from_str(text).map_err(|e| WorkflowError::File {
+        path: label.to_owned(),
+        problems: vec![FileProblem {
+            line: e.span().map(|span| line_of(text, span.start)),
+            location: "document".to_owned(),
+            message: e.message().to_owned(),
+        }],
+    })?;
+    let mut checker = Checker {
+        text,
+        base: base.to_path_buf(),
+        client,
+        default_provider,
+        problems: Vec::new(),
+        names: BTreeSet::new(),
+    };
+    let workflow = checker.build(&raw);
+    if checker.problems.is_empty()
+        && let Some(workflow) = workflow
+    {
+        workflow.validate()?;
+        return Ok(workflow);
+    }
+    Err(WorkflowError::File {
+        path: label.to_owned(),
+        problems: checker.problems,
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |before| before.bytes().filter(|b| *b == b'\n').count())
+        + 1
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    base: PathBuf,
+    client: &'a Client,
+    default_provider: Option<&'a str>,
+    problems: Vec<FileProblem>,
+    names: BTreeSet<String>,
+}
+
+/// Where a problem is: its line and a path in the document.
+struct Place {
+    line: Option<usize>,
+    location: String,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, place: &Place, key: &str, message: impl Into<String>) {
+        let location = if key.is_empty() {
+            place.location.clone()
+        } else {
+            format!("{}.{key}", place.location)
+        };
+        self.problems.push(FileProblem {
+            line: place.line,
+            location,
+            message: message.into(),
+        });
+    }
+
+    fn build(&mut self, raw: &RawWorkflow) -> Option<Workflow> {
+        let top = Place {
+            line: None,
+            location: "workflow".to_owned(),
+        };
+        if raw.name.trim().is_empty() {
+            self.problem(&top, "name", "the workflow needs a name");
+        }
+        if raw.steps.is_empty() {
+            self.problem(&top, "steps", "the workflow has no steps");
+        }
+        let _ = raw.description;
+        let mut available: BTreeSet<String> = raw.inputs.iter().cloned().collect();
+        let mut workflow = Workflow::new(&raw.name);
+        let mut complete = true;
+        for (index, step) in raw.steps.iter().enumerate() {
+            let place = Place {
+                line: Some(line_of(self.text, step.name.span().start)),
+                location: format!("steps[{index}] ({})", step.name.get_ref()),
+            };
+            match self.step(step, &place, &raw.defaults, &mut available) {
+                Some(node) => workflow = workflow.then(node),
+                None => complete = false,
+            }
+        }
+        if let Some(outputs) = &raw.outputs {
+            for key in outputs {
+                if !available.contains(key) {
+                    self.problem(
+                        &top,
+                        "outputs",
+                        format!("`{key}` is neither an input nor written by any step"),
+                    );
+                }
+            }
+            let keys: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            workflow = workflow.outputs(&keys);
+        }
+        complete.then_some(workflow)
+    }
+
+    /// Checks and builds one top-level step; adds the keys it writes to
+    /// `available`.
+    fn step(
+        &mut self,
+        step: &RawStep,
+        place: &Place,
+        defaults: &RawDefaults,
+        available: &mut BTreeSet<String>,
+    ) -> Option<Node> {
+        let name = step.name.get_ref().clone();
+        if !self.names.insert(name.clone()) {
+            self.problem(
+                place,
+                "name",
+                format!("another step is already named `{name}`"),
+            );
+        }
+        let node = if let Some(branches) = &step.parallel {
+            if step.module.is_some() || step.map.is_some() {
+                self.problem(
+                    place,
+                    "",
+                    "a parallel step holds branches; it cannot also have a module or a map",
+                );
+            }
+            let merge = match step.merge.as_deref() {
+                None | Some("error") => MergeRule::Error,
+                Some("last_wins") => MergeRule::LastWins,
+                Some("collect") => MergeRule::Collect,
+                Some(other) => {
+                    self.problem(
+                        place,
+                        "merge",
+                        format!("unknown merge rule `{other}`; use error, last_wins or collect"),
+                    );
+                    MergeRule::Error
+                }
+            };
+            if branches.is_empty() {
+                self.problem(
+                    place,
+                    "parallel",
+                    "a parallel step needs at least one branch",
+                );
+            }
+            let mut nodes = Vec::new();
+            let mut written: BTreeMap<String, String> = BTreeMap::new();
+            let mut complete = true;
+            for (i, branch) in branches.iter().enumerate() {
+                let branch_place = Place {
+                    line: Some(line_of(self.text, branch.name.span().start)),
+                    location: format!(
+                        "{}.parallel[{i}] ({})",
+                        place.location,
+                        branch.name.get_ref()
+                    ),
+                };
+                if branch.parallel.is_some() || branch.map.is_some() {
+                    self.problem(&branch_place, "", "branches of a parallel step are module steps (nest parallel or map steps in code)");
+                    complete = false;
+                    continue;
+                }
+                if !self.names.insert(branch.name.get_ref().clone()) {
+                    self.problem(
+                        &branch_place,
+                        "name",
+                        format!("another step is already named `{}`", branch.name.get_ref()),
+                    );
+                }
+                // Branches see the context as it was before the group.
+                let mut branch_writes = available.clone();
+                let (node, writes) = self.module_step(
+                    branch,
+                    &branch_place,
+                    defaults,
+                    &mut branch_writes,
+                    &BTreeSet::new(),
+                );
+                for key in writes {
+                    if let Some(other) = written.insert(key.clone(), branch.name.get_ref().clone())
+                        && merge == MergeRule::Error
+                    {
+                        self.problem(
+                            &branch_place,
+                            "outputs",
+                            format!("branches `{other}` and `{}` both write `{key}`; set `merge = \"last_wins\"` or `\"collect\"` on the parallel step", branch.name.get_ref()),
+                        );
+                    }
+                }
+                match node {
+                    Some(node) => nodes.push(node),
+                    None => complete = false,
+                }
+            }
+            available.extend(written.into_keys());
+            if !complete {
+                return None;
+            }
+            Some(Node::parallel(&name, nodes).merge(merge))
+        } else if let Some(map) = &step.map {
+            if !available.contains(&map.over) {
+                self.problem(
+                    place,
+                    "map.over",
+                    format!(
+                        "`{}` is neither an input nor written by an earlier step",
+                        map.over
+                    ),
+                );
+            }
+            let item_as = map.item_as.clone().unwrap_or_else(|| "item".to_owned());
+            let extra: BTreeSet<String> =
+                [item_as.clone(), "index".to_owned()].into_iter().collect();
+            let mut inner_available = available.clone();
+            let (inner, writes) =
+                self.module_step(step, place, defaults, &mut inner_available, &extra);
+            if let Some(key) = &map.collect
+                && !writes.contains(key)
+            {
+                self.problem(
+                    place,
+                    "map.collect",
+                    format!("the step does not write `{key}`"),
+                );
+            }
+            if map.concurrency == Some(0) {
+                self.problem(place, "map.concurrency", "must be at least 1");
+            }
+            available.insert(map.output.clone());
+            // The step's retry and timeout apply to each element's run.
+            let mut node = Node::map(&name, &map.over, &map.output, inner?)
+                .item_as(&item_as)
+                .concurrency(map.concurrency.unwrap_or(4));
+            if let Some(key) = &map.collect {
+                node = node.collect(key);
+            }
+            Some(node)
+        } else {
+            let (node, writes) =
+                self.module_step(step, place, defaults, available, &BTreeSet::new());
+            available.extend(writes);
+            node
+        }?;
+        Some(node)
+    }
+
+    /// Checks and builds a module step; returns it and the keys it writes.
+    /// `extra` are keys visible only to this step (a map's item and index).
+    fn module_step(
+        &mut self,
+        step: &RawStep,
+        place: &Place,
+        defaults: &RawDefaults,
+        available: &mut BTreeSet<String>,
+        extra: &BTreeSet<String>,
+    ) -> (Option<Node>, Vec<String>) {
+        let name = step.name.get_ref();
+        let module = step.module.as_deref();
+        if !matches!(module, Some("predict" | "chain_of_thought")) {
+            match module {
+                None => self.problem(place, "module", "the step needs `module = \"predict\"` or `\"chain_of_thought\"` (or `parallel`)"),
+                Some(other) => self.problem(place, "module", format!("unknown module `{other}`; use predict or chain_of_thought")),
+            }
+        }
+        let signature = match step.signature.as_deref() {
+            None => {
+                self.problem(
+                    place,
+                    "signature",
+                    "the step needs a signature such as \"question -> answer\"",
+                );
+                None
+            }
+            Some(text) => match Signature::parse(text) {
+                Ok(signature) => Some(signature),
+                Err(e) => {
+                    self.problem(place, "signature", e.to_string());
+                    None
+                }
+            },
+        };
+        let provider = step
+            .provider
+            .clone()
+            .or_else(|| defaults.provider.clone())
+            .or_else(|| self.default_provider.map(str::to_owned))
+            .or_else(|| self.client.default_provider().map(str::to_owned));
+        match &provider {
+            None => self.problem(
+                place,
+                "provider",
+                "no provider: name one here, in [defaults], or set default_provider in the config",
+            ),
+            Some(id) if self.client.provider(id).is_err() => self.problem(
+                place,
+                "provider",
+                format!(
+                    "unknown provider `{id}`; configured: {}",
+                    self.client.provider_ids().join(", ")
+                ),
+            ),
+            Some(_) => {}
+        }
+        let timeout = step
+            .timeout
+            .as_deref()
+            .and_then(|text| match humantime_parse(text) {
+                Ok(d) => Some(d),
+                Err(message) => {
+                    self.problem(place, "timeout", message);
+                    None
+                }
+            });
+        let retry = step.retry.as_ref().and_then(|raw| {
+            if raw.attempts == 0 {
+                self.problem(place, "retry.attempts", "must be at least 1");
+                return None;
+            }
+            let base = match raw.backoff.as_deref().map(humantime_parse) {
+                None => Backoff::default().base,
+                Some(Ok(d)) => d,
+                Some(Err(message)) => {
+                    self.problem(place, "retry.backoff", message);
+                    return None;
+                }
+            };
+            let mut policy = RetryPolicy::attempts(raw.attempts, base);
+            for kind in &raw.never {
+                policy = policy.never_retry(kind.clone());
+            }
+            Some(policy)
+        });
+        let Some(signature) = signature else {
+            return (None, Vec::new());
+        };
+        // Inputs: each signature input reads a key that must exist by now.
+        for field in step.inputs.keys() {
+            if !signature.inputs().iter().any(|f| f.name == *field) {
+                self.problem(
+                    place,
+                    &format!("inputs.{field}"),
+                    format!("the signature has no input field `{field}`"),
+                );
+            }
+        }
+        for field in signature.inputs() {
+            let key = step.inputs.get(&field.name).unwrap_or(&field.name);
+            if !available.contains(key) && !extra.contains(key) {
+                self.problem(
+                    place,
+                    &format!("inputs.{}", field.name),
+                    format!("reads `{key}`, which is neither a workflow input nor written by an earlier step"),
+                );
+            }
+        }
+        for field in step.outputs.keys() {
+            if !signature.outputs().iter().any(|f| f.name == *field) {
+                self.problem(
+                    place,
+                    &format!("outputs.{field}"),
+                    format!("the signature has no output field `{field}`"),
+                );
+            }
+        }
+        let mut writes: Vec<String> = signature
+            .outputs()
+            .iter()
+            .map(|f| step.outputs.get(&f.name).unwrap_or(&f.name).clone())
+            .collect();
+        if module == Some("chain_of_thought") {
+            writes.push(
+                step.outputs
+                    .get("reasoning")
+                    .cloned()
+                    .unwrap_or_else(|| "reasoning".to_owned()),
+            );
+        }
+        let template = match &step.template {
+            None => None,
+            Some(file) => {
+                let path = self.base.join(file);
+                match std::fs::read_to_string(&path) {
+                    Err(e) => {
+                        self.problem(
+                            place,
+                            "template",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                    Ok(source) => match PromptTemplate::create(file, &source) {
+                        Ok(template) => Some(template),
+                        Err(e) => {
+                            self.problem(place, "template", e.to_string());
+                            None
+                        }
+                    },
+                }
+            }
+        };
+        if step.template.is_some() && step.instructions.is_some() {
+            self.problem(place, "", "give `instructions` or `template`, not both");
+        }
+        let Some(provider) = provider else {
+            return (None, writes);
+        };
+        if self.client.provider(&provider).is_err() || !self.problems.is_empty() {
+            return (None, writes);
+        }
+        let settings = CallSettings {
+            model: step.model.clone().or_else(|| defaults.model.clone()),
+            temperature: step.temperature.or(defaults.temperature),
+            max_tokens: step.max_tokens.or(defaults.max_tokens),
+            n: None,
+        };
+        let signature = match &step.instructions {
+            Some(text) => signature.with_instructions(text.clone()),
+            None => signature,
+        };
+        let lm = Lm::new(self.client, &provider);
+        let mut module = if module == Some("chain_of_thought") {
+            let mut cot = ChainOfThought::new(signature, lm);
+            let inner = cot.predict_mut();
+            *inner = inner.clone().with_settings(settings);
+            StepModule::ChainOfThought(cot)
+        } else {
+            StepModule::Predict(Predict::new(signature, lm).with_settings(settings))
+        };
+        if let Some(template) = template {
+            let inner = match &mut module {
+                StepModule::Predict(p) => Some(p),
+                StepModule::ChainOfThought(c) => Some(c.predict_mut()),
+                StepModule::Shared(_) => None,
+            };
+            if let Some(inner) = inner
+                && let Err(e) =
+                    inner.set_instructions_template(template, step.template_vars.clone())
+            {
+                self.problem(place, "template_vars", e.to_string());
+                return (None, writes);
+            }
+        }
+        let mut node = Node::module(name, module);
+        for (field, key) in &step.inputs {
+            node = node.input(field, key);
+        }
+        for (field, key) in &step.outputs {
+            node = node.output(field, key);
+        }
+        if let Some(policy) = retry {
+            node = node.retry(policy);
+        }
+        if let Some(limit) = timeout {
+            node = node.timeout(limit);
+        }
+        (Some(node), writes)
+    }
+}
+
+fn humantime_parse(text: &str) -> Result<Duration, String> {
+    dspex_core::config::parse_window("duration", text).map_err(|e| match e {
+        dspex_core::CoreError::Config { message, .. } => message,
+        other => other.to_string(),
+    })
+}
