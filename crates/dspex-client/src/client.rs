@@ -23,6 +23,7 @@ use crate::events::{
     CallInfo, CircuitEvent, Event, EventBus, EventKind, LimitSource, Operation, RateLimitEvent,
     RetryEvent,
 };
+use crate::guard::CallGuard;
 use crate::provider::{HttpTransport, Sent, Transport};
 use crate::scripted::{ScriptedLm, ScriptedTransport};
 use crate::stream::{ChatStream, StreamParts};
@@ -259,6 +260,7 @@ struct ClientInner {
     /// Metrics of calls to unknown providers.
     metrics: Arc<CallMetrics>,
     default_provider: Option<String>,
+    guard: std::sync::OnceLock<Arc<dyn CallGuard>>,
 }
 
 /// The protected LM client: providers by id, each behind a circuit breaker,
@@ -317,6 +319,7 @@ impl Client {
                 events,
                 metrics: Arc::default(),
                 default_provider: config.default_provider_id().map(str::to_owned),
+                guard: std::sync::OnceLock::new(),
             }),
         };
         for provider in config.providers.values() {
@@ -353,6 +356,18 @@ impl Client {
             .providers
             .register(id, Arc::new(Provider::assemble(shared, transport)))
             .map_err(ClientError::Config)
+    }
+
+    /// Installs `guard` (a budget) to admit and settle every later call. A
+    /// client has at most one guard: a second one is a configuration error.
+    pub fn set_guard(&self, guard: Arc<dyn CallGuard>) -> Result<(), ClientError> {
+        let name = guard.name();
+        self.inner.guard.set(guard).map_err(|_| {
+            ClientError::Config(CoreError::config(
+                "guard",
+                format!("this client already has a guard; cannot add `{name}`"),
+            ))
+        })
     }
 
     /// The event bus calls publish on.
@@ -539,6 +554,36 @@ impl Client {
                 })
             }
         };
+        if let Some(guard) = self.inner.guard.get() {
+            // A guard prices the call before it is sent, so it needs a prompt
+            // estimate even when no token bucket asked for one.
+            let input = estimated_input.unwrap_or_else(|| match &payload {
+                Payload::Chat(request) => tokens::estimate_chat_tokens(&model, &request.messages),
+                Payload::Embeddings(request) => request
+                    .input
+                    .iter()
+                    .map(|t| tokens::count_text_tokens(&model, t))
+                    .sum(),
+            });
+            let estimate = Usage {
+                input_tokens: input,
+                output_tokens: output_estimate,
+                ..Usage::default()
+            };
+            if let Err(message) = guard.admit(recorder.info(), recorder.correlation_id(), &estimate)
+            {
+                trail.push(guard.name(), message.clone());
+                let error = ClientError::Refused {
+                    provider: Arc::clone(&shared.id),
+                    guard: guard.name(),
+                    message,
+                    context: Box::new(trail.snapshot()),
+                };
+                recorder.finish(Ending::failed(&error));
+                return Err(error);
+            }
+            recorder.settle_with(Arc::clone(guard));
+        }
         let call = Call::new(operation, payload, cost, options.max_wait, trail, model);
         recorder.attach(call.clone());
         Ok(Prepared {

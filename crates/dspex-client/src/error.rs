@@ -238,6 +238,20 @@ pub enum ClientError {
         context: Box<ErrorContext>,
     },
 
+    /// A [`CallGuard`](crate::CallGuard) (a budget) refused the call before it
+    /// was sent.
+    #[error("{provider}: refused by {guard}: {message}")]
+    Refused {
+        /// The provider id.
+        provider: Arc<str>,
+        /// Which guard refused (`budget`).
+        guard: &'static str,
+        /// Why, naming the limit.
+        message: String,
+        /// Correlation id and breadcrumbs.
+        context: Box<ErrorContext>,
+    },
+
     /// The provider does not offer this operation (Anthropic has no embeddings).
     #[error("{provider}: {operation} is not supported by this provider")]
     Unsupported {
@@ -368,6 +382,7 @@ impl ClientError {
             | Self::MalformedResponse { message, .. }
             | Self::Truncated { message, .. }
             | Self::InvalidRequest { message, .. }
+            | Self::Refused { message, .. }
             | Self::Backend { message, .. } => message.clone(),
             other => other.to_string(),
         }
@@ -385,6 +400,7 @@ impl ClientError {
             | Self::RateLimited { provider, .. }
             | Self::OverCapacity { provider, .. }
             | Self::InvalidRequest { provider, .. }
+            | Self::Refused { provider, .. }
             | Self::Unsupported { provider, .. }
             | Self::Backend { provider, .. } => Some(provider),
             Self::UnknownProvider { .. } | Self::Config(_) => None,
@@ -428,6 +444,9 @@ impl ClientError {
             | Self::InvalidRequest {
                 provider, context, ..
             }
+            | Self::Refused {
+                provider, context, ..
+            }
             | Self::Unsupported {
                 provider, context, ..
             }
@@ -451,6 +470,7 @@ impl ClientError {
             Self::RateLimited { .. } => "local_rate_limit",
             Self::OverCapacity { .. } => "over_capacity",
             Self::InvalidRequest { .. } => "invalid_request",
+            Self::Refused { .. } => "refused",
             Self::Unsupported { .. } => "unsupported",
             Self::UnknownProvider { .. } => "unknown_provider",
             Self::Backend { .. } => "backend",
@@ -488,6 +508,9 @@ impl ClientError {
                 provider, context, ..
             }
             | Self::InvalidRequest {
+                provider, context, ..
+            }
+            | Self::Refused {
                 provider, context, ..
             }
             | Self::Unsupported {
@@ -551,9 +574,10 @@ impl ProtectedError for ClientError {
     fn charged(&self, reserved: Cost) -> Cost {
         match self {
             // Never reached the upstream: nothing was used.
-            Self::Connect { .. } | Self::InvalidRequest { .. } | Self::Unsupported { .. } => {
-                Cost::ZERO
-            }
+            Self::Connect { .. }
+            | Self::InvalidRequest { .. }
+            | Self::Refused { .. }
+            | Self::Unsupported { .. } => Cost::ZERO,
             // The upstream answered and refused: the request counts, tokens do not.
             Self::Api { .. } => Cost {
                 requests: reserved.requests,

@@ -29,6 +29,7 @@ mod client;
 pub mod config;
 mod error;
 pub mod events;
+mod guard;
 mod provider;
 mod scripted;
 mod stream;
@@ -40,6 +41,7 @@ pub use client::{Client, Provider};
 pub use config::{ClientConfig, ProviderConfig, ProviderKind};
 pub use error::{ApiErrorKind, ClientError, TimeoutPhase};
 pub use events::{Event, EventBus, EventKind};
+pub use guard::CallGuard;
 pub use scripted::ScriptedLm;
 pub use stream::ChatStream;
 pub use types::{

@@ -26,6 +26,7 @@ use tracing::field::Empty;
 
 use crate::call::Call;
 use crate::events::{CallInfo, Completion, Event, EventBus, EventKind, Outcome};
+use crate::guard::CallGuard;
 use crate::types::{ChatParams, FinishReason, Usage};
 
 /// How a call ended, for [`Recorder::finish`].
@@ -69,6 +70,8 @@ pub(crate) struct Recorder {
     started: Instant,
     span: Span,
     finished: bool,
+    /// The guard that admitted the call, settled when it ends.
+    guard: Option<Arc<dyn CallGuard>>,
 }
 
 impl Recorder {
@@ -133,7 +136,17 @@ impl Recorder {
             started: Instant::now(),
             span,
             finished: false,
+            guard: None,
         }
+    }
+
+    pub(crate) fn info(&self) -> &CallInfo {
+        &self.info
+    }
+
+    /// Settles the call with `guard` when it ends.
+    pub(crate) fn settle_with(&mut self, guard: Arc<dyn CallGuard>) {
+        self.guard = Some(guard);
     }
 
     /// Attaches the call, so a cancellation can report its attempts.
@@ -209,6 +222,9 @@ impl Recorder {
                 .record(ending.usage.output_tokens as f64);
         }
         handles.requests.increment(1);
+        if let Some(guard) = &self.guard {
+            guard.settle(&self.info, &self.correlation_id, &ending.usage);
+        }
         if !self.events.has_subscribers() {
             return;
         }
