@@ -9,7 +9,9 @@ use dspex::{Client, ClientConfig, ClientError};
 
 /// Every top-level key any DSPex crate reads from `dspex.toml`.
 pub(crate) fn known_keys() -> Vec<&'static str> {
-    dspex::config::CONFIG_KEYS.to_vec()
+    let mut keys = dspex::config::CONFIG_KEYS.to_vec();
+    keys.extend_from_slice(dspex::cache::CONFIG_KEYS);
+    keys
 }
 
 /// Writes a line to stdout; a closed pipe is not an error worth a panic.
@@ -97,12 +99,48 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<(ConfigLoader, ClientCo
     Ok((loader, config))
 }
 
+/// Builds the client for a loaded config, with the response cache when the
+/// config has a `[cache]` section.
+pub(crate) async fn build_client(
+    loader: &ConfigLoader,
+    config: &ClientConfig,
+) -> Result<Client, Failure> {
+    let client = Client::from_config(config).await?;
+    if loader.contains("cache") {
+        let cache_config = dspex::cache::CacheConfig::load(loader)?;
+        let embedder: Option<std::sync::Arc<dyn dspex::cache::Embedder>> = if cache_config.l3
+            && cache_config.embedder == dspex::cache::EmbedderKind::Api
+        {
+            let provider = config.default_provider_id().ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!(
+                        "cache.embedder = \"api\" embeds with the default provider: set default_provider"
+                    ))
+                })?;
+            let threshold = cache_config.threshold.ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!(
+                        "cache.embedder = \"api\" needs cache.threshold (measure it with `dspex cache calibrate`)"
+                    ))
+                })?;
+            Some(std::sync::Arc::new(
+                dspex::ApiEmbedder::new(&client, provider, None, threshold).await?,
+            ))
+        } else {
+            None
+        };
+        let cache = dspex::ResponseCache::from_config(&cache_config, embedder)
+            .await
+            .map_err(|e| Failure::usage(anyhow::anyhow!("cache: {e}")))?;
+        client.set_cache(cache)?;
+    }
+    Ok(client)
+}
+
 /// Builds the client and picks the provider: the one named, else the default.
 pub(crate) async fn client_for(
     path: Option<&Path>,
     provider: Option<&str>,
 ) -> Result<(Client, String), Failure> {
-    let (_, config) = load_config(path)?;
+    let (loader, config) = load_config(path)?;
     let provider = match provider.or(config.default_provider_id()) {
         Some(provider) => provider.to_owned(),
         None if config.providers.is_empty() => {
@@ -122,7 +160,7 @@ pub(crate) async fn client_for(
             )));
         }
     };
-    let client = Client::from_config(&config).await?;
+    let client = build_client(&loader, &config).await?;
     // Unknown names fail here with the list of known ones, before any work.
     client.provider(&provider)?;
     Ok((client, provider))

@@ -12,6 +12,7 @@
 //!
 //! Exit codes: 0 success, 2 usage or config error, 3 provider error.
 
+mod cache_cmd;
 mod chat;
 mod common;
 mod config_cmd;
@@ -58,6 +59,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Run a workflow file (TOML) and print its outputs (with --json, its run report).
     Run(run_cmd::RunArgs),
+    /// Cache statistics, clearing, purging and threshold calibration.
+    Cache(cache_cmd::CacheArgs),
     /// Drive many calls through the full stack and report latency and throughput.
     Load(load::LoadArgs),
     /// Configuration commands.
@@ -101,6 +104,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Load(args) => load::run(config, args).await,
         Command::Predict(args) => predict::run(config, args).await,
         Command::Run(args) => run_cmd::run(config, args).await,
+        Command::Cache(args) => cache_cmd::run(args, config).await.map_err(Failure::usage),
         Command::Config(command) => config_cmd::run(config, command),
         Command::MockServer(args) => {
             let addr = std::net::SocketAddr::new(args.host, args.port);

@@ -47,8 +47,8 @@ pub(crate) fn parse_inputs(pairs: &[String]) -> Result<Context, Failure> {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
-    let (_, client_config) = common::load_config(config)?;
-    let client = dspex::Client::from_config(&client_config).await?;
+    let (loader, client_config) = common::load_config(config)?;
+    let client = common::build_client(&loader, &client_config).await?;
     let workflow = declarative::load_file(&args.file, &client, args.provider.as_deref())
         .map_err(Failure::usage)?;
     run_loaded(&workflow, &args.inputs, args.json).await

@@ -16,12 +16,13 @@ use dspex_core::{CoreError, CorrelationId, ErrorContext, Trail};
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
+use crate::cache::ResponseCache;
 use crate::call::{Call, Payload, Reply, ReplyBody};
 use crate::config::{ClientConfig, ProviderConfig, ProviderKind};
 use crate::error::ClientError;
 use crate::events::{
-    CallInfo, CircuitEvent, Event, EventBus, EventKind, LimitSource, Operation, RateLimitEvent,
-    RetryEvent,
+    CacheServed, CallInfo, CircuitEvent, Event, EventBus, EventKind, LimitSource, Operation,
+    RateLimitEvent, RetryEvent,
 };
 use crate::guard::CallGuard;
 use crate::provider::{HttpTransport, Sent, Transport};
@@ -261,6 +262,7 @@ struct ClientInner {
     metrics: Arc<CallMetrics>,
     default_provider: Option<String>,
     guard: std::sync::OnceLock<Arc<dyn CallGuard>>,
+    cache: std::sync::OnceLock<ResponseCache>,
 }
 
 /// The protected LM client: providers by id, each behind a circuit breaker,
@@ -320,6 +322,7 @@ impl Client {
                 metrics: Arc::default(),
                 default_provider: config.default_provider_id().map(str::to_owned),
                 guard: std::sync::OnceLock::new(),
+                cache: std::sync::OnceLock::new(),
             }),
         };
         for provider in config.providers.values() {
@@ -368,6 +371,23 @@ impl Client {
                 format!("this client already has a guard; cannot add `{name}`"),
             ))
         })
+    }
+
+    /// Puts `cache` in front of every later chat call (see
+    /// [`CachePolicy`](crate::CachePolicy) for which calls it answers). A
+    /// client has at most one cache.
+    pub fn set_cache(&self, cache: ResponseCache) -> Result<(), ClientError> {
+        self.inner.cache.set(cache).map_err(|_| {
+            ClientError::Config(CoreError::config(
+                "cache",
+                "this client already has a response cache",
+            ))
+        })
+    }
+
+    /// The response cache, when one is set.
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.inner.cache.get()
     }
 
     /// The event bus calls publish on.
@@ -617,6 +637,115 @@ impl Client {
         messages: Vec<Message>,
         options: RequestOptions,
     ) -> Result<ChatResponse, ClientError> {
+        if let Some(cache) = self.inner.cache.get()
+            && let Ok(provider) = self.inner.providers.get(provider_id)
+        {
+            let model = options
+                .params
+                .model
+                .as_deref()
+                .unwrap_or(&provider.shared.config.model);
+            if let Some(plan) = crate::cache::plan(cache, provider_id, model, &messages, &options) {
+                return self
+                    .request_cached(cache, &provider, plan, messages, options)
+                    .await;
+            }
+        }
+        self.request_uncached(provider_id, messages, options).await
+    }
+
+    /// Answers from the cache, or makes the call once (concurrent identical
+    /// calls share it) and stores the response.
+    async fn request_cached(
+        &self,
+        cache: &ResponseCache,
+        provider: &Arc<Provider>,
+        plan: crate::cache::Plan,
+        messages: Vec<Message>,
+        options: RequestOptions,
+    ) -> Result<ChatResponse, ClientError> {
+        let started = tokio::time::Instant::now();
+        let correlation_id = options
+            .correlation_id
+            .clone()
+            .unwrap_or_else(CorrelationId::generate);
+        let params = options.params.clone();
+        let tags = options.tags.clone();
+        let options = RequestOptions {
+            correlation_id: Some(correlation_id.clone()),
+            ..options
+        };
+        let compute = self.request_uncached(&provider.shared.id, messages, options);
+        let cached = match cache
+            .get_or_compute(&plan.key, plan.semantic.as_ref(), compute, &plan.lookup)
+            .await
+        {
+            Ok(cached) => cached,
+            Err(dspex_cache::CacheError::Compute(error)) => {
+                return Err(Arc::try_unwrap(error).unwrap_or_else(|shared| (*shared).clone()));
+            }
+            Err(other) => {
+                return Err(ClientError::Backend {
+                    provider: Arc::clone(&provider.shared.id),
+                    message: format!("response cache: {other}"),
+                    context: Box::new(ErrorContext::new(correlation_id)),
+                });
+            }
+        };
+        let (tier, similarity) = match cached.source {
+            dspex_cache::Source::Computed => return Ok(Arc::unwrap_or_clone(cached.value)),
+            dspex_cache::Source::L1 => ("l1", None),
+            dspex_cache::Source::L2 => ("l2", None),
+            dspex_cache::Source::L3 { similarity } => ("l3", Some(similarity)),
+            // Another call with the same key made the request while this one
+            // waited: this call cost nothing either.
+            dspex_cache::Source::Coalesced => ("inflight", None),
+        };
+        let mut response = Arc::unwrap_or_clone(cached.value);
+        let served = CacheServed {
+            tier,
+            similarity,
+            saved: response.usage,
+        };
+        let shared = &provider.shared;
+        let recorder = Recorder::start(
+            &shared.events,
+            &shared.metrics,
+            &shared.host,
+            CallInfo {
+                provider: Arc::clone(&shared.id),
+                system: shared.config.kind.system(),
+                model: Arc::from(response.model.as_str()),
+                operation: Operation::Chat,
+                estimated_input_tokens: None,
+                tags: Arc::new(tags),
+            },
+            correlation_id.clone(),
+            Some(&params),
+        );
+        response.usage = Usage::default();
+        response.latency = started.elapsed();
+        response.attempts = 0;
+        response.correlation_id = correlation_id;
+        response.cache = Some(served.clone());
+        recorder.finish(Ending {
+            outcome: crate::events::Outcome::Success,
+            usage: Usage::default(),
+            finish_reason: response.finish_reason().cloned(),
+            response_model: Some(response.model.clone()),
+            response_id: response.id.clone(),
+            request_id: response.request_id.clone(),
+            cache: Some(Box::new(served)),
+        });
+        Ok(response)
+    }
+
+    async fn request_uncached(
+        &self,
+        provider_id: &str,
+        messages: Vec<Message>,
+        options: RequestOptions,
+    ) -> Result<ChatResponse, ClientError> {
         let prepared = self.prepare(provider_id, Operation::Chat, messages, None, options)?;
         let result = Self::run(&prepared).await;
         let Prepared {
@@ -666,6 +795,7 @@ impl Client {
             latency: recorder.elapsed(),
             attempts: call.attempts(),
             correlation_id: recorder.correlation_id().clone(),
+            cache: None,
         };
         recorder.finish(Ending {
             outcome: crate::events::Outcome::Success,
@@ -674,6 +804,7 @@ impl Client {
             response_model: Some(response.model.clone()),
             response_id: response.id.clone(),
             request_id: response.request_id.clone(),
+            cache: None,
         });
         Ok(response)
     }
@@ -774,6 +905,7 @@ impl Client {
             response_model: Some(model),
             response_id: None,
             request_id: reply.request_id,
+            cache: None,
         });
         Ok(response)
     }

@@ -114,7 +114,7 @@ fn retry_hint(after: Option<&Duration>) -> String {
 /// Call-time variants carry the provider id and an [`ErrorContext`]: the
 /// correlation id and the breadcrumb trail (provider, model, every attempt and
 /// wait). Messages from providers are scrubbed of the API key.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The upstream answered with an error status.

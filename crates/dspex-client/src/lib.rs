@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod call;
 mod client;
 pub mod config;
@@ -37,6 +38,7 @@ mod telemetry;
 pub mod tokens;
 mod types;
 
+pub use cache::{ApiEmbedder, CacheMode, CachePolicy, ResponseCache};
 pub use client::{Client, Provider};
 pub use config::{ClientConfig, ProviderConfig, ProviderKind};
 pub use error::{ApiErrorKind, ClientError, TimeoutPhase};

@@ -228,6 +228,7 @@ impl ChatStream {
             model: model.clone(),
             id: self.id.clone(),
             request_id: self.request_id.clone(),
+            cache: None,
             usage: self.usage,
             latency: recorder.elapsed(),
             attempts: recorder.attempts(),
@@ -241,6 +242,7 @@ impl ChatStream {
             response_model: Some(model),
             response_id: self.id.clone(),
             request_id: self.request_id.clone(),
+            cache: None,
         });
         self.pending.push_back(StreamEvent::Done(response));
         self.done = true;

@@ -25,7 +25,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::call::Call;
-use crate::events::{CallInfo, Completion, Event, EventBus, EventKind, Outcome};
+use crate::events::{CacheServed, CallInfo, Completion, Event, EventBus, EventKind, Outcome};
 use crate::guard::CallGuard;
 use crate::types::{ChatParams, FinishReason, Usage};
 
@@ -37,6 +37,8 @@ pub(crate) struct Ending {
     pub(crate) response_model: Option<String>,
     pub(crate) response_id: Option<String>,
     pub(crate) request_id: Option<String>,
+    /// Set when a cache tier answered.
+    pub(crate) cache: Option<Box<CacheServed>>,
 }
 
 impl Ending {
@@ -54,6 +56,7 @@ impl Ending {
                 crate::ClientError::Api { request_id, .. } => request_id.clone(),
                 _ => None,
             },
+            cache: None,
         }
     }
 }
@@ -239,7 +242,7 @@ impl Recorder {
                 attempts,
                 finish_reason: ending.finish_reason,
                 request_id: ending.request_id,
-                cache: None,
+                cache: ending.cache,
             }),
         ));
     }
@@ -255,6 +258,7 @@ impl Drop for Recorder {
                 response_model: None,
                 response_id: None,
                 request_id: None,
+                cache: None,
             });
         }
     }

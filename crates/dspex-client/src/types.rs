@@ -159,6 +159,8 @@ pub struct RequestOptions {
     pub max_wait: Option<Duration>,
     /// Free-form tags carried on the call's events (workflow, step, user...).
     pub tags: BTreeMap<String, String>,
+    /// How this call uses the response cache, when the client has one.
+    pub cache: crate::cache::CachePolicy,
 }
 
 impl RequestOptions {
@@ -315,6 +317,10 @@ pub struct ChatResponse {
     pub attempts: u32,
     /// The run it belongs to.
     pub correlation_id: CorrelationId,
+    /// Set when the response cache answered: then `usage` is zero (nothing was
+    /// billed) and this holds the tier and the usage the hit saved.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::events::CacheServed>,
 }
 
 impl ChatResponse {

@@ -7,7 +7,7 @@ use crate::context::format_duration;
 /// Everything the generic layer can fail with.
 ///
 /// Each variant names what is wrong: the config key, the registry id, the bucket.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoreError {
     /// A configuration value is missing, malformed or out of range.

@@ -67,6 +67,9 @@ pub struct LmCall {
     pub attempts: u32,
     /// Why it was made.
     pub purpose: CallPurpose,
+    /// Answered by the response cache (then `usage` is zero).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// A module's result: typed outputs, usage, latency and the trace of LM calls.
@@ -400,6 +403,7 @@ impl Predict {
             correlation_id: run.correlation_id.clone(),
             max_wait: None,
             tags: run.tags.clone(),
+            cache: dspex_client::CachePolicy::default(),
         }
     }
 
@@ -429,6 +433,7 @@ impl Predict {
             latency: response.latency,
             attempts: response.attempts,
             purpose,
+            cached: response.cache.is_some(),
         });
         Ok(response)
     }

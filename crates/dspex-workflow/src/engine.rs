@@ -947,6 +947,10 @@ async fn leaf<'a>(node: &'a Node, scope: &'a Scope<'a>, path: &'a str) -> Result
                         record.lm_calls = u32::try_from(prediction.trace.len()).unwrap_or(u32::MAX);
                         record.input_tokens = prediction.usage.input_tokens;
                         record.output_tokens = prediction.usage.output_tokens;
+                        record.cache_hits = u32::try_from(
+                            prediction.trace.iter().filter(|call| call.cached).count(),
+                        )
+                        .unwrap_or(u32::MAX);
                     }
                     state.prediction.lock().absorb(prediction);
                 }

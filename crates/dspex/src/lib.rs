@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub use dspex_cache as cache;
 pub use dspex_client::*;
 pub use dspex_core as core;
 #[cfg(feature = "mock")]
