@@ -496,6 +496,17 @@ where
         CacheKey::from_canonical_json(&self.inner.namespace, request)
     }
 
+    /// A key in the cache's default namespace for a request that serialises
+    /// deterministically (see [`CacheKey::from_serialize`]).
+    pub fn key_of<T: Serialize + ?Sized>(&self, request: &T) -> Result<CacheKey> {
+        CacheKey::from_serialize(&self.inner.namespace, request)
+    }
+
+    /// Whether the semantic tier is on (callers can skip building scopes).
+    pub fn has_semantic_tier(&self) -> bool {
+        self.inner.l3.is_some()
+    }
+
     /// The event bus.
     pub fn events(&self) -> &EventBus<CacheEvent> {
         &self.inner.events

@@ -19,7 +19,11 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::client::Client;
-use crate::types::{ChatResponse, EmbeddingRequest, Message, RequestOptions, Role};
+use serde::Serialize;
+
+use crate::types::{
+    ChatParams, ChatResponse, EmbeddingRequest, Message, RequestOptions, ResponseFormat, Role,
+};
 
 /// The response cache the client uses: `dspex_cache::Cache` over chat responses.
 pub type ResponseCache = dspex_cache::Cache<ChatResponse>;
@@ -79,24 +83,24 @@ pub(crate) fn plan(
         CacheMode::Auto if sampled && policy.rollout.is_none() => return None,
         _ => {}
     }
-    // Everything that changes the answer, nothing that identifies the caller.
-    let mut params = serde_json::to_value(&options.params).ok()?;
-    if let Value::Object(map) = &mut params {
-        map.remove("model");
-        map.retain(|_, v| !v.is_null());
-    }
-    let all = json!({
-        "op": "chat",
-        "provider": provider,
-        "model": model,
-        "params": params,
-        "rollout": policy.rollout,
-        "messages": messages,
-    });
-    let key = cache.key(&all).ok()?;
+    // Everything that changes the answer, nothing that identifies the caller:
+    // the model is named once, whether it came from the options or the
+    // provider's default.
+    let params = ParamsWithoutModel::of(&options.params);
+    let key = cache
+        .key_of(&KeyParts {
+            op: "chat",
+            provider,
+            model,
+            params: &params,
+            rollout: policy.rollout.as_deref(),
+            messages,
+        })
+        .ok()?;
     // The scope: the same request without the final user message's text.
     let semantic = match messages.split_last() {
-        Some((last, earlier)) if last.role == Role::User => {
+        Some((last, earlier)) if last.role == Role::User && cache.has_semantic_tier() => {
+            let params = serde_json::to_value(&params).ok()?;
             let rest = json!({
                 "op": "chat",
                 "provider": provider,
@@ -130,6 +134,70 @@ pub(crate) fn plan(
         semantic,
         lookup,
     })
+}
+
+/// What a chat call's cache key hashes, serialised in this field order.
+#[derive(Serialize)]
+struct KeyParts<'a> {
+    op: &'static str,
+    provider: &'a str,
+    model: &'a str,
+    params: &'a ParamsWithoutModel<'a>,
+    rollout: Option<&'a str>,
+    messages: &'a [Message],
+}
+
+/// Chat parameters without the model (the key names it separately),
+/// borrowed: serialises exactly as `ChatParams` with `model: None` does (a
+/// test checks it, and lists every field so a new one cannot be missed).
+#[derive(Serialize)]
+struct ParamsWithoutModel<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a ResponseFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a Value>,
+}
+
+impl<'a> ParamsWithoutModel<'a> {
+    fn of(params: &'a ChatParams) -> Self {
+        let ChatParams {
+            model: _,
+            temperature,
+            top_p,
+            max_tokens,
+            stop,
+            n,
+            seed,
+            response_format,
+            tools,
+            tool_choice,
+        } = params;
+        Self {
+            temperature: *temperature,
+            top_p: *top_p,
+            max_tokens: *max_tokens,
+            stop,
+            n: *n,
+            seed: *seed,
+            response_format: response_format.as_ref(),
+            tools: tools.as_ref(),
+            tool_choice: tool_choice.as_ref(),
+        }
+    }
 }
 
 /// Embeddings from any OpenAI-compatible `/v1/embeddings`, through the
@@ -218,5 +286,34 @@ impl Embedder for ApiEmbedder {
                 .await
                 .map_err(|e| dspex_cache::CacheError::embedding("api", e.to_string()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_params_serialise_like_the_params_without_their_model() {
+        let params = ChatParams {
+            model: Some("m".into()),
+            temperature: Some(0.5),
+            top_p: Some(0.9),
+            max_tokens: Some(10),
+            stop: vec!["x".into()],
+            n: Some(2),
+            seed: Some(7),
+            response_format: None,
+            tools: Some(json!([{"type": "function"}])),
+            tool_choice: Some(json!("auto")),
+        };
+        let without = ChatParams {
+            model: None,
+            ..params.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(ParamsWithoutModel::of(&params)).unwrap(),
+            serde_json::to_value(&without).unwrap()
+        );
     }
 }

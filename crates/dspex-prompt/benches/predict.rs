@@ -103,6 +103,46 @@ fn predict(c: &mut Criterion) {
             .iter(|| async { over_http.forward(&inputs).await.unwrap() });
     });
     group.finish();
+
+    // 4. A fully cached Predict: the same call answered from the memory tier,
+    // end to end (format, key, L1 hit, recorded completion, parse).
+    let cached = runtime.block_on(async {
+        let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+        let raw = RawProvider {
+            kind: Some("openai".into()),
+            base_url: Some(upstream.base_url()),
+            ..RawProvider::default()
+        };
+        client
+            .add_provider(ProviderConfig::validate("mock", &raw, None, &|_| None).unwrap())
+            .await
+            .unwrap();
+        let cache = dspex_client::ResponseCache::builder()
+            .l1(10_000, 64 << 20)
+            .build()
+            .await
+            .unwrap();
+        client.set_cache(cache).unwrap();
+        let predict = Predict::new(
+            Signature::parse("question -> answer").unwrap(),
+            Lm::new(&client, "mock"),
+        );
+        let first = predict.forward(&inputs).await.unwrap();
+        assert!(!first.trace[0].cached);
+        let second = predict.forward(&inputs).await.unwrap();
+        assert!(second.trace[0].cached, "the second call is a hit");
+        predict
+    });
+    let before = upstream.stats().requests;
+    c.bench_function("predict/fully_cached", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { cached.forward(&inputs).await.unwrap() });
+    });
+    assert_eq!(
+        upstream.stats().requests,
+        before,
+        "no cached call reached the mock"
+    );
 }
 
 criterion_group!(benches, predict);
