@@ -11,6 +11,7 @@ use dspex::{Client, ClientConfig, ClientError};
 pub(crate) fn known_keys() -> Vec<&'static str> {
     let mut keys = dspex::config::CONFIG_KEYS.to_vec();
     keys.extend_from_slice(dspex::cache::CONFIG_KEYS);
+    keys.extend_from_slice(dspex_analytics::CONFIG_KEYS);
     keys
 }
 

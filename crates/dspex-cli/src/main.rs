@@ -16,8 +16,11 @@ mod cache_cmd;
 mod chat;
 mod common;
 mod config_cmd;
+mod costs;
 mod demo;
+mod eval_cmd;
 mod load;
+mod optimize_cmd;
 mod predict;
 mod run_cmd;
 
@@ -61,6 +64,12 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Cache statistics, clearing, purging and threshold calibration.
     Cache(cache_cmd::CacheArgs),
+    /// Cost, tokens, errors and latency of recorded LM calls, grouped.
+    Costs(costs::CostsArgs),
+    /// Score a program over a JSONL dataset with a metric.
+    Eval(eval_cmd::EvalArgs),
+    /// Compile a program with few-shot demos (BootstrapFewShot) and save it.
+    Optimize(optimize_cmd::OptimizeArgs),
     /// Drive many calls through the full stack and report latency and throughput.
     Load(load::LoadArgs),
     /// Configuration commands.
@@ -105,6 +114,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Predict(args) => predict::run(config, args).await,
         Command::Run(args) => run_cmd::run(config, args).await,
         Command::Cache(args) => cache_cmd::run(args, config).await.map_err(Failure::usage),
+        Command::Costs(args) => costs::run(args, config).await.map_err(Failure::Usage),
+        Command::Eval(args) => eval_cmd::run(config, args).await,
+        Command::Optimize(args) => optimize_cmd::run(config, args).await,
         Command::Config(command) => config_cmd::run(config, command),
         Command::MockServer(args) => {
             let addr = std::net::SocketAddr::new(args.host, args.port);

@@ -95,6 +95,35 @@ pub enum PromptError {
         /// What went wrong, naming the file or field.
         message: String,
     },
+
+    /// A dataset file could not be read, or one of its lines is not a usable
+    /// example.
+    #[error("{path}{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Dataset {
+        /// The file.
+        path: String,
+        /// 1-based line of the bad example, when the problem is one line.
+        line: Option<usize>,
+        /// What is wrong, naming the fields.
+        message: String,
+    },
+
+    /// An optimiser could not compile a program (no training examples, too
+    /// many failed runs).
+    #[error("optimiser: {message}")]
+    Optimize {
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A composite module (a workflow) failed in one of its steps.
+    #[error("{message}")]
+    Composite {
+        /// The failure, naming the step and the correlation id.
+        message: String,
+        /// Whether running it again may succeed.
+        retryable: bool,
+    },
 }
 
 impl PromptError {
@@ -102,6 +131,7 @@ impl PromptError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Client(error) => error.is_retryable(),
+            Self::Composite { retryable, .. } => *retryable,
             _ => false,
         }
     }

@@ -33,9 +33,8 @@ pub use adapter::{Adapter, Example};
 pub use error::{PromptError, Result};
 pub use evaluate::{EvalReport, Evaluate, ExampleResult, Metric, load_dataset};
 pub use module::{
-    CallSettings, ChainOfThought, Inputs, Lm, LmCall, Module, Predict, Prediction,
-    PredictorTrace, ProgramState, RunContext, TemplateState, batch, load_program, program_state,
-    save_program,
+    CallSettings, ChainOfThought, Inputs, Lm, LmCall, Module, Predict, Prediction, PredictorTrace,
+    ProgramState, RunContext, TemplateState, batch, load_program, program_state, save_program,
 };
 pub use optimize::{BootstrapFewShot, CompileReport, LabeledFewShot};
 pub use signature::{Field, FieldType, Signature};

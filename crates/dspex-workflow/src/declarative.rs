@@ -234,7 +234,8 @@ impl Checker<'_> {
         }
         let _ = raw.description;
         let mut available: BTreeSet<String> = raw.inputs.iter().cloned().collect();
-        let mut workflow = Workflow::new(&raw.name);
+        let input_keys: Vec<&str> = raw.inputs.iter().map(String::as_str).collect();
+        let mut workflow = Workflow::new(&raw.name).inputs(&input_keys);
         let mut complete = true;
         for (index, step) in raw.steps.iter().enumerate() {
             let place = Place {

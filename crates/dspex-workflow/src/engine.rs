@@ -568,6 +568,7 @@ impl Node {
 pub struct Workflow {
     name: Arc<str>,
     nodes: Vec<Node>,
+    inputs: Vec<String>,
     outputs: Option<Vec<String>>,
 }
 
@@ -601,8 +602,27 @@ impl Workflow {
         Self {
             name: Arc::from(name),
             nodes: Vec::new(),
+            inputs: Vec::new(),
             outputs: None,
         }
+    }
+
+    /// Declares the context keys a run must be given (files do, with
+    /// `inputs = [...]`); evaluation reads them from datasets.
+    #[must_use]
+    pub fn inputs(mut self, keys: &[&str]) -> Self {
+        self.inputs = keys.iter().map(|k| (*k).to_owned()).collect();
+        self
+    }
+
+    /// The declared input keys.
+    pub fn input_keys(&self) -> &[String] {
+        &self.inputs
+    }
+
+    /// The declared output keys, when declared.
+    pub fn output_keys(&self) -> Option<&[String]> {
+        self.outputs.as_deref()
     }
 
     /// Appends `node`.

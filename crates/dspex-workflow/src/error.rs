@@ -223,8 +223,9 @@ impl WorkflowError {
 impl From<WorkflowError> for PromptError {
     fn from(error: WorkflowError) -> Self {
         // A workflow used as a module reports through the module error type.
-        PromptError::InvalidInputs {
-            problems: vec![error.to_string()],
+        PromptError::Composite {
+            retryable: error.is_retryable(),
+            message: error.to_string(),
         }
     }
 }

@@ -1,0 +1,141 @@
+//! What recording adds to a call on the call path.
+//!
+//! - `completion_event/*`: what the client does when a call ends — build the
+//!   completion event only if someone subscribes, and publish it — with no
+//!   subscriber, and with the analytics recorder attached (writing to a
+//!   SQLite file on its background task).
+//! - `scripted_call/*`: a whole call through the client's protected stack
+//!   with a scripted in-process provider, without and with the recorder.
+//!
+//! `cargo bench -p dspex-analytics --bench recording`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use dspex_analytics::{PriceTable, Recorder, RecorderOptions, Store};
+use dspex_client::events::{CallInfo, Completion, Operation, Outcome};
+use dspex_client::{
+    Client, ClientConfig, Event, EventBus, EventKind, Message, RequestOptions, ScriptedLm, Usage,
+};
+use dspex_core::CorrelationId;
+
+fn completion(info: &CallInfo) -> Completion {
+    Completion {
+        call: info.clone(),
+        response_model: Some("gpt-4o-mini-2024-07-18".to_owned()),
+        outcome: Outcome::Success,
+        usage: Usage {
+            input_tokens: 1_200,
+            output_tokens: 150,
+            cached_input_tokens: 200,
+            cache_write_tokens: 0,
+        },
+        latency: Duration::from_millis(420),
+        attempts: 1,
+        finish_reason: None,
+        request_id: Some("req_123".to_owned()),
+        cache: None,
+    }
+}
+
+/// The client's completion step: build and publish only when someone listens.
+fn finish_call(bus: &EventBus, info: &CallInfo, id: &CorrelationId) {
+    if bus.has_subscribers() {
+        bus.publish(Event::now(
+            Some(id.clone()),
+            EventKind::RequestCompleted(completion(info)),
+        ));
+    }
+}
+
+fn recording(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prices = Arc::new(PriceTable::bundled().unwrap());
+    let info = CallInfo {
+        provider: Arc::from("openai"),
+        system: "openai",
+        model: Arc::from("gpt-4o-mini"),
+        operation: Operation::Chat,
+        estimated_input_tokens: Some(1_200),
+        tags: Arc::new(BTreeMap::from([
+            ("workflow".to_owned(), "qa".to_owned()),
+            ("team".to_owned(), "search".to_owned()),
+        ])),
+    };
+    let id = CorrelationId::generate();
+
+    let mut group = c.benchmark_group("completion_event");
+    let bus = EventBus::new();
+    group.bench_function("no_subscriber", |b| {
+        b.iter(|| finish_call(black_box(&bus), &info, &id));
+    });
+    let store = runtime.block_on(async {
+        Store::open(dir.path().join("events.sqlite").to_str().unwrap(), None)
+            .await
+            .unwrap()
+    });
+    let recorder = {
+        let _guard = runtime.enter();
+        Recorder::attach(&bus, store, Arc::clone(&prices), RecorderOptions::default())
+    };
+    group.bench_function("recorder_attached", |b| {
+        b.iter(|| finish_call(black_box(&bus), &info, &id));
+    });
+    let stats = runtime.block_on(recorder.shutdown()).unwrap();
+    assert_eq!(stats.rows_lost, 0);
+    assert_eq!(stats.rows_written, stats.events);
+    group.finish();
+
+    let mut group = c.benchmark_group("scripted_call");
+    let client = runtime.block_on(async {
+        let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+        client
+            .add_scripted("openai", ScriptedLm::replies(["The answer is 42."]))
+            .await
+            .unwrap();
+        client
+    });
+    let call = || async {
+        client
+            .request(
+                "openai",
+                vec![Message::user("What is the answer?")],
+                RequestOptions::new()
+                    .model("gpt-4o-mini")
+                    .tag("workflow", "qa"),
+            )
+            .await
+            .unwrap()
+    };
+    group.bench_function("without_recorder", |b| b.to_async(&runtime).iter(call));
+    let store = runtime.block_on(async {
+        Store::open(dir.path().join("calls.sqlite").to_str().unwrap(), None)
+            .await
+            .unwrap()
+    });
+    let recorder = {
+        let _guard = runtime.enter();
+        Recorder::attach(client.events(), store, prices, RecorderOptions::default())
+    };
+    group.bench_function("with_recorder", |b| b.to_async(&runtime).iter(call));
+    let stats = runtime.block_on(recorder.shutdown()).unwrap();
+    assert_eq!(stats.rows_lost, 0);
+    group.finish();
+}
+
+criterion_group!(benches, recording);
+criterion_main!(benches);

@@ -1,0 +1,209 @@
+//! The `[analytics]` section of `dspex.toml`: raw serde structs (phase one)
+//! and the validated [`AnalyticsConfig`] (phase two).
+//!
+//! ```toml
+//! [analytics]
+//! enabled = true
+//! store = "dspex-analytics.sqlite"      # a SQLite file (default), or "postgres://user@host/db"
+//! schema = "dspex"                      # PostgreSQL only: the schema for the tables
+//! batch_size = 1000                     # rows per transaction
+//! flush_interval_ms = 50                # longest wait before a partial batch is written
+//!
+//! [analytics.prices."openai/gpt-4o"]    # overrides and additions to the bundled table
+//! input_per_million = 2.5
+//! output_per_million = 10.0
+//! cached_input_per_million = 1.25
+//! effective = "2026-01-01"
+//!
+//! [[analytics.budgets]]
+//! name = "openai-daily"
+//! provider = "openai"
+//! period = "day"
+//! limit_usd = 25.0
+//! warn_at = 0.8
+//! ```
+//!
+//! Environment overrides follow the core rules:
+//! `DSPEX_ANALYTICS__STORE=postgres://...`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dspex_core::CoreError;
+use dspex_core::config::ConfigLoader;
+use serde::{Deserialize, Serialize};
+
+use crate::budget::{Budget, Budgets, RawBudget};
+use crate::error::{AnalyticsError, Result};
+use crate::prices::{PriceTable, RawPrice};
+use crate::recorder::RecorderOptions;
+
+/// The top-level keys this crate reads from `dspex.toml`.
+pub const CONFIG_KEYS: &[&str] = &["analytics"];
+
+/// The default store: a SQLite file in the working directory.
+pub const DEFAULT_STORE: &str = "dspex-analytics.sqlite";
+
+/// Raw `[analytics]` table, as written.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalyticsConfig {
+    /// Record calls at all.
+    pub enabled: Option<bool>,
+    /// A SQLite path or `postgres://` URL.
+    pub store: Option<String>,
+    /// The PostgreSQL schema.
+    pub schema: Option<String>,
+    /// Rows per transaction.
+    pub batch_size: Option<usize>,
+    /// Longest wait before a partial batch is written, in ms.
+    pub flush_interval_ms: Option<u64>,
+    /// Price overrides by `provider/model`.
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+    /// Budgets.
+    #[serde(default)]
+    pub budgets: Vec<RawBudget>,
+}
+
+impl std::fmt::Debug for RawAnalyticsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAnalyticsConfig")
+            .field("enabled", &self.enabled)
+            .field(
+                "store",
+                &self
+                    .store
+                    .as_deref()
+                    .map(dspex_client::config::redacted_url),
+            )
+            .field("schema", &self.schema)
+            .field("prices", &self.prices.keys().collect::<Vec<_>>())
+            .field("budgets", &self.budgets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawAnalyticsConfig {
+    /// Reads this crate's keys from a loaded config.
+    pub fn from_loader(loader: &ConfigLoader) -> Result<Self> {
+        Ok(loader.section("analytics")?.unwrap_or_default())
+    }
+}
+
+/// The validated analytics configuration.
+#[derive(Clone, Serialize)]
+#[non_exhaustive]
+pub struct AnalyticsConfig {
+    /// Whether to record calls.
+    pub enabled: bool,
+    /// A SQLite path or `postgres://` URL (printed without credentials).
+    #[serde(serialize_with = "redact")]
+    pub store: String,
+    /// The PostgreSQL schema.
+    pub schema: Option<String>,
+    /// Batching and retries.
+    pub recorder: RecorderOptions,
+    /// The bundled prices with the overrides applied.
+    #[serde(skip)]
+    pub prices: Arc<PriceTable>,
+    /// The budgets.
+    pub budgets: Vec<Budget>,
+}
+
+fn redact<S: serde::Serializer>(url: &str, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&dspex_client::config::redacted_url(url))
+}
+
+impl std::fmt::Debug for AnalyticsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnalyticsConfig")
+            .field("enabled", &self.enabled)
+            .field("store", &dspex_client::config::redacted_url(&self.store))
+            .field("schema", &self.schema)
+            .field("recorder", &self.recorder)
+            .field("prices", &self.prices)
+            .field("budgets", &self.budgets)
+            .finish()
+    }
+}
+
+impl AnalyticsConfig {
+    /// Reads and validates the `[analytics]` section (defaults when absent).
+    pub fn load(loader: &ConfigLoader) -> Result<Self> {
+        Self::validate(&RawAnalyticsConfig::from_loader(loader)?)
+    }
+
+    /// Phase two: checks every value; errors name the key.
+    pub fn validate(raw: &RawAnalyticsConfig) -> Result<Self> {
+        let config =
+            |key: &str, message: String| AnalyticsError::Config(CoreError::config(key, message));
+        let store = raw
+            .store
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        if store.trim().is_empty() {
+            return Err(config(
+                "analytics.store",
+                "empty: give a SQLite path or a postgres:// URL".to_owned(),
+            ));
+        }
+        let defaults = RecorderOptions::default();
+        let batch_size = raw.batch_size.unwrap_or(defaults.batch_size);
+        if !(1..=10_000).contains(&batch_size) {
+            return Err(config(
+                "analytics.batch_size",
+                format!("{batch_size} is out of range (1 to 10000)"),
+            ));
+        }
+        let flush_interval = raw
+            .flush_interval_ms
+            .map_or(defaults.flush_interval, Duration::from_millis);
+        if flush_interval.is_zero() {
+            return Err(config(
+                "analytics.flush_interval_ms",
+                "must be more than 0".to_owned(),
+            ));
+        }
+        let mut prices = PriceTable::bundled()?;
+        for (key, price) in &raw.prices {
+            let path = format!("analytics.prices.\"{key}\"");
+            let validated = price.validate(&path)?;
+            prices
+                .insert(key, validated, price.effective.as_deref())
+                .map_err(|e| match e {
+                    AnalyticsError::Prices { message, .. } => config(&path, message),
+                    other => other,
+                })?;
+        }
+        let mut budgets = Vec::with_capacity(raw.budgets.len());
+        for (index, budget) in raw.budgets.iter().enumerate() {
+            let validated = budget.validate(&format!("analytics.budgets[{index}]"))?;
+            if budgets.iter().any(|b: &Budget| b.name == validated.name) {
+                return Err(config(
+                    &format!("analytics.budgets[{index}].name"),
+                    format!("a budget named `{}` already exists", validated.name),
+                ));
+            }
+            budgets.push(validated);
+        }
+        Ok(Self {
+            enabled: raw.enabled.unwrap_or(true),
+            store,
+            schema: raw.schema.clone(),
+            recorder: RecorderOptions {
+                batch_size,
+                flush_interval,
+                ..defaults
+            },
+            prices: Arc::new(prices),
+            budgets,
+        })
+    }
+
+    /// The configured budgets, ready to check calls.
+    pub fn budgets(&self) -> Budgets {
+        Budgets::new(self.budgets.clone(), Arc::clone(&self.prices))
+    }
+}

@@ -1,0 +1,268 @@
+//! Where rows go: SQLite (embedded default) or PostgreSQL (shared), with the
+//! same `calls` table in both.
+//!
+//! The table holds one row per LM call with its raw token counts (input,
+//! output, cached input, cache write, and what a cache hit saved), so costs can
+//! be recomputed when prices change ([`Store::reprice`]). `cost_nanos` and
+//! `saved_cost_nanos` are NULL for an unpriced model, and `price_version`
+//! names the price used (`bundled@2026-11-24`). `at_ms` (Unix ms) is indexed.
+//!
+//! SQLite also keeps `call_rollups`: per UTC hour and per combination of every
+//! dimension (provider, model, operation, status, error kind, cache tier,
+//! workflow, step, tags), the sums of a row plus a latency histogram, updated
+//! in the same transaction as the rows (and rebuilt by re-pricing). An
+//! analysis whose whole hours cover more than
+//! [`SqliteStore::with_exact_limit`] calls (default [`DEFAULT_EXACT_LIMIT`])
+//! reads the rollups for those hours and the raw rows for the partial hours
+//! at either end: sums stay exact, latency percentiles are within 1%. Smaller
+//! ranges are analysed from the raw rows with exact percentiles. PostgreSQL
+//! always analyses the raw rows (`percentile_cont`, exact).
+
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use postgres::PostgresStore;
+pub use sqlite::{DEFAULT_EXACT_LIMIT, SqliteStore};
+
+use crate::analysis::{CostRow, Dialect, GroupBy};
+use crate::error::{AnalyticsError, Result};
+use crate::prices::PriceTable;
+use crate::record::{CallRecord, STEP_TAG, WORKFLOW_TAG};
+use crate::time::TimeRange;
+
+/// The stored columns, in insert order.
+pub(crate) const INSERT_COLUMNS: &str = "at_ms, correlation_id, provider, model, response_model, operation, \
+     input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, cost_nanos, price_version, \
+     latency_us, attempts, status, error_kind, http_status, cache_tier, saved_input_tokens, \
+     saved_output_tokens, saved_cached_input_tokens, saved_cache_write_tokens, saved_cost_nanos, \
+     workflow, step, tags";
+
+pub(crate) fn i64_of(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Where the [`Recorder`](crate::Recorder) writes batches. [`Store`]
+/// implements it; tests wrap it to simulate a slow or failing store.
+pub trait CallSink: Send + Sync + 'static {
+    /// Writes `rows` atomically (all or none).
+    fn write(&self, rows: Arc<Vec<CallRecord>>) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// What [`Store::reprice`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RepriceReport {
+    /// Rows looked at.
+    pub rows: u64,
+    /// Rows now priced.
+    pub priced: u64,
+    /// Rows whose model has no price in the new table.
+    pub unpriced: u64,
+}
+
+impl RepriceReport {
+    pub(crate) fn count(&mut self, priced: bool) {
+        self.rows += 1;
+        if priced {
+            self.priced += 1;
+        } else {
+            self.unpriced += 1;
+        }
+    }
+}
+
+/// Which calls a spend total covers: all of these that are set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SpendFilter {
+    /// The provider id.
+    pub provider: Option<String>,
+    /// The requested model.
+    pub model: Option<String>,
+    /// A tag `(key, value)`; `workflow` and `step` match their own columns.
+    pub tag: Option<(String, String)>,
+}
+
+impl SpendFilter {
+    /// The `AND ...` clause and its values, parameters numbered from `first`.
+    pub(crate) fn sql(&self, dialect: Dialect, first: usize) -> (String, Vec<String>) {
+        let mut clause = String::new();
+        let mut values = Vec::new();
+        let mut next = first;
+        let placeholder = |n: usize| match dialect {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}::text"),
+        };
+        if let Some(provider) = &self.provider {
+            clause.push_str(&format!(" AND provider = {}", placeholder(next)));
+            values.push(provider.clone());
+            next += 1;
+        }
+        if let Some(model) = &self.model {
+            clause.push_str(&format!(" AND model = {}", placeholder(next)));
+            values.push(model.clone());
+            next += 1;
+        }
+        if let Some((key, value)) = &self.tag {
+            match key.as_str() {
+                WORKFLOW_TAG => clause.push_str(&format!(" AND workflow = {}", placeholder(next))),
+                STEP_TAG => clause.push_str(&format!(" AND step = {}", placeholder(next))),
+                _ => {
+                    let key_param = placeholder(next);
+                    next += 1;
+                    match dialect {
+                        Dialect::Sqlite => {
+                            values.push(format!("$.\"{}\"", key.replace(['"', '\\'], "")));
+                            clause.push_str(&format!(
+                                " AND json_extract(tags, {key_param}) = {}",
+                                placeholder(next)
+                            ));
+                        }
+                        Dialect::Postgres => {
+                            values.push(key.clone());
+                            clause.push_str(&format!(
+                                " AND (tags ->> {key_param}) = {}",
+                                placeholder(next)
+                            ));
+                        }
+                    }
+                }
+            }
+            values.push(value.clone());
+        }
+        (clause, values)
+    }
+}
+
+/// A store: SQLite or PostgreSQL. Cloning shares the connection.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// SQLite (a file, or in memory).
+    Sqlite(SqliteStore),
+    /// PostgreSQL.
+    Postgres(PostgresStore),
+}
+
+impl Store {
+    /// Opens the store a location names: `postgres://...` or
+    /// `postgresql://...` (tables in `schema` when given, created if needed),
+    /// `sqlite://PATH`, `sqlite::memory:` or `:memory:`, or a plain file path
+    /// for SQLite.
+    pub async fn open(location: &str, schema: Option<&str>) -> Result<Self> {
+        let location = location.trim();
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            return Ok(Self::Postgres(
+                PostgresStore::connect(location, schema).await?,
+            ));
+        }
+        let path = location
+            .strip_prefix("sqlite://")
+            .or_else(|| location.strip_prefix("sqlite:"))
+            .unwrap_or(location);
+        if path == ":memory:" {
+            return Ok(Self::Sqlite(SqliteStore::in_memory()?));
+        }
+        if path.is_empty() {
+            return Err(AnalyticsError::Store {
+                backend: "sqlite",
+                message: "empty database path".to_owned(),
+                retryable: false,
+            });
+        }
+        let path = path.to_owned();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+            .await
+            .map_err(|e| AnalyticsError::Store {
+                backend: "sqlite",
+                message: e.to_string(),
+                retryable: false,
+            })??;
+        Ok(Self::Sqlite(store))
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Inserts `rows` in one transaction.
+    pub async fn insert(&self, rows: Arc<Vec<CallRecord>>) -> Result<()> {
+        match self {
+            Self::Sqlite(s) => s.insert(rows).await,
+            Self::Postgres(s) => s.insert(rows).await,
+        }
+    }
+
+    /// Rows stored.
+    pub async fn count(&self) -> Result<u64> {
+        match self {
+            Self::Sqlite(s) => s.count().await,
+            Self::Postgres(s) => s.count().await,
+        }
+    }
+
+    /// Every row in `range`, oldest first (for exports and tests; an analysis
+    /// should use [`Store::get_cost_analysis`]).
+    pub async fn rows(&self, range: TimeRange) -> Result<Vec<CallRecord>> {
+        let (from, until) = range.resolve(std::time::SystemTime::now());
+        match self {
+            Self::Sqlite(s) => s.rows(from, until).await,
+            Self::Postgres(s) => s.rows(from, until).await,
+        }
+    }
+
+    /// Costs, tokens, errors, cache savings and latency percentiles of the
+    /// calls in `range`, grouped by `group_by` (all calls in one row when
+    /// empty), ordered by the group values.
+    pub async fn get_cost_analysis(
+        &self,
+        range: TimeRange,
+        group_by: &[GroupBy],
+    ) -> Result<Vec<CostRow>> {
+        let (from, until) = range.resolve(std::time::SystemTime::now());
+        self.cost_analysis_between(from, until, group_by).await
+    }
+
+    /// [`Store::get_cost_analysis`] over `[from_ms, until_ms)`.
+    pub async fn cost_analysis_between(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+        group_by: &[GroupBy],
+    ) -> Result<Vec<CostRow>> {
+        match self {
+            Self::Sqlite(s) => s.cost_analysis(from_ms, until_ms, group_by).await,
+            Self::Postgres(s) => s.cost_analysis(from_ms, until_ms, group_by).await,
+        }
+    }
+
+    /// The cost (nano-USD) of the priced calls matching `filter` in
+    /// `[from_ms, until_ms)`: what budgets are primed with.
+    pub async fn spent(&self, filter: &SpendFilter, from_ms: i64, until_ms: i64) -> Result<i64> {
+        match self {
+            Self::Sqlite(s) => s.spent(filter, from_ms, until_ms).await,
+            Self::Postgres(s) => s.spent(filter, from_ms, until_ms).await,
+        }
+    }
+
+    /// Recomputes every row's cost (and cache savings) from its raw tokens
+    /// with `prices`, in one transaction.
+    pub async fn reprice(&self, prices: Arc<PriceTable>) -> Result<RepriceReport> {
+        match self {
+            Self::Sqlite(s) => s.reprice(prices).await,
+            Self::Postgres(s) => s.reprice(prices).await,
+        }
+    }
+}
+
+impl CallSink for Store {
+    fn write(&self, rows: Arc<Vec<CallRecord>>) -> impl Future<Output = Result<()>> + Send {
+        self.insert(rows)
+    }
+}

@@ -1,0 +1,151 @@
+//! `Evaluate` over 1,000 examples against the mock on loopback at
+//! concurrency 32, next to what `dspex load` does at the same concurrency
+//! (32 spawned workers making plain protected calls through the same client
+//! to the same mock). Criterion times both; a final side-by-side of five
+//! alternating rounds prints the medians in calls per second and their ratio
+//! (target: Evaluate at least 80% of load).
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stderr
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dspex_client::config::RawProvider;
+use dspex_client::{Client, ClientConfig, Message, ProviderConfig, RequestOptions};
+use dspex_mock::{MockConfig, MockServer};
+use dspex_prompt::{Evaluate, Example, Lm, Metric, Predict, Signature};
+use serde_json::json;
+
+const EXAMPLES: u64 = 1_000;
+const CONCURRENCY: usize = 32;
+
+/// What `dspex load --requests 1000 --concurrency 32` does, against `client`.
+async fn load(client: &Client) -> f64 {
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let client = client.clone();
+            let issued = Arc::clone(&issued);
+            tokio::spawn(async move {
+                while issued.fetch_add(1, Ordering::Relaxed) < EXAMPLES {
+                    client
+                        .request(
+                            "mock",
+                            vec![Message::user("Say something short.")],
+                            RequestOptions::new().max_tokens(64),
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    EXAMPLES as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn evaluate(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_upstream, client) = runtime.block_on(async {
+        let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+        let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+        let raw = RawProvider {
+            kind: Some("openai".into()),
+            base_url: Some(upstream.base_url()),
+            pool_size: Some(64),
+            ..RawProvider::default()
+        };
+        client
+            .add_provider(ProviderConfig::validate("mock", &raw, None, &|_| None).unwrap())
+            .await
+            .unwrap();
+        (upstream, client)
+    });
+    let predict = Predict::new(
+        Signature::parse("question -> answer").unwrap(),
+        Lm::new(&client, "mock"),
+    );
+    // Labels match the mock's replies, so every example also runs the metric
+    // on a real answer.
+    let examples: Vec<Example> = (0..EXAMPLES)
+        .map(|i| {
+            let question = format!("What is item {i}?");
+            Example {
+                inputs: json!({"question": question}).as_object().unwrap().clone(),
+                outputs: json!({"answer": format!("mock answer for: {question}")})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            }
+        })
+        .collect();
+    let evaluator = Evaluate::new(Metric::exact_match()).with_concurrency(CONCURRENCY);
+    let check = runtime.block_on(evaluator.run(&predict, &examples));
+    assert_eq!((check.passed, check.errors), (1_000, 0), "{check}");
+
+    let mut group = c.benchmark_group("evaluate_vs_load");
+    group.throughput(Throughput::Elements(EXAMPLES));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("evaluate_1000_examples_c32", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { evaluator.run(&predict, &examples).await });
+    });
+    let shared_predict = Arc::new(predict.clone());
+    let shared_examples: Arc<[Example]> = Arc::from(examples.clone());
+    group.bench_function("evaluate_shared_1000_examples_c32", |b| {
+        b.to_async(&runtime).iter(|| {
+            evaluator.run_shared(Arc::clone(&shared_predict), Arc::clone(&shared_examples))
+        });
+    });
+    group.bench_function("load_1000_calls_c32", |b| {
+        b.to_async(&runtime).iter(|| load(&client));
+    });
+    group.finish();
+
+    // Side by side, alternating so drift on a shared machine hits both.
+    let (mut evals, mut shareds, mut loads) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        evals.push(
+            runtime
+                .block_on(evaluator.run(&predict, &examples))
+                .calls_per_second,
+        );
+        shareds.push(
+            runtime
+                .block_on(
+                    evaluator.run_shared(Arc::clone(&shared_predict), Arc::clone(&shared_examples)),
+                )
+                .calls_per_second,
+        );
+        loads.push(runtime.block_on(load(&client)));
+    }
+    let (eval, shared, load) = (median(evals), median(shareds), median(loads));
+    eprintln!(
+        "evaluate (run): {eval:.0} calls/s ({:.1}% of load); evaluate (run_shared): {shared:.0} calls/s ({:.1}% of load); load: {load:.0} calls/s (target >= 80%)",
+        100.0 * eval / load,
+        100.0 * shared / load
+    );
+}
+
+criterion_group!(benches, evaluate);
+criterion_main!(benches);

@@ -1,0 +1,688 @@
+//! Evaluation: score a module over a dataset with a [`Metric`].
+//!
+//! [`Evaluate`] runs a module over labelled [`Example`]s with bounded
+//! concurrency (and a progress bar on a terminal) and returns an
+//! [`EvalReport`]: the mean score, how many passed, every example's score,
+//! outputs, error and usage, the total usage and the LM call rate. One
+//! example's failure is that example's result (scored 0); it never aborts the
+//! run. Datasets are JSONL files read by [`load_dataset`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dspex_client::{Client, ClientConfig, ScriptedLm};
+//! use dspex_prompt::evaluate::{Evaluate, Metric, parse_dataset};
+//! use dspex_prompt::{Lm, Predict, Signature};
+//!
+//! let client = Client::from_config(&ClientConfig::default()).await?;
+//! client.add_scripted("dummy", ScriptedLm::replies(["[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"])).await?;
+//! let signature = Signature::parse("question -> answer")?;
+//! let predict = Predict::new(signature.clone(), Lm::new(&client, "dummy"));
+//! let data = "{\"question\": \"Capital of France?\", \"answer\": \"Paris\"}\n\
+//!             {\"question\": \"Capital of Italy?\", \"answer\": \"Rome\"}\n";
+//! let examples = parse_dataset(data, "inline", &signature)?;
+//! let report = Evaluate::new(Metric::exact_match()).run(&predict, &examples).await;
+//! assert_eq!((report.passed, report.total), (1, 2));
+//! assert_eq!(report.score, 0.5);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dspex_client::Usage;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::adapter::Example;
+use crate::error::{PromptError, Result};
+use crate::module::{Module, Prediction, RunContext};
+use crate::signature::Signature;
+
+/// A user metric: a score for one example's prediction, usually in `0..=1`.
+pub type MetricFn = dyn Fn(&Example, &Prediction) -> f64 + Send + Sync;
+
+#[derive(Clone)]
+enum Kind {
+    ExactMatch,
+    Contains,
+    TokenF1,
+    Custom(Arc<MetricFn>),
+}
+
+/// How a prediction is scored against an example's labels.
+///
+/// The built-in metrics compare text after SQuAD-style normalisation
+/// (lowercase, ASCII punctuation removed, the articles `a`, `an`, `the`
+/// dropped, whitespace-separated tokens); non-string values are compared as
+/// their JSON text. Each scores one named output field ([`Metric::field`]) or,
+/// with no field, the mean over the example's labelled output fields (a field
+/// the prediction lacks scores 0; an example with no labels scores 0). As in
+/// DSPy's `answer_exact_match`, a label that is a list of alternatives (when
+/// the prediction's value is not itself a list) scores its best alternative.
+///
+/// [`Metric::passes`] turns a score into pass or fail for optimisers and the
+/// report's `passed` count: by default a score of at least 1.0 passes, for
+/// every metric; change it with [`Metric::with_threshold`]. (DSPy's truthiness
+/// test, "any non-zero score passes", is `with_threshold(f64::MIN_POSITIVE)`.)
+#[derive(Clone)]
+pub struct Metric {
+    name: String,
+    kind: Kind,
+    field: Option<String>,
+    threshold: f64,
+}
+
+impl fmt::Debug for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metric")
+            .field("name", &self.name)
+            .field("field", &self.field)
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metric {
+    fn builtin(name: &str, kind: Kind) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            field: None,
+            threshold: 1.0,
+        }
+    }
+
+    /// 1.0 when the normalised prediction equals the normalised label, else 0.
+    pub fn exact_match() -> Self {
+        Self::builtin("exact_match", Kind::ExactMatch)
+    }
+
+    /// 1.0 when the normalised label occurs in the normalised prediction as a
+    /// whole-token run ("4" is not found in "42"), else 0.
+    pub fn contains() -> Self {
+        Self::builtin("contains", Kind::Contains)
+    }
+
+    /// SQuAD's token F1 between the normalised prediction and label: the
+    /// harmonic mean of token precision and recall (1.0 when both are empty).
+    pub fn token_f1() -> Self {
+        Self::builtin("token_f1", Kind::TokenF1)
+    }
+
+    /// A metric computed by `score` (threshold 1.0 unless changed).
+    pub fn custom(
+        name: impl Into<String>,
+        score: impl Fn(&Example, &Prediction) -> f64 + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind: Kind::Custom(Arc::new(score)),
+            field: None,
+            threshold: 1.0,
+        }
+    }
+
+    /// A built-in metric by its command-line name: `exact` (or `exact_match`,
+    /// `em`), `contains`, `f1` (or `token_f1`).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "exact" | "exact_match" | "em" => Ok(Self::exact_match()),
+            "contains" => Ok(Self::contains()),
+            "f1" | "token_f1" => Ok(Self::token_f1()),
+            other => Err(PromptError::InvalidInputs {
+                problems: vec![format!(
+                    "unknown metric `{other}` (known: exact, contains, f1)"
+                )],
+            }),
+        }
+    }
+
+    /// Scores only output `field` (built-in metrics; a custom metric sees the
+    /// whole example and prediction and ignores it).
+    #[must_use]
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// Passes scores of at least `threshold`.
+    #[must_use]
+    pub fn with_threshold(mut self, threshold: f64) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
+    /// The metric's name (`exact_match`, `contains`, `token_f1` or the custom
+    /// name), with `:field` when it scores one field.
+    pub fn name(&self) -> String {
+        match &self.field {
+            Some(field) if !matches!(self.kind, Kind::Custom(_)) => {
+                format!("{}:{field}", self.name)
+            }
+            _ => self.name.clone(),
+        }
+    }
+
+    /// The scored field, if one.
+    pub fn scored_field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    /// The pass threshold.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// Whether `score` passes.
+    pub fn passes(&self, score: f64) -> bool {
+        score >= self.threshold
+    }
+
+    /// Scores `prediction` against `example`'s labels. A non-finite custom
+    /// score counts as 0, so one bad value cannot poison a mean.
+    pub fn score(&self, example: &Example, prediction: &Prediction) -> f64 {
+        let compare: fn(&str, &str) -> f64 = match &self.kind {
+            Kind::Custom(score) => {
+                let value = score(example, prediction);
+                return if value.is_finite() { value } else { 0.0 };
+            }
+            Kind::ExactMatch => exact_match,
+            Kind::Contains => contains,
+            Kind::TokenF1 => token_f1,
+        };
+        let field_score = |name: &str, label: &Value| -> f64 {
+            prediction
+                .outputs
+                .get(name)
+                .map_or(0.0, |predicted| score_value(compare, predicted, label))
+        };
+        match &self.field {
+            Some(name) => example
+                .outputs
+                .get(name)
+                .map_or(0.0, |label| field_score(name, label)),
+            None => {
+                if example.outputs.is_empty() {
+                    return 0.0;
+                }
+                let total: f64 = example
+                    .outputs
+                    .iter()
+                    .map(|(name, label)| field_score(name, label))
+                    .sum();
+                total / example.outputs.len() as f64
+            }
+        }
+    }
+}
+
+fn score_value(compare: fn(&str, &str) -> f64, predicted: &Value, label: &Value) -> f64 {
+    match (predicted, label) {
+        (Value::Array(_), _) | (_, Value::String(_)) => compare(&text(predicted), &text(label)),
+        (_, Value::Array(alternatives)) if !alternatives.is_empty() => {
+            let predicted = text(predicted);
+            alternatives
+                .iter()
+                .map(|alternative| compare(&predicted, &text(alternative)))
+                .fold(0.0, f64::max)
+        }
+        _ => compare(&text(predicted), &text(label)),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// SQuAD's answer normalisation, as tokens: lowercase, ASCII punctuation
+/// removed (not replaced: "don't" is "dont"), articles dropped, split on
+/// whitespace.
+pub fn normalize_tokens(text: &str) -> Vec<String> {
+    let cleaned: String = text
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    cleaned
+        .split_whitespace()
+        .filter(|token| !matches!(*token, "a" | "an" | "the"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// [`Metric::exact_match`] on two texts.
+pub fn exact_match(prediction: &str, label: &str) -> f64 {
+    if normalize_tokens(prediction) == normalize_tokens(label) {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// [`Metric::contains`] on two texts.
+pub fn contains(prediction: &str, label: &str) -> f64 {
+    let predicted = normalize_tokens(prediction);
+    let wanted = normalize_tokens(label);
+    let found = wanted.is_empty()
+        || predicted
+            .windows(wanted.len())
+            .any(|window| window == wanted.as_slice());
+    if found { 1.0 } else { 0.0 }
+}
+
+/// [`Metric::token_f1`] on two texts.
+pub fn token_f1(prediction: &str, label: &str) -> f64 {
+    let predicted = normalize_tokens(prediction);
+    let wanted = normalize_tokens(label);
+    if predicted.is_empty() || wanted.is_empty() {
+        return if predicted.is_empty() && wanted.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    // Multiset intersection: each label token can be matched once.
+    let mut remaining: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for token in &wanted {
+        *remaining.entry(token.as_str()).or_default() += 1;
+    }
+    let mut common = 0usize;
+    for token in &predicted {
+        if let Some(count) = remaining.get_mut(token.as_str())
+            && *count > 0
+        {
+            *count -= 1;
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return 0.0;
+    }
+    let precision = common as f64 / predicted.len() as f64;
+    let recall = common as f64 / wanted.len() as f64;
+    2.0 * precision * recall / (precision + recall)
+}
+
+/// Reads a JSONL dataset: one JSON object per line (blank lines skipped).
+/// Keys that are `signature` inputs become the example's inputs; every other
+/// key becomes a labelled output. A line that is not an object, or lacks an
+/// input or has one of the wrong type, is an error naming the file and line.
+pub fn load_dataset(path: &Path, signature: &Signature) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).map_err(|e| PromptError::Dataset {
+        path: path.display().to_string(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_dataset(&text, &path.display().to_string(), signature)
+}
+
+/// [`load_dataset`] on text already read; `source` names it in errors.
+pub fn parse_dataset(text: &str, source: &str, signature: &Signature) -> Result<Vec<Example>> {
+    let mut examples = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let error = |message: String| PromptError::Dataset {
+            path: source.to_owned(),
+            line: Some(number),
+            message,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| error(format!("not valid JSON: {e}")))?;
+        let Value::Object(object) = value else {
+            return Err(error(format!(
+                "expected a JSON object, found {}",
+                kind_of(&value)
+            )));
+        };
+        let mut example = Example::default();
+        for (key, value) in object {
+            if signature.inputs().iter().any(|f| f.name == key) {
+                example.inputs.insert(key, value);
+            } else {
+                example.outputs.insert(key, value);
+            }
+        }
+        if let Err(PromptError::InvalidInputs { problems }) =
+            signature.validate_inputs(&example.inputs)
+        {
+            return Err(error(problems.join("; ")));
+        }
+        examples.push(example);
+    }
+    Ok(examples)
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Runs a module over examples and scores it. Build with [`Evaluate::new`].
+#[derive(Clone, Debug)]
+pub struct Evaluate {
+    /// The metric.
+    pub metric: Metric,
+    /// Examples in flight at once (at least 1).
+    pub concurrency: usize,
+    /// Draw a progress bar with the running score (only on a terminal).
+    pub progress: bool,
+    /// The context of every example's run: tags for analytics; a correlation
+    /// id here would be shared by every example, so leave it `None` for one
+    /// per example.
+    pub context: RunContext,
+}
+
+impl Evaluate {
+    /// Evaluates with `metric`, 16 examples at a time, without a progress bar.
+    pub fn new(metric: Metric) -> Self {
+        Self {
+            metric,
+            concurrency: 16,
+            progress: false,
+            context: RunContext::default(),
+        }
+    }
+
+    /// Runs `concurrency` examples at a time.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Draws a progress bar on a terminal.
+    #[must_use]
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Runs `module` over `examples` and reports. Results are in example
+    /// order whatever order they finish in.
+    pub async fn run<M: Module + ?Sized>(&self, module: &M, examples: &[Example]) -> EvalReport {
+        let started = Instant::now();
+        let bar = if self.progress && std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(examples.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} examples  {msg}  eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let mut slots: Vec<Option<ExampleResult>> = vec![None; examples.len()];
+        let mut running = 0.0;
+        let mut done = 0usize;
+        let mut finished = futures::stream::iter(examples.iter().enumerate().map(|(index, ex)| {
+            let context = self.context.clone();
+            async move {
+                let call_started = Instant::now();
+                let outcome = module.forward_with(&ex.inputs, context).await;
+                (index, self.score_one(index, ex, outcome, call_started))
+            }
+        }))
+        .buffer_unordered(self.concurrency.max(1));
+        while let Some((index, result)) = finished.next().await {
+            done += 1;
+            running += result.score;
+            if !bar.is_hidden() {
+                bar.set_message(format!("score {:.1}%", 100.0 * running / done as f64));
+            }
+            bar.inc(1);
+            if let Some(slot) = slots.get_mut(index) {
+                *slot = Some(result);
+            }
+        }
+        bar.finish_and_clear();
+        let results: Vec<ExampleResult> = slots.into_iter().flatten().collect();
+        EvalReport::new(self.metric.name(), results, started.elapsed())
+    }
+
+    /// [`run`](Self::run) with the examples spread over `concurrency`
+    /// spawned tasks, so scoring, formatting and parsing use every runtime
+    /// worker thread (`run` polls all its examples from the calling task).
+    /// Needs an owned module and dataset, and a Tokio runtime; the report is
+    /// the same as `run`'s.
+    pub async fn run_shared<M: Module + 'static>(
+        &self,
+        module: Arc<M>,
+        examples: Arc<[Example]>,
+    ) -> EvalReport {
+        let started = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bar = if self.progress && std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(examples.len() as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let workers: Vec<_> = (0..self.concurrency.max(1).min(examples.len()))
+            .map(|_| {
+                let (module, examples, next, bar) = (
+                    Arc::clone(&module),
+                    Arc::clone(&examples),
+                    Arc::clone(&next),
+                    bar.clone(),
+                );
+                let evaluate = self.clone();
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(example) = examples.get(index) else {
+                            break;
+                        };
+                        let call_started = Instant::now();
+                        let outcome = module
+                            .forward_with(&example.inputs, evaluate.context.clone())
+                            .await;
+                        done.push(evaluate.score_one(index, example, outcome, call_started));
+                        bar.inc(1);
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut slots: Vec<Option<ExampleResult>> = vec![None; examples.len()];
+        for worker in workers {
+            match worker.await {
+                Ok(done) => {
+                    for result in done {
+                        let index = result.index;
+                        if let Some(slot) = slots.get_mut(index) {
+                            *slot = Some(result);
+                        }
+                    }
+                }
+                // A worker that panicked loses the examples it held; they
+                // are reported as failed below rather than lost.
+                Err(error) => tracing::error!(%error, "an evaluation worker failed"),
+            }
+        }
+        bar.finish_and_clear();
+        let results = slots
+            .into_iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                slot.unwrap_or_else(|| ExampleResult {
+                    index,
+                    score: 0.0,
+                    passed: false,
+                    outputs: Map::new(),
+                    error: Some("the evaluation worker running it failed".to_owned()),
+                    usage: Usage::default(),
+                    calls: 0,
+                    latency: Duration::ZERO,
+                })
+            })
+            .collect();
+        EvalReport::new(self.metric.name(), results, started.elapsed())
+    }
+
+    fn score_one(
+        &self,
+        index: usize,
+        example: &Example,
+        outcome: Result<Prediction>,
+        started: Instant,
+    ) -> ExampleResult {
+        match outcome {
+            Ok(prediction) => {
+                let score = self.metric.score(example, &prediction);
+                ExampleResult {
+                    index,
+                    score,
+                    passed: self.metric.passes(score),
+                    calls: prediction.trace.len() as u64,
+                    usage: prediction.usage,
+                    latency: prediction.latency,
+                    outputs: prediction.outputs,
+                    error: None,
+                }
+            }
+            Err(error) => ExampleResult {
+                index,
+                score: 0.0,
+                passed: false,
+                calls: calls_behind(&error),
+                usage: Usage::default(),
+                latency: started.elapsed(),
+                outputs: Map::new(),
+                error: Some(error.to_string()),
+            },
+        }
+    }
+}
+
+/// The LM calls a failed run made before failing: an error carries no trace,
+/// so this is inferred from its kind (a provider error ends the call it
+/// happened in; a parse error follows the call and its re-ask).
+fn calls_behind(error: &PromptError) -> u64 {
+    match error {
+        PromptError::Client(_) => 1,
+        PromptError::Parse { .. } => 2,
+        _ => 0,
+    }
+}
+
+/// One example's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExampleResult {
+    /// Its position in the dataset (0-based).
+    pub index: usize,
+    /// Its score (0 when it failed).
+    pub score: f64,
+    /// Whether the score passes the metric's threshold.
+    pub passed: bool,
+    /// The prediction's outputs (empty when it failed).
+    pub outputs: Map<String, Value>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// LM calls made.
+    pub calls: u64,
+    /// Time from start to end.
+    #[serde(rename = "latency_ms", with = "dspex_client::duration_ms")]
+    pub latency: Duration,
+}
+
+/// What an evaluation found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The metric's name.
+    pub metric: String,
+    /// The mean score over every example; failed ones count as 0.
+    pub score: f64,
+    /// Examples whose score passed.
+    pub passed: usize,
+    /// Examples run.
+    pub total: usize,
+    /// Examples that failed with an error.
+    pub errors: usize,
+    /// Every example's result, in dataset order.
+    pub results: Vec<ExampleResult>,
+    /// Tokens used by all examples.
+    pub usage: Usage,
+    /// LM calls made.
+    pub calls: u64,
+    /// Wall-clock time of the run.
+    #[serde(rename = "duration_ms", with = "dspex_client::duration_ms")]
+    pub duration: Duration,
+    /// LM calls per second of wall-clock time.
+    pub calls_per_second: f64,
+}
+
+impl EvalReport {
+    fn new(metric: String, results: Vec<ExampleResult>, duration: Duration) -> Self {
+        let mut usage = Usage::default();
+        let (mut sum, mut passed, mut errors, mut calls) = (0.0, 0, 0, 0u64);
+        for result in &results {
+            sum += result.score;
+            passed += usize::from(result.passed);
+            errors += usize::from(result.error.is_some());
+            calls = calls.saturating_add(result.calls);
+            usage.input_tokens = usage.input_tokens.saturating_add(result.usage.input_tokens);
+            usage.output_tokens = usage
+                .output_tokens
+                .saturating_add(result.usage.output_tokens);
+            usage.cached_input_tokens = usage
+                .cached_input_tokens
+                .saturating_add(result.usage.cached_input_tokens);
+            usage.cache_write_tokens = usage
+                .cache_write_tokens
+                .saturating_add(result.usage.cache_write_tokens);
+        }
+        let total = results.len();
+        Self {
+            metric,
+            score: if total == 0 { 0.0 } else { sum / total as f64 },
+            passed,
+            total,
+            errors,
+            results,
+            usage,
+            calls,
+            duration,
+            calls_per_second: calls as f64 / duration.as_secs_f64().max(f64::EPSILON),
+        }
+    }
+}
+
+impl fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {:.1}% ({}/{} passed, {} errors) in {:.2}s; {} calls ({:.0}/s), {} tokens",
+            self.metric,
+            100.0 * self.score,
+            self.passed,
+            self.total,
+            self.errors,
+            self.duration.as_secs_f64(),
+            self.calls,
+            self.calls_per_second,
+            self.usage.total_tokens()
+        )
+    }
+}
