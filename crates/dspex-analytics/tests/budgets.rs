@@ -272,3 +272,68 @@ async fn budgets_are_primed_from_the_store() {
         matches!(error, AnalyticsError::BudgetExceeded { ref budget, spent_nanos: 300_000_000, .. } if budget == "daily")
     );
 }
+
+#[tokio::test]
+async fn the_client_refuses_a_call_its_budget_cannot_afford_before_sending_it() {
+    use dspex_client::config::RawProvider;
+    use dspex_client::{
+        Client, ClientConfig, ClientError, Message, ProviderConfig, RequestOptions,
+    };
+    use dspex_mock::{MockConfig, MockServer};
+
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    let raw = RawProvider {
+        kind: Some("openai".into()),
+        base_url: Some(upstream.base_url()),
+        model: Some("gpt-4o-mini".into()),
+        ..RawProvider::default()
+    };
+    client
+        .add_provider(ProviderConfig::validate("openai", &raw, None, &|_| None).unwrap())
+        .await
+        .unwrap();
+    // 20 micro-dollars per run; gpt-4o-mini output is 0.60 $/M tokens.
+    let guard = Arc::new(budgets(vec![Budget::new(
+        "per-run",
+        BudgetScope::all(),
+        BudgetPeriod::Run,
+        200_000,
+    )]));
+    client.set_guard(guard.clone()).unwrap();
+    let run = CorrelationId::from("run-1");
+    let options = |max_tokens| {
+        RequestOptions::new()
+            .max_tokens(max_tokens)
+            .correlation_id(run.clone())
+    };
+    client
+        .request("openai", vec![Message::user("hi")], options(100))
+        .await
+        .unwrap();
+    let spent = guard.spent("per-run", Some(&run)).unwrap();
+    assert!(
+        spent > 0 && spent < 200_000,
+        "settled with the real cost: {spent}"
+    );
+    let refused = client
+        .request("openai", vec![Message::user("hi")], options(1_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Refused {
+                guard: "budget",
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("per-run"), "{refused}");
+    assert_eq!(
+        upstream.stats().requests,
+        1,
+        "the refused call was never sent"
+    );
+}

@@ -1,7 +1,12 @@
 //! Framework overhead of `Predict` (format, call, parse) with the scripted
 //! in-process LM; parsing a 2 KB chat-adapter reply; and `Predict` against the
 //! mock on loopback next to a bare HTTP call to the same mock.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::time::Duration;
 

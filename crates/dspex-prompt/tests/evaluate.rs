@@ -399,3 +399,38 @@ async fn evaluate_against_the_mock_over_loopback() {
     assert!(!report.results[4].passed);
     assert!(report.usage.total_tokens() > 0);
 }
+
+#[tokio::test]
+async fn a_second_evaluation_is_served_from_the_cache() {
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let client = mock_client(&upstream).await;
+    let cache = dspex_client::ResponseCache::builder()
+        .l1(10_000, 64 << 20)
+        .build()
+        .await
+        .unwrap();
+    client.set_cache(cache).unwrap();
+    let signature = Signature::parse("question -> answer").unwrap();
+    let program = Predict::new(signature, Lm::new(&client, "mock"));
+    let examples: Vec<Example> = (0..20)
+        .map(|i| {
+            example(
+                json!({"question": format!("q{i}")}),
+                json!({"answer": format!("mock answer for: q{i}")}),
+            )
+        })
+        .collect();
+    let evaluate = Evaluate::new(Metric::exact_match());
+    let first = evaluate.run(&program, &examples).await;
+    assert_eq!(first.errors, 0);
+    assert_eq!(upstream.stats().requests, 20);
+    let second = evaluate.run(&program, &examples).await;
+    assert_eq!(
+        upstream.stats().requests,
+        20,
+        "the second run reached the upstream"
+    );
+    assert!((second.score - first.score).abs() < 1e-9);
+    assert_eq!(second.usage.total_tokens(), 0, "cache hits bill nothing");
+    assert!(first.usage.total_tokens() > 0);
+}
