@@ -133,7 +133,56 @@ pub(crate) async fn build_client(
             .map_err(|e| Failure::usage(anyhow::anyhow!("cache: {e}")))?;
         client.set_cache(cache)?;
     }
+    if loader.contains("analytics") {
+        attach_analytics(loader, &client).await?;
+    }
     Ok(client)
+}
+
+/// The recorder of this command's calls, flushed when the command ends.
+static RECORDER: std::sync::Mutex<Option<dspex_analytics::RecorderHandle>> =
+    std::sync::Mutex::new(None);
+
+/// Records every call of this command into the `[analytics]` store, and
+/// installs its budgets as the client's guard.
+async fn attach_analytics(loader: &ConfigLoader, client: &Client) -> Result<(), Failure> {
+    let config = dspex_analytics::AnalyticsConfig::load(loader).map_err(Failure::usage)?;
+    if !config.enabled {
+        return Ok(());
+    }
+    let store = dspex_analytics::Store::open(&config.store, config.schema.as_deref())
+        .await
+        .map_err(Failure::usage)?;
+    if !config.budgets.is_empty() {
+        let budgets = config.budgets();
+        budgets.prime(&store).await.map_err(Failure::usage)?;
+        client.set_guard(std::sync::Arc::new(budgets))?;
+    }
+    let handle = dspex_analytics::Recorder::attach(
+        client.events(),
+        store,
+        std::sync::Arc::clone(&config.prices),
+        config.recorder,
+    );
+    if let Ok(mut slot) = RECORDER.lock() {
+        *slot = Some(handle);
+    }
+    Ok(())
+}
+
+/// Flushes the calls recorded by this command (nothing when no `[analytics]`).
+pub(crate) async fn finish_recording() {
+    let handle = RECORDER.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(handle) = handle {
+        match handle.shutdown().await {
+            Ok(stats) if stats.rows_lost > 0 => err(&format!(
+                "warning: {} call record(s) could not be written to the analytics store",
+                stats.rows_lost
+            )),
+            Ok(_) => {}
+            Err(error) => err(&format!("warning: analytics recorder: {error}")),
+        }
+    }
 }
 
 /// Builds the client and picks the provider: the one named, else the default.

@@ -163,7 +163,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(async {
+        let result = run(cli).await;
+        common::finish_recording().await;
+        result
+    });
     if let Some(metrics) = metrics {
         common::err(&metrics.render());
     }

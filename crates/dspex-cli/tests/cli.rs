@@ -505,3 +505,53 @@ async fn dspex_config_names_the_file_when_no_flag_does() {
     );
     assert!(run.stderr.contains("elsewhere.toml"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_recorded_and_costs_reports_them() {
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("calls.sqlite");
+    write_config(
+        dir.path(),
+        &mock_config(
+            &upstream.base_url(),
+            &format!("\n[analytics]\nstore = \"{}\"\n", store.display()),
+        ),
+    );
+    for question in ["one", "two"] {
+        let run = dspex(
+            dir.path(),
+            &[
+                "predict",
+                "question -> answer",
+                "-i",
+                &format!("question={question}"),
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let run = dspex(
+        dir.path(),
+        &[
+            "costs",
+            "--since",
+            "1h",
+            "--group-by",
+            "provider,model",
+            "--format",
+            "json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Value = serde_json::from_str(&run.stdout).unwrap();
+    let rows = rows
+        .as_array()
+        .unwrap_or_else(|| rows["rows"].as_array().unwrap());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["requests"], 2, "{rows:?}");
+    assert!(rows[0]["input_tokens"].as_u64().unwrap() > 0, "{rows:?}");
+}
