@@ -262,23 +262,7 @@ fn redact_url<S: Serializer>(url: &Option<String>, s: S) -> std::result::Result<
     }
 }
 
-/// A URL with its credentials (user name and password) replaced, for printing.
-pub fn redacted_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
-        // Replace the text itself: setting it through `Url` would percent-encode
-        // the marker.
-        Some(at) => format!(
-            "{scheme}://{}{}",
-            dspex_core::config::REDACTED,
-            rest.get(at..).unwrap_or_default()
-        ),
-        None => url.to_owned(),
-    }
-}
+pub use dspex_core::config::redacted_url;
 
 fn redact_url_str<S: Serializer>(url: &str, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&redacted_url(url))

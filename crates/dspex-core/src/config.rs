@@ -260,6 +260,24 @@ impl ConfigLoader {
     }
 }
 
+/// A URL with its credentials (user name and password) replaced, for printing.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
+        // Replace the text itself: setting it through `Url` would percent-encode
+        // the marker.
+        Some(at) => format!(
+            "{scheme}://{}{}",
+            REDACTED,
+            rest.get(at..).unwrap_or_default()
+        ),
+        None => url.to_owned(),
+    }
+}
+
 /// Parses a window such as `1s`, `1m`, `1h`, `1d` or `90s`.
 pub fn parse_window(key: &str, text: &str) -> Result<Duration> {
     let duration = humantime::parse_duration(text.trim()).map_err(|e| {

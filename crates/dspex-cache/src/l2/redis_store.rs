@@ -186,21 +186,7 @@ impl AsyncBatch for &mut Count {
     }
 }
 
-/// A URL with its credentials replaced, for printing.
-pub(crate) fn redacted_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
-        Some(at) => format!(
-            "{scheme}://{}{}",
-            dspex_core::config::REDACTED,
-            rest.get(at..).unwrap_or_default()
-        ),
-        None => url.to_owned(),
-    }
-}
+pub(crate) use dspex_core::config::redacted_url;
 
 #[cfg(test)]
 mod tests {
