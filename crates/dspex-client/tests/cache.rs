@@ -280,3 +280,55 @@ async fn no_api_key_reaches_the_disk_tier() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_api_embedder_embeds_through_the_protected_client_for_l3() {
+    let upstream = MockServer::start(MockConfig::default()).await.unwrap();
+    let raw = RawProvider {
+        kind: Some("openai".into()),
+        base_url: Some(upstream.base_url()),
+        ..RawProvider::default()
+    };
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    client
+        .add_provider(ProviderConfig::validate("mock", &raw, None, &|_| None).unwrap())
+        .await
+        .unwrap();
+    let mut events = client.events().subscribe("t", Delivery::Lossless);
+    let embedder = dspex_client::ApiEmbedder::new(&client, "mock", None, 0.95)
+        .await
+        .unwrap();
+    use dspex_cache::Embedder;
+    assert!(embedder.dimension() > 0);
+    assert_eq!(embedder.name(), "api");
+    let vectors = embedder
+        .embed(&["a question", "a question", "something else"])
+        .await
+        .unwrap();
+    assert_eq!(vectors.len(), 3);
+    for v in &vectors {
+        assert_eq!(v.len(), embedder.dimension());
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+    }
+    assert_eq!(vectors[0], vectors[1], "deterministic for the same text");
+    // Both calls went through the client: each has a completion event.
+    let mut embeddings = 0;
+    while let Some(event) = events.try_recv() {
+        if let EventKind::RequestCompleted(c) = &event.kind {
+            assert_eq!(
+                c.call.operation,
+                dspex_client::events::Operation::Embeddings
+            );
+            embeddings += 1;
+        }
+    }
+    assert_eq!(embeddings, 2, "the dimension probe and the embed call");
+    // It serves as a cache's L3 embedder.
+    let cache = ResponseCache::builder()
+        .l3(Arc::new(embedder))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(cache.threshold(), Some(0.95));
+}
