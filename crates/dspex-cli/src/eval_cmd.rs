@@ -235,13 +235,23 @@ pub(crate) fn program_failure(error: PromptError) -> Failure {
 }
 
 /// The metric the flags name, checked against the signature's outputs.
-pub(crate) fn metric_from(
-    name: &str,
-    field: Option<&str>,
-    threshold: Option<f64>,
-    signature: &Signature,
-) -> Result<Metric, Failure> {
-    let mut metric = Metric::from_name(name).map_err(Failure::usage)?;
+/// The metric flags `eval` and `optimize` share.
+#[derive(clap::Args, Debug)]
+pub(crate) struct MetricArgs {
+    /// The metric: exact match, contains, or SQuAD token F1.
+    #[arg(long, default_value = "exact", value_parser = ["exact", "contains", "f1"])]
+    pub(crate) metric: String,
+    /// Score only this output field (default: the mean over labelled fields).
+    #[arg(long)]
+    pub(crate) field: Option<String>,
+    /// The score an example needs to pass (default 1.0).
+    #[arg(long)]
+    pub(crate) threshold: Option<f64>,
+}
+
+pub(crate) fn metric_from(args: &MetricArgs, signature: &Signature) -> Result<Metric, Failure> {
+    let (field, threshold) = (args.field.as_deref(), args.threshold);
+    let mut metric = Metric::from_name(&args.metric).map_err(Failure::usage)?;
     if let Some(field) = field {
         if !signature.outputs().iter().any(|f| f.name == field) {
             let known: Vec<&str> = signature
@@ -270,15 +280,8 @@ pub(crate) struct EvalArgs {
     /// inputs, every other key a label.
     #[arg(long, value_name = "FILE.jsonl")]
     pub(crate) data: PathBuf,
-    /// The metric: exact match, contains, or SQuAD token F1.
-    #[arg(long, default_value = "exact", value_parser = ["exact", "contains", "f1"])]
-    pub(crate) metric: String,
-    /// Score only this output field (default: the mean over labelled fields).
-    #[arg(long)]
-    pub(crate) field: Option<String>,
-    /// The score an example needs to pass (default 1.0).
-    #[arg(long)]
-    pub(crate) threshold: Option<f64>,
+    #[command(flatten)]
+    pub(crate) metric: MetricArgs,
     /// Examples in flight at once.
     #[arg(long, default_value_t = 16)]
     pub(crate) concurrency: usize,
@@ -295,12 +298,7 @@ pub(crate) async fn run(config: Option<&Path>, args: EvalArgs) -> Result<(), Fai
     }
     let (client, provider) = common::client_for(config, args.program.provider.as_deref()).await?;
     let built = build_module(&client, &provider, &args.program)?;
-    let metric = metric_from(
-        &args.metric,
-        args.field.as_deref(),
-        args.threshold,
-        &built.signature,
-    )?;
+    let metric = metric_from(&args.metric, &built.signature)?;
     let examples = load_dataset(&args.data, &built.signature).map_err(program_failure)?;
     let evaluate = Evaluate::new(metric)
         .with_concurrency(args.concurrency)

@@ -9,7 +9,7 @@ use dspex::prompt::optimize::{BootstrapFewShot, CompileReport, LabeledFewShot};
 use dspex::prompt::{Module, save_program};
 
 use crate::common::{self, Failure};
-use crate::eval_cmd::{ProgramArgs, build_module, metric_from, program_failure};
+use crate::eval_cmd::{MetricArgs, ProgramArgs, build_module, metric_from, program_failure};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct OptimizeArgs {
@@ -19,15 +19,8 @@ pub(crate) struct OptimizeArgs {
     /// inputs, every other key a label.
     #[arg(long, value_name = "FILE.jsonl")]
     pub(crate) train: PathBuf,
-    /// What a teacher run must pass to become a demo.
-    #[arg(long, default_value = "exact", value_parser = ["exact", "contains", "f1"])]
-    pub(crate) metric: String,
-    /// Score only this output field (default: the mean over labelled fields).
-    #[arg(long)]
-    pub(crate) field: Option<String>,
-    /// The score a run needs to pass (default 1.0).
-    #[arg(long)]
-    pub(crate) threshold: Option<f64>,
+    #[command(flatten)]
+    pub(crate) metric: MetricArgs,
     /// Bootstrapped demos per predictor.
     #[arg(long, default_value_t = 4)]
     pub(crate) max_bootstrapped: usize,
@@ -71,12 +64,7 @@ pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(),
         labeled.seed = args.seed;
         (labeled.compile(&built.module, &trainset), None)
     } else {
-        let metric = metric_from(
-            &args.metric,
-            args.field.as_deref(),
-            args.threshold,
-            &built.signature,
-        )?;
+        let metric = metric_from(&args.metric, &built.signature)?;
         let optimizer = BootstrapFewShot {
             max_errors: (args.max_errors > 0).then_some(args.max_errors),
             seed: args.seed,

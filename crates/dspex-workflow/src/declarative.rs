@@ -55,7 +55,9 @@ use crate::error::{FileProblem, WorkflowError};
 #[serde(deny_unknown_fields)]
 struct RawWorkflow {
     name: String,
+    /// For people reading the file; accepted and not used.
     #[serde(default)]
+    #[allow(dead_code, reason = "accepted so files may describe themselves")]
     description: Option<String>,
     #[serde(default)]
     inputs: Vec<String>,
@@ -232,7 +234,6 @@ impl Checker<'_> {
         if raw.steps.is_empty() {
             self.problem(&top, "steps", "the workflow has no steps");
         }
-        let _ = raw.description;
         let mut available: BTreeSet<String> = raw.inputs.iter().cloned().collect();
         let input_keys: Vec<&str> = raw.inputs.iter().map(String::as_str).collect();
         let mut workflow = Workflow::new(&raw.name).inputs(&input_keys);

@@ -215,7 +215,7 @@ pub struct ModuleStep {
     input_fields: Vec<String>,
 }
 
-impl ModuleStep {
+impl Step for ModuleStep {
     fn run<'a>(&'a self, scope: &'a Scope<'a>) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         Box::pin(async move {
             let mut inputs = Inputs::new();
@@ -319,18 +319,12 @@ impl Node {
                 make("cancelled"),
             ]
         });
-        let index = match status {
-            StepStatus::Succeeded => 0,
-            StepStatus::Failed => 1,
-            StepStatus::TimedOut => 2,
-            StepStatus::Cancelled => 3,
-        };
         let [succeeded, failed, timed_out, cancelled] = all;
-        match index {
-            0 => succeeded,
-            1 => failed,
-            2 => timed_out,
-            _ => cancelled,
+        match status {
+            StepStatus::Succeeded => succeeded,
+            StepStatus::Failed => failed,
+            StepStatus::TimedOut => timed_out,
+            StepStatus::Cancelled => cancelled,
         }
     }
 
@@ -904,7 +898,10 @@ fn exec<'a>(
 ) -> BoxFuture<'a, Result<Context, Failure>> {
     let span = tracing::info_span!("workflow.step", step = %path);
     match &node.kind {
-        NodeKind::Func(_) | NodeKind::Module(_) => leaf(node, scope, path).instrument(span).boxed(),
+        NodeKind::Func(step) => leaf(node, step.as_ref(), scope, path)
+            .instrument(span)
+            .boxed(),
+        NodeKind::Module(step) => leaf(node, step, scope, path).instrument(span).boxed(),
         NodeKind::Parallel { branches, merge } => parallel(node, branches, *merge, scope, path)
             .instrument(span)
             .boxed(),
@@ -928,21 +925,21 @@ fn exec<'a>(
     }
 }
 
-async fn leaf<'a>(node: &'a Node, scope: &'a Scope<'a>, path: &'a str) -> Result<Context, Failure> {
+/// Runs a step (a function or a module) with its node's retry policy and
+/// timeout, and records it.
+async fn leaf<'a>(
+    node: &'a Node,
+    step: &'a dyn Step,
+    scope: &'a Scope<'a>,
+    path: &'a str,
+) -> Result<Context, Failure> {
     let state = scope.run;
     let mut recording = Recording::start(state, node, path);
     let mut crumbs: Vec<Breadcrumb> = Vec::new();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let future = match &node.kind {
-            NodeKind::Func(step) => step.run(scope),
-            NodeKind::Module(step) => step.run(scope),
-            // Composite nodes never reach here.
-            NodeKind::Parallel { .. } | NodeKind::Map { .. } => {
-                return Ok(Context::new());
-            }
-        };
+        let future = step.run(scope);
         let result = match node.timeout {
             Some(limit) => match tokio::time::timeout(limit, future).await {
                 Ok(result) => result,
