@@ -8,6 +8,7 @@
 //! schema = "dspex"                      # PostgreSQL only: the schema for the tables
 //! batch_size = 1000                     # rows per transaction
 //! flush_interval_ms = 50                # longest wait before a partial batch is written
+//! max_pending = 10000                   # events waiting before new calls wait for the writer
 //!
 //! [analytics.prices."openai/gpt-4o"]    # overrides and additions to the bundled table
 //! input_per_million = 2.5
@@ -59,6 +60,8 @@ pub struct RawAnalyticsConfig {
     pub batch_size: Option<usize>,
     /// Longest wait before a partial batch is written, in ms.
     pub flush_interval_ms: Option<u64>,
+    /// Events waiting to be written before new calls wait for the writer.
+    pub max_pending: Option<usize>,
     /// Price overrides by `provider/model`.
     #[serde(default)]
     pub prices: BTreeMap<String, RawPrice>,
@@ -166,6 +169,13 @@ impl AnalyticsConfig {
                 "must be more than 0".to_owned(),
             ));
         }
+        let max_pending = raw.max_pending.unwrap_or(defaults.max_pending);
+        if max_pending < batch_size {
+            return Err(config(
+                "analytics.max_pending",
+                format!("{max_pending} is less than batch_size ({batch_size})"),
+            ));
+        }
         let mut prices = PriceTable::bundled()?;
         for (key, price) in &raw.prices {
             let path = format!("analytics.prices.\"{key}\"");
@@ -195,6 +205,7 @@ impl AnalyticsConfig {
             recorder: RecorderOptions {
                 batch_size,
                 flush_interval,
+                max_pending,
                 ..defaults
             },
             prices: Arc::new(prices),

@@ -30,8 +30,10 @@
 //! # Ok::<(), dspex_analytics::AnalyticsError>(())
 //! ```
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -201,19 +203,34 @@ pub struct PriceEntry {
     pub effective_day: i64,
     /// Where it came from.
     pub source: PriceSource,
+    // Spelled once: every recorded call carries it.
+    #[serde(skip)]
+    version: Arc<str>,
 }
 
 impl PriceEntry {
+    /// A price from `source`, in effect from `effective_day`.
+    pub fn new(price: Price, effective_day: i64, source: PriceSource) -> Self {
+        let version = if effective_day == ALL_TIME_DAY {
+            Arc::from(source.as_str())
+        } else {
+            Arc::from(format!(
+                "{}@{}",
+                source.as_str(),
+                format_date(effective_day.saturating_mul(DAY_MS))
+            ))
+        };
+        Self {
+            price,
+            effective_day,
+            source,
+            version,
+        }
+    }
+
     /// `bundled@2026-11-24`: what analytics stores as the row's price version.
     pub fn version(&self) -> String {
-        if self.effective_day == ALL_TIME_DAY {
-            return self.source.as_str().to_owned();
-        }
-        format!(
-            "{}@{}",
-            self.source.as_str(),
-            format_date(self.effective_day.saturating_mul(DAY_MS))
-        )
+        self.version.to_string()
     }
 }
 
@@ -264,6 +281,38 @@ fn canonical_provider(provider: &str) -> &str {
     }
 }
 
+/// `name` trimmed and lower-cased, borrowed when it already is.
+fn folded(name: &str) -> Cow<'_, str> {
+    let trimmed = name.trim();
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// `provider/model` spelled into `buffer`, or `None` when it does not fit.
+fn join_key<'b>(buffer: &'b mut [u8; 128], provider: &str, model: &str) -> Option<&'b str> {
+    let len = provider.len() + 1 + model.len();
+    let out = buffer.get_mut(..len)?;
+    let (head, tail) = out.split_at_mut(provider.len());
+    head.copy_from_slice(provider.as_bytes());
+    let (slash, rest) = tail.split_first_mut()?;
+    *slash = b'/';
+    rest.copy_from_slice(model.as_bytes());
+    std::str::from_utf8(out).ok()
+}
+
+/// The version in effect on the day of `at_ms`; before the first, the first.
+fn in_effect(versions: &[PriceEntry], at_ms: i64) -> Option<&PriceEntry> {
+    let day = at_ms.div_euclid(DAY_MS);
+    versions
+        .iter()
+        .rev()
+        .find(|e| e.effective_day <= day)
+        .or_else(|| versions.first())
+}
+
 impl PriceTable {
     /// A table with no prices: every call is unpriced.
     pub fn empty() -> Self {
@@ -291,11 +340,7 @@ impl PriceTable {
         for (key, price) in file.models {
             table.insert_entry(
                 &key,
-                PriceEntry {
-                    price,
-                    effective_day: effective,
-                    source: PriceSource::Bundled,
-                },
+                PriceEntry::new(price, effective, PriceSource::Bundled),
             )?;
         }
         Ok(table)
@@ -314,11 +359,7 @@ impl PriceTable {
         };
         self.insert_entry(
             key,
-            PriceEntry {
-                price,
-                effective_day,
-                source: PriceSource::Override,
-            },
+            PriceEntry::new(price, effective_day, PriceSource::Override),
         )
     }
 
@@ -361,35 +402,48 @@ impl PriceTable {
 
     /// The `provider/model` key a call resolves to, if any.
     pub fn resolve(&self, provider: &str, model: &str) -> Option<&str> {
-        let provider = provider.trim().to_ascii_lowercase();
+        self.resolve_versions(provider, model).map(|(key, _)| key)
+    }
+
+    /// The key and price versions a call resolves to. Recording prices every
+    /// call, so the common case (names already trimmed and lower-case, as the
+    /// client's are) allocates nothing: the `provider/model` key is spelled in
+    /// a stack buffer.
+    fn resolve_versions(&self, provider: &str, model: &str) -> Option<(&str, &[PriceEntry])> {
+        let provider = folded(provider);
         let provider = canonical_provider(&provider);
-        let model = model.trim().to_ascii_lowercase();
-        let direct = format!("{provider}/{model}");
-        if let Some((key, _)) = self.entries.get_key_value(&direct) {
-            return Some(key);
+        let model = folded(model);
+        if let Some(found) = self.get_pair(provider, &model) {
+            return Some(found);
         }
-        if let Some((prefix, rest)) = model.split_once('/') {
-            let prefixed = format!("{}/{rest}", canonical_provider(prefix));
-            if let Some((key, _)) = self.entries.get_key_value(&prefixed) {
-                return Some(key);
-            }
+        if let Some((prefix, rest)) = model.split_once('/')
+            && let Some(found) = self.get_pair(canonical_provider(prefix), rest)
+        {
+            return Some(found);
         }
-        match self.by_model.get(&model).map(Vec::as_slice) {
-            Some([only]) => Some(only.as_str()),
+        match self.by_model.get(&*model).map(Vec::as_slice) {
+            Some([only]) => self
+                .entries
+                .get_key_value(only)
+                .map(|(k, v)| (k.as_str(), v.as_slice())),
             _ => None,
         }
     }
 
+    fn get_pair(&self, provider: &str, model: &str) -> Option<(&str, &[PriceEntry])> {
+        let mut buffer = [0u8; 128];
+        let joined = join_key(&mut buffer, provider, model);
+        let found = match &joined {
+            Some(key) => self.entries.get_key_value(*key),
+            None => self.entries.get_key_value(&format!("{provider}/{model}")),
+        };
+        found.map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     /// The price in effect for `provider`/`model` on the day of `at_ms` (Unix ms).
     pub fn lookup(&self, provider: &str, model: &str, at_ms: i64) -> Option<&PriceEntry> {
-        let key = self.resolve(provider, model)?;
-        let versions = self.entries.get(key)?;
-        let day = at_ms.div_euclid(DAY_MS);
-        versions
-            .iter()
-            .rev()
-            .find(|e| e.effective_day <= day)
-            .or_else(|| versions.first())
+        let (_, versions) = self.resolve_versions(provider, model)?;
+        in_effect(versions, at_ms)
     }
 
     /// The cost of a call: priced by the requested `model`, else by the
@@ -403,12 +457,12 @@ impl PriceTable {
         usage: &TokenUsage,
     ) -> Option<Cost> {
         let (key, entry) = std::iter::once(model).chain(response_model).find_map(|m| {
-            let key = self.resolve(provider, m)?;
-            Some((key.to_owned(), self.lookup(provider, m, at_ms)?))
+            let (key, versions) = self.resolve_versions(provider, m)?;
+            Some((key, in_effect(versions, at_ms)?))
         })?;
         Some(Cost {
             nanos: entry.price.cost_nanos(usage),
-            key,
+            key: key.to_owned(),
             version: entry.version(),
         })
     }

@@ -1,16 +1,19 @@
 //! The recorder: completion events in, batched rows out, off the call path.
 //!
 //! The call path pays only for the event publish the client already does (one
-//! `Arc` and one queue push per subscriber). The recorder subscribes
-//! *losslessly*, so the bus never drops an event for it; a background task
-//! prices each completion and writes rows in batches (up to
-//! [`RecorderOptions::batch_size`] rows, or whatever arrived within
-//! [`RecorderOptions::flush_interval`]), one transaction per batch.
+//! `Arc` and one queue push under an uncontended lock). The recorder subscribes
+//! with [`Delivery::Batched`]: losslessly, so the bus never drops an event for
+//! it, and without a wake-up per event — the background task is woken when a
+//! batch ([`RecorderOptions::batch_size`] events) is waiting, and otherwise
+//! collects what arrived within [`RecorderOptions::flush_interval`]. It prices
+//! each completion and writes one transaction per batch.
 //!
 //! Back-pressure: the task awaits each write before taking more events, so a
 //! slow store makes events wait in the subscription queue (visible as
 //! `pending`, and in the `dspex_analytics_pending_events` gauge) and the next
-//! batches grow to `batch_size`, amortising the store's per-transaction cost;
+//! batches grow to `batch_size`, amortising the store's per-transaction cost.
+//! Once more than [`RecorderOptions::max_pending`] events wait, the client's
+//! calls wait to start until the writer catches up ([`EventBus::congestion`]);
 //! nothing is dropped. A failed write is retried with backoff, the batch kept,
 //! until [`RecorderOptions::max_write_attempts`]; only then are its rows
 //! counted as lost (and logged). [`RecorderHandle::shutdown`] writes everything
@@ -25,7 +28,6 @@ use dspex_core::events::{Delivery, Subscription};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::error::{AnalyticsError, Result};
 use crate::prices::PriceTable;
@@ -40,6 +42,9 @@ pub struct RecorderOptions {
     /// Longest time a row waits for its batch to fill.
     #[serde(serialize_with = "dspex_core::serde_duration::serialize")]
     pub flush_interval: Duration,
+    /// Events allowed to wait before new calls wait for the writer (the
+    /// bus reports congestion above this).
+    pub max_pending: usize,
     /// Attempts to write one batch before its rows are counted as lost.
     pub max_write_attempts: u32,
     /// First wait after a failed write (doubled each time, at most 5 s).
@@ -52,6 +57,7 @@ impl Default for RecorderOptions {
         Self {
             batch_size: 1_000,
             flush_interval: Duration::from_millis(50),
+            max_pending: 10_000,
             max_write_attempts: 10,
             retry_backoff: Duration::from_millis(50),
         }
@@ -129,9 +135,15 @@ enum Control {
 pub struct Recorder;
 
 impl Recorder {
-    /// A lossless subscription to the completion events of `bus`.
-    pub fn subscribe(bus: &EventBus) -> Subscription<Event> {
-        bus.subscribe_filtered("analytics-recorder", Delivery::Lossless, |event: &Event| {
+    /// A lossless, batched subscription to the completion events of `bus`,
+    /// shaped by `options` (batch size, flush interval, most pending events).
+    pub fn subscribe(bus: &EventBus, options: &RecorderOptions) -> Subscription<Event> {
+        let delivery = Delivery::Batched {
+            batch: options.batch_size.max(1),
+            max_wait: options.flush_interval,
+            high_water: options.max_pending,
+        };
+        bus.subscribe_filtered("analytics-recorder", delivery, |event: &Event| {
             matches!(event.kind, EventKind::RequestCompleted(_))
         })
     }
@@ -143,7 +155,7 @@ impl Recorder {
         prices: Arc<PriceTable>,
         options: RecorderOptions,
     ) -> RecorderHandle {
-        Self::spawn(sink, Self::subscribe(bus), prices, options)
+        Self::spawn(sink, Self::subscribe(bus, &options), prices, options)
     }
 
     /// Starts recording the completions `subscription` receives into `sink`, on
@@ -239,42 +251,28 @@ struct Worker<S> {
 impl<S: CallSink> Worker<S> {
     async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
         let mut events: Vec<Arc<Event>> = Vec::with_capacity(self.options.batch_size);
-        let mut deadline: Option<Instant> = None;
         let mut control_open = true;
         loop {
-            let capacity = self
-                .options
-                .batch_size
-                .saturating_sub(self.rows.len())
-                .max(1);
             tokio::select! {
                 biased;
                 message = control.recv(), if control_open => match message {
                     Some(Control::Flush(ack)) => {
                         self.drain();
                         self.write_all().await;
-                        deadline = None;
                         let _ = ack.send(());
                     }
                     Some(Control::Shutdown) => break,
                     // The handle was dropped: keep recording until the bus goes.
                     None => control_open = false,
                 },
-                received = self.subscription.recv_many(&mut events, capacity) => {
+                // A batched subscription returns a full batch, or what has
+                // waited `flush_interval`: either way, time to write.
+                received = self.subscription.recv_many(&mut events, self.options.batch_size) => {
                     if received == 0 {
                         break;
                     }
                     self.take(&mut events);
-                    if self.rows.len() >= self.options.batch_size {
-                        self.write_batch().await;
-                        deadline = None;
-                    } else if deadline.is_none() {
-                        deadline = Some(Instant::now() + self.options.flush_interval);
-                    }
-                }
-                () = sleep_until(deadline), if deadline.is_some() => {
                     self.write_all().await;
-                    deadline = None;
                 }
             }
         }
@@ -346,12 +344,5 @@ impl<S: CallSink> Worker<S> {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

@@ -86,6 +86,7 @@ fn errors_name_the_key() {
             "[analytics]\nflush_interval_ms = 0",
             "analytics.flush_interval_ms",
         ),
+        ("[analytics]\nmax_pending = 10", "analytics.max_pending"),
         ("[analytics]\nstor = \"x\"", "stor"),
         (
             "[[analytics.budgets]]\nperiod = \"week\"\nlimit_usd = 1",

@@ -157,6 +157,57 @@ async fn a_slow_store_loses_nothing() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_calls_wait_for_a_slow_store_and_nothing_is_lost() {
+    const CALLS: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    client
+        .add_scripted("openai", ScriptedLm::replies(["ok"]))
+        .await
+        .unwrap();
+    let slow = Slow {
+        inner: store.clone(),
+        delay: Duration::from_millis(5),
+        writes: Arc::default(),
+    };
+    let options = RecorderOptions {
+        batch_size: 100,
+        max_pending: 200,
+        ..RecorderOptions::default()
+    };
+    let recorder = Recorder::attach(client.events(), slow, prices(), options);
+    let mut most_pending = 0;
+    for _ in 0..CALLS {
+        client
+            .request(
+                "openai",
+                vec![Message::user("hi")],
+                RequestOptions::new().model("gpt-4o-mini"),
+            )
+            .await
+            .unwrap();
+        let queued = client
+            .events()
+            .subscriber_stats()
+            .into_iter()
+            .find(|s| s.name == "analytics-recorder")
+            .unwrap()
+            .pending;
+        most_pending = most_pending.max(queued);
+    }
+    // Calls start only while at most `max_pending` events wait, so the queue
+    // stays bounded (one call's event past the mark at most) while the store
+    // takes 5 ms per batch of 100.
+    assert!(most_pending <= 201, "{most_pending} pending");
+    let stats = recorder.shutdown().await.unwrap();
+    assert_eq!(stats.rows_written, CALLS as u64);
+    assert_eq!(stats.rows_lost, 0);
+    assert_eq!(store.count().await.unwrap(), CALLS as u64);
+    assert!(!client.events().is_congested());
+}
+
 /// A store that fails its first `failures` writes.
 #[derive(Clone)]
 struct Flaky {

@@ -637,6 +637,9 @@ impl Client {
         messages: Vec<Message>,
         options: RequestOptions,
     ) -> Result<ChatResponse, ClientError> {
+        // Back-pressure from a batched subscriber that has fallen behind (the
+        // analytics recorder under a slow store): one atomic load otherwise.
+        self.inner.events.congestion().await;
         if let Some(cache) = self.inner.cache.get()
             && let Ok(provider) = self.inner.providers.get(provider_id)
         {
@@ -817,6 +820,7 @@ impl Client {
         messages: Vec<Message>,
         options: RequestOptions,
     ) -> Result<ChatStream, ClientError> {
+        self.inner.events.congestion().await;
         let prepared = self.prepare(provider_id, Operation::ChatStream, messages, None, options)?;
         let result = Self::run(&prepared).await;
         let Prepared {
@@ -862,6 +866,7 @@ impl Client {
         request: EmbeddingRequest,
         options: RequestOptions,
     ) -> Result<EmbeddingResponse, ClientError> {
+        self.inner.events.congestion().await;
         let prepared = self.prepare(
             provider_id,
             Operation::Embeddings,

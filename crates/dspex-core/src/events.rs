@@ -10,6 +10,13 @@
 //!   the newest event is dropped and counted in [`Subscription::dropped`] (and in
 //!   the bus-wide [`EventBus::dropped`]). Use it for consumers that prefer fresh
 //!   data to complete data, such as a live dashboard.
+//! - [`Delivery::Batched`]: lossless, for consumers that work in batches (a
+//!   database writer). A publish does not wake the subscriber for each event —
+//!   on a busy bus that cross-thread wake-up would be most of a publish's cost —
+//!   but only when a batch is full, or when the subscriber had gone idle; it
+//!   collects the rest on its own schedule. Past a high-water mark the bus is
+//!   *congested*, and publishers that await [`EventBus::congestion`] wait until
+//!   the subscriber catches up: back-pressure without dropping anything.
 //!
 //! Either way an event is delivered or its loss is counted: nothing disappears
 //! silently.
@@ -27,12 +34,15 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 /// How a subscriber receives events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +54,26 @@ pub enum Delivery {
         /// The queue length.
         capacity: usize,
     },
+    /// Every event, queued without bound, collected in batches.
+    ///
+    /// The subscriber's `recv*` calls return once `batch` events wait, or once
+    /// the oldest waiting event has waited about `max_wait`. A publish wakes
+    /// the subscriber only when it fills a batch or finds the subscriber idle
+    /// (it had found the queue empty), so a steady stream costs one wake-up per
+    /// batch instead of one per event.
+    ///
+    /// While more than `high_water` events wait, [`EventBus::congestion`]
+    /// waits; publishers that await it are slowed to the subscriber's pace. A
+    /// subscriber must not await its own bus's congestion, or it waits for
+    /// itself.
+    Batched {
+        /// Events that make a batch (and a wake-up).
+        batch: usize,
+        /// Longest time an event waits for its batch to fill.
+        max_wait: Duration,
+        /// Queue length above which the bus reports congestion.
+        high_water: usize,
+    },
 }
 
 type Filter<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
@@ -51,11 +81,127 @@ type Filter<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
 enum Sender<E> {
     Lossless(mpsc::UnboundedSender<Arc<E>>),
     Bounded(mpsc::Sender<Arc<E>>),
+    Batched(BatchSender<E>),
 }
 
 enum Receiver<E> {
     Lossless(mpsc::UnboundedReceiver<Arc<E>>),
     Bounded(mpsc::Receiver<Arc<E>>),
+    Batched(Arc<BatchQueue<E>>),
+}
+
+/// Bus-wide congestion: how many batched subscribers are above their
+/// high-water mark, and a signal for publishers waiting on them.
+#[derive(Default)]
+struct Pressure {
+    congested: AtomicUsize,
+    relieved: Notify,
+}
+
+impl Pressure {
+    fn relieve(&self) {
+        self.congested.fetch_sub(1, Ordering::AcqRel);
+        self.relieved.notify_waiters();
+    }
+}
+
+/// The queue behind a [`Delivery::Batched`] subscription.
+///
+/// Hand-written rather than an mpsc channel because the point is *when* the
+/// consumer is woken: tokio's channels wake the receiver on every send that
+/// finds it waiting, which for a consumer that keeps up is every send.
+struct BatchQueue<E> {
+    state: Mutex<BatchState<E>>,
+    batch: usize,
+    max_wait: Duration,
+    high_water: usize,
+    ready: Notify,
+    closed: AtomicBool,
+    congested: AtomicBool,
+    pressure: Arc<Pressure>,
+}
+
+struct BatchState<E> {
+    events: VecDeque<Arc<E>>,
+    /// The consumer found the queue empty and waits for the next publish.
+    idle: bool,
+}
+
+impl<E> BatchQueue<E> {
+    fn push(&self, event: Arc<E>) {
+        let (len, wake) = {
+            let mut state = self.state.lock();
+            state.events.push_back(event);
+            let len = state.events.len();
+            (len, std::mem::take(&mut state.idle) || len == self.batch)
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+        if len > self.high_water && !self.congested.swap(true, Ordering::AcqRel) {
+            self.pressure.congested.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Moves up to `max` events into `out`; relieves congestion once the
+    /// queue is back under the high-water mark.
+    fn take(&self, out: &mut Vec<Arc<E>>, max: usize) -> usize {
+        let (n, remaining) = {
+            let mut state = self.state.lock();
+            let n = state.events.len().min(max);
+            out.extend(state.events.drain(..n));
+            (n, state.events.len())
+        };
+        if remaining <= self.high_water && self.congested.swap(false, Ordering::AcqRel) {
+            self.pressure.relieve();
+        }
+        n
+    }
+
+    /// Waits for a batch (or the oldest event's `max_wait`), then takes up to
+    /// `max` events. Cancel-safe: events move only in the synchronous `take`.
+    async fn recv_many(&self, out: &mut Vec<Arc<E>>, max: usize) -> usize {
+        let max = max.max(1);
+        let mut deadline = Instant::now() + self.max_wait;
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let waiting = {
+                let mut state = self.state.lock();
+                let n = state.events.len();
+                let due = n > 0 && Instant::now() >= deadline;
+                if n >= self.batch || due || self.closed.load(Ordering::Acquire) {
+                    None
+                } else {
+                    state.idle = n == 0;
+                    Some(state.idle)
+                }
+            };
+            match waiting {
+                None => return self.take(out, max),
+                // Idle: the next publish wakes us, and starts the clock.
+                Some(true) => {
+                    notified.await;
+                    deadline = Instant::now() + self.max_wait;
+                }
+                Some(false) => {
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+            }
+        }
+    }
+}
+
+/// The bus's end of a batched queue; dropping it (the bus going away) closes
+/// the queue, so the subscriber drains what is left and then sees the end.
+struct BatchSender<E>(Arc<BatchQueue<E>>);
+
+impl<E> Drop for BatchSender<E> {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.ready.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -79,6 +225,7 @@ struct Inner<E> {
     published: AtomicU64,
     // Drops of subscribers that have since gone away stay counted here.
     dropped_gone: AtomicU64,
+    pressure: Arc<Pressure>,
 }
 
 /// A cheap-to-clone handle to a bus of events of type `E`.
@@ -126,6 +273,7 @@ impl<E> EventBus<E> {
                 next_id: AtomicU64::new(0),
                 published: AtomicU64::new(0),
                 dropped_gone: AtomicU64::new(0),
+                pressure: Arc::default(),
             }),
         }
     }
@@ -154,6 +302,30 @@ impl<E> EventBus<E> {
             Delivery::Bounded { capacity } => {
                 let (tx, rx) = mpsc::channel(capacity.max(1));
                 (Sender::Bounded(tx), Receiver::Bounded(rx))
+            }
+            Delivery::Batched {
+                batch,
+                max_wait,
+                high_water,
+            } => {
+                let batch = batch.max(1);
+                let queue = Arc::new(BatchQueue {
+                    state: Mutex::new(BatchState {
+                        events: VecDeque::with_capacity(batch),
+                        idle: false,
+                    }),
+                    batch,
+                    max_wait,
+                    high_water: high_water.max(batch),
+                    ready: Notify::new(),
+                    closed: AtomicBool::new(false),
+                    congested: AtomicBool::new(false),
+                    pressure: Arc::clone(&self.inner.pressure),
+                });
+                (
+                    Sender::Batched(BatchSender(Arc::clone(&queue))),
+                    Receiver::Batched(queue),
+                )
             }
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -197,6 +369,10 @@ impl<E> EventBus<E> {
             let sent = match &slot.sender {
                 Sender::Lossless(tx) => tx.send(Arc::clone(&event)).is_ok(),
                 Sender::Bounded(tx) => tx.try_send(Arc::clone(&event)).is_ok(),
+                Sender::Batched(queue) => {
+                    queue.0.push(Arc::clone(&event));
+                    true
+                }
             };
             if sent {
                 slot.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -206,6 +382,28 @@ impl<E> EventBus<E> {
                 metrics::counter!("dspex_events_dropped_total", "subscriber" => slot.name.to_string())
                     .increment(1);
             }
+        }
+    }
+
+    /// Whether a [`Delivery::Batched`] subscriber is above its high-water mark.
+    pub fn is_congested(&self) -> bool {
+        self.inner.pressure.congested.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits while a [`Delivery::Batched`] subscriber is above its high-water
+    /// mark: publishers that can wait (an async call path, after its publish)
+    /// await this to apply back-pressure. Ready at once, for the cost of one
+    /// atomic load, when nobody is behind.
+    pub async fn congestion(&self) {
+        let pressure = &self.inner.pressure;
+        while pressure.congested.load(Ordering::Acquire) > 0 {
+            let relieved = pressure.relieved.notified();
+            tokio::pin!(relieved);
+            relieved.as_mut().enable();
+            if pressure.congested.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            relieved.await;
         }
     }
 
@@ -287,6 +485,11 @@ impl<E> Subscription<E> {
         let event = match &mut self.receiver {
             Receiver::Lossless(rx) => rx.recv().await,
             Receiver::Bounded(rx) => rx.recv().await,
+            Receiver::Batched(queue) => {
+                let mut one = Vec::with_capacity(1);
+                queue.recv_many(&mut one, 1).await;
+                one.pop()
+            }
         };
         if event.is_some() {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -299,6 +502,11 @@ impl<E> Subscription<E> {
         let event = match &mut self.receiver {
             Receiver::Lossless(rx) => rx.try_recv().ok(),
             Receiver::Bounded(rx) => rx.try_recv().ok(),
+            Receiver::Batched(queue) => {
+                let mut one = Vec::with_capacity(1);
+                queue.take(&mut one, 1);
+                one.pop()
+            }
         };
         if event.is_some() {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -307,11 +515,14 @@ impl<E> Subscription<E> {
     }
 
     /// Receives up to `max` queued events into `out` at once, waiting for at
-    /// least one; returns how many were added (0 once the bus is gone).
+    /// least one (for [`Delivery::Batched`], for a batch or its `max_wait`);
+    /// returns how many were added (0 once the bus is gone and the queue is
+    /// empty).
     pub async fn recv_many(&mut self, out: &mut Vec<Arc<E>>, max: usize) -> usize {
         let n = match &mut self.receiver {
             Receiver::Lossless(rx) => rx.recv_many(out, max).await,
             Receiver::Bounded(rx) => rx.recv_many(out, max).await,
+            Receiver::Batched(queue) => queue.recv_many(out, max).await,
         };
         self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
         n
@@ -330,6 +541,12 @@ impl<E> Subscription<E> {
 
 impl<E> Drop for Subscription<E> {
     fn drop(&mut self) {
+        // A subscriber that goes away no longer holds anyone back.
+        if let Receiver::Batched(queue) = &self.receiver
+            && queue.congested.swap(false, Ordering::AcqRel)
+        {
+            queue.pressure.relieve();
+        }
         if let Some(bus) = self.bus.upgrade() {
             let mut slots = bus.slots.write();
             if let Some(pos) = slots.iter().position(|s| s.id == self.id) {
@@ -420,5 +637,118 @@ mod tests {
         }
         assert_eq!(evens, vec![0, 2, 4, 6, 8]);
         assert_eq!(all.pending(), 0);
+    }
+    fn batched(batch: usize, max_wait_ms: u64, high_water: usize) -> Delivery {
+        Delivery::Batched {
+            batch,
+            max_wait: Duration::from_millis(max_wait_ms),
+            high_water,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_slow_subscriber_gets_all_100_000_events_in_order() {
+        const N: u64 = 100_000;
+        let bus: EventBus<u64> = EventBus::new();
+        let mut slow = bus.subscribe("writer", batched(1_000, 5, usize::MAX));
+        let consumer = tokio::spawn(async move {
+            let mut expected = 0;
+            let mut batch = Vec::new();
+            while expected < N {
+                batch.clear();
+                let n = slow.recv_many(&mut batch, 700).await;
+                assert!(n > 0 && n <= 700, "{n}");
+                for event in &batch {
+                    assert_eq!(**event, expected, "events arrive in order");
+                    expected += 1;
+                }
+                if expected % 7_000 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            (expected, slow.dropped(), slow.pending())
+        });
+        let publisher = bus.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in 0..N {
+                publisher.publish(i);
+            }
+        })
+        .await
+        .unwrap();
+        let (received, dropped, pending) = consumer.await.unwrap();
+        assert_eq!((received, dropped, pending), (N, 0, 0));
+        assert_eq!(bus.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn batched_lone_event_arrives_after_max_wait_and_full_batch_at_once() {
+        let bus: EventBus<u32> = EventBus::new();
+        let mut sub = bus.subscribe("writer", batched(3, 30, 100));
+        // The subscriber goes idle on an empty queue; one publish wakes it,
+        // and the lone event is handed over once it has waited `max_wait`.
+        let waiter = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let started = Instant::now();
+            let n = sub.recv_many(&mut out, 10).await;
+            (n, started.elapsed(), sub)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let published = Instant::now();
+        bus.publish(1);
+        let (n, _, mut sub) = waiter.await.unwrap();
+        assert_eq!(n, 1);
+        assert!(published.elapsed() >= Duration::from_millis(30));
+        // A full batch is handed over without waiting for `max_wait`.
+        for i in 0..3 {
+            bus.publish(i);
+        }
+        let mut out = Vec::new();
+        let n = tokio::time::timeout(Duration::from_millis(25), sub.recv_many(&mut out, 10))
+            .await
+            .expect("a full batch does not wait for max_wait");
+        assert_eq!(n, 3);
+        // `try_recv` takes one at a time.
+        bus.publish(7);
+        assert_eq!(sub.try_recv().as_deref(), Some(&7));
+        assert_eq!(sub.try_recv(), None);
+        // The bus going away ends the subscription after what is queued.
+        bus.publish(8);
+        drop(bus);
+        assert_eq!(sub.recv().await.as_deref(), Some(&8));
+        assert_eq!(sub.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn batched_congestion_holds_publishers_until_the_subscriber_catches_up() {
+        let bus: EventBus<u32> = EventBus::new();
+        let mut sub = bus.subscribe("writer", batched(10, 1_000, 20));
+        for i in 0..20 {
+            bus.publish(i);
+        }
+        assert!(!bus.is_congested(), "at the high-water mark, not above");
+        bus.congestion().await;
+        bus.publish(20);
+        assert!(bus.is_congested());
+        let waiting = bus.clone();
+        let mut held = tokio::spawn(async move { waiting.congestion().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!held.is_finished(), "a congested bus holds publishers");
+        // Taking one batch brings the queue back to the mark: relieved.
+        let mut out = Vec::new();
+        assert_eq!(sub.recv_many(&mut out, 10).await, 10);
+        tokio::time::timeout(Duration::from_secs(5), &mut held)
+            .await
+            .expect("relieved")
+            .unwrap();
+        assert!(!bus.is_congested());
+        // A subscriber that goes away stops holding anyone back.
+        for i in 0..100 {
+            bus.publish(i);
+        }
+        assert!(bus.is_congested());
+        drop(sub);
+        assert!(!bus.is_congested());
+        bus.congestion().await;
     }
 }

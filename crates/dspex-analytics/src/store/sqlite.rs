@@ -95,8 +95,9 @@ const UPSERT_ROLLUP: &str = "INSERT INTO call_rollups (hour_ms, provider, model,
      cache_hits = cache_hits + excluded.cache_hits, saved_cost_nanos = saved_cost_nanos + excluded.saved_cost_nanos, \
      latency_hist = dspex_hist_merge(latency_hist, excluded.latency_hist)";
 
-/// One rollup's key: the hour and every dimension (`''` for none).
-type RollupKey = (i64, [String; 9]);
+/// One rollup's key: the hour and every dimension (`''` for none), borrowed
+/// from the batch's rows.
+type RollupKey<'r> = (i64, [&'r str; 9]);
 
 /// Sums in the order of [`Sums::values`], and the latency histogram.
 #[derive(Default)]
@@ -140,27 +141,29 @@ impl Acc {
     }
 }
 
-fn rollup_key(r: &CallRecord) -> RollupKey {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+fn rollup_key(r: &CallRecord) -> RollupKey<'_> {
+    fn opt(v: &Option<String>) -> &str {
+        v.as_deref().unwrap_or_default()
+    }
     (
         r.at_ms.div_euclid(HOUR_MS) * HOUR_MS,
         [
-            r.provider.clone(),
-            r.model.clone(),
-            r.operation.clone(),
-            r.status.clone(),
+            &r.provider,
+            &r.model,
+            &r.operation,
+            &r.status,
             opt(&r.error_kind),
             opt(&r.cache_tier),
             opt(&r.workflow),
             opt(&r.step),
-            r.tags.clone(),
+            &r.tags,
         ],
     )
 }
 
 fn upsert_rollups(tx: &rusqlite::Transaction<'_>, rows: &[CallRecord]) -> Result<()> {
     let sql = |e: rusqlite::Error| AnalyticsError::sqlite(&e);
-    let mut groups: HashMap<RollupKey, Acc> = HashMap::new();
+    let mut groups: HashMap<RollupKey<'_>, Acc> = HashMap::new();
     for r in rows {
         groups.entry(rollup_key(r)).or_default().add_call(
             &r.status,
