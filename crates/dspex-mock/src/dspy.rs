@@ -7,11 +7,25 @@
 //! lists the fields with their types: "Your output fields are: 1. `answer` (int)".
 //! The mock answers with each requested output field, filled deterministically.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 /// The sentence that introduces the requested output fields.
 const RESPOND_PHRASE: &str = "Respond with the corresponding output fields";
 const OPEN: &str = "[[ ## ";
 const CLOSE: &str = " ## ]]";
 const COMPLETED: &str = "completed";
+
+// The markers are searched for in every request: finders built once (memchr's
+// SIMD substring search) instead of a fresh two-way searcher per `str::find`.
+static OPEN_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(OPEN));
+static CLOSE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(CLOSE));
+static RESPOND_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(RESPOND_PHRASE));
+
+fn find_in(finder: &Finder<'_>, text: &str) -> Option<usize> {
+    finder.find(text.as_bytes())
+}
 
 /// A `[[ ## name ## ]]` marker found in a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +39,16 @@ struct Marker<'a> {
 fn markers(text: &str) -> Vec<Marker<'_>> {
     let mut found = Vec::new();
     let mut from = 0;
-    while let Some(offset) = text.get(from..).and_then(|rest| rest.find(OPEN)) {
+    while let Some(offset) = text
+        .get(from..)
+        .and_then(|rest| find_in(&OPEN_FINDER, rest))
+    {
         let start = from + offset;
         let name_start = start + OPEN.len();
-        let Some(name_len) = text.get(name_start..).and_then(|rest| rest.find(CLOSE)) else {
+        let Some(name_len) = text
+            .get(name_start..)
+            .and_then(|rest| find_in(&CLOSE_FINDER, rest))
+        else {
             break;
         };
         let name = text
@@ -50,7 +70,7 @@ fn markers(text: &str) -> Vec<Marker<'_>> {
 /// The reply to a DSPy-style prompt, or `None` if `last_user` does not ask for
 /// output fields.
 pub(crate) fn structured_reply(last_user: &str, system: &str) -> Option<String> {
-    let phrase_at = last_user.find(RESPOND_PHRASE)?;
+    let phrase_at = find_in(&RESPOND_FINDER, last_user)?;
     let all = markers(last_user);
     let mut outputs: Vec<&str> = Vec::new();
     for marker in all.iter().filter(|m| m.start >= phrase_at) {

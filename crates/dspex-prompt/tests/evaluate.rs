@@ -11,7 +11,7 @@
 use dspex_client::config::RawProvider;
 use dspex_client::{Client, ClientConfig, ProviderConfig, ScriptedLm};
 use dspex_mock::{MockConfig, MockServer, Script};
-use dspex_prompt::evaluate::{contains, exact_match, parse_dataset, token_f1};
+use dspex_prompt::evaluate::{contains, exact_match, normalize_tokens, parse_dataset, token_f1};
 use dspex_prompt::{
     ChainOfThought, EvalReport, Evaluate, Example, Inputs, Lm, Metric, Predict, Prediction,
     PromptError, Signature, load_dataset,
@@ -60,6 +60,44 @@ fn text_metrics_match_squad_by_hand() {
     assert_eq!(token_f1("", ""), 1.0);
     assert_eq!(token_f1("something", ""), 0.0);
     assert_eq!(token_f1("cat", "dog"), 0.0);
+}
+
+/// SQuAD's normalisation as its reference code spells it: clean the whole
+/// text, then split.
+fn squad_reference(text: &str) -> Vec<String> {
+    let cleaned: String = text
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    cleaned
+        .split_whitespace()
+        .filter(|token| !matches!(*token, "a" | "an" | "the"))
+        .map(str::to_owned)
+        .collect()
+}
+
+proptest::proptest! {
+    #[test]
+    fn normalisation_matches_the_squad_reference(
+        text in "([A-Za-z0-9]{0,6}|[ .,!?'-]{1,3}|The|a|An|\\PC{1,3}|\\s{1,2}){0,12}",
+        other in "([A-Za-z0-9]{0,4}|[ .,!?'-]{1,3}|The|a|\\s{1,2}){0,6}",
+    ) {
+        let reference = squad_reference(&text);
+        proptest::prop_assert_eq!(&normalize_tokens(&text), &reference);
+        // Exact match (with its ASCII fast path) agrees with the reference, on
+        // unrelated texts and on texts that differ only in case, articles,
+        // punctuation and spacing.
+        let pairs = [
+            other,
+            text.to_uppercase(),
+            format!(" the {text} .\u{b}"),
+        ];
+        for label in pairs {
+            let expected = reference == squad_reference(&label);
+            proptest::prop_assert_eq!(exact_match(&text, &label) == 1.0, expected, "{:?} vs {:?}", text, label);
+        }
+    }
 }
 
 #[test]
