@@ -88,8 +88,13 @@ pub(crate) fn chat_body(
         stream,
         stream_options: (stream && stream_usage).then(|| json!({"include_usage": true})),
     };
-    serde_json::to_vec(&body)
-        .map_err(|e| WireError::Invalid(format!("cannot encode the request: {e}")))
+    // Sized up front: a few-shot prompt is kilobytes, and growing the buffer
+    // by doubling copies it several times per call.
+    let text: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    let mut buffer = Vec::with_capacity(text + text / 8 + 256);
+    serde_json::to_writer(&mut buffer, &body)
+        .map_err(|e| WireError::Invalid(format!("cannot encode the request: {e}")))?;
+    Ok(buffer)
 }
 
 #[derive(Deserialize)]
