@@ -119,6 +119,9 @@ struct BatchQueue<E> {
     closed: AtomicBool,
     congested: AtomicBool,
     pressure: Arc<Pressure>,
+    // Counted here, before congestion is relieved, so `pending` never shows
+    // events that have already left the queue.
+    stats: Arc<SlotStats>,
 }
 
 struct BatchState<E> {
@@ -152,6 +155,7 @@ impl<E> BatchQueue<E> {
             out.extend(state.events.drain(..n));
             (n, state.events.len())
         };
+        self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
         if remaining <= self.high_water && self.congested.swap(false, Ordering::AcqRel) {
             self.pressure.relieve();
         }
@@ -294,6 +298,7 @@ impl<E> EventBus<E> {
     }
 
     fn add(&self, name: &str, delivery: Delivery, filter: Option<Filter<E>>) -> Subscription<E> {
+        let stats = Arc::new(SlotStats::default());
         let (sender, receiver) = match delivery {
             Delivery::Lossless => {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -321,6 +326,7 @@ impl<E> EventBus<E> {
                     closed: AtomicBool::new(false),
                     congested: AtomicBool::new(false),
                     pressure: Arc::clone(&self.inner.pressure),
+                    stats: Arc::clone(&stats),
                 });
                 (
                     Sender::Batched(BatchSender(Arc::clone(&queue))),
@@ -329,7 +335,6 @@ impl<E> EventBus<E> {
             }
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let stats = Arc::new(SlotStats::default());
         let name: Arc<str> = Arc::from(name);
         self.inner.slots.write().push(Slot {
             id,
@@ -485,10 +490,11 @@ impl<E> Subscription<E> {
         let event = match &mut self.receiver {
             Receiver::Lossless(rx) => rx.recv().await,
             Receiver::Bounded(rx) => rx.recv().await,
+            // The queue counts what it hands over.
             Receiver::Batched(queue) => {
                 let mut one = Vec::with_capacity(1);
                 queue.recv_many(&mut one, 1).await;
-                one.pop()
+                return one.pop();
             }
         };
         if event.is_some() {
@@ -505,7 +511,7 @@ impl<E> Subscription<E> {
             Receiver::Batched(queue) => {
                 let mut one = Vec::with_capacity(1);
                 queue.take(&mut one, 1);
-                one.pop()
+                return one.pop();
             }
         };
         if event.is_some() {
@@ -522,7 +528,7 @@ impl<E> Subscription<E> {
         let n = match &mut self.receiver {
             Receiver::Lossless(rx) => rx.recv_many(out, max).await,
             Receiver::Bounded(rx) => rx.recv_many(out, max).await,
-            Receiver::Batched(queue) => queue.recv_many(out, max).await,
+            Receiver::Batched(queue) => return queue.recv_many(out, max).await,
         };
         self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
         n
