@@ -396,8 +396,8 @@ impl<E> EventBus<E> {
     }
 
     /// Waits while a [`Delivery::Batched`] subscriber is above its high-water
-    /// mark: publishers that can wait (an async call path, after its publish)
-    /// await this to apply back-pressure. Ready at once, for the cost of one
+    /// mark: publishers that can wait (the client, before each call) await
+    /// this to apply back-pressure. Ready at once, for the cost of one
     /// atomic load, when nobody is behind.
     pub async fn congestion(&self) {
         let pressure = &self.inner.pressure;
@@ -547,12 +547,6 @@ impl<E> Subscription<E> {
 
 impl<E> Drop for Subscription<E> {
     fn drop(&mut self) {
-        // A subscriber that goes away no longer holds anyone back.
-        if let Receiver::Batched(queue) = &self.receiver
-            && queue.congested.swap(false, Ordering::AcqRel)
-        {
-            queue.pressure.relieve();
-        }
         if let Some(bus) = self.bus.upgrade() {
             let mut slots = bus.slots.write();
             if let Some(pos) = slots.iter().position(|s| s.id == self.id) {
@@ -562,6 +556,14 @@ impl<E> Drop for Subscription<E> {
                     Ordering::Relaxed,
                 );
             }
+        }
+        // A subscriber that goes away no longer holds anyone back. Relieved
+        // only after its slot is gone: a publish still holding the slot list
+        // could otherwise mark the queue congested again, for good.
+        if let Receiver::Batched(queue) = &self.receiver
+            && queue.congested.swap(false, Ordering::AcqRel)
+        {
+            queue.pressure.relieve();
         }
     }
 }
