@@ -82,17 +82,27 @@ pub(crate) fn structured_reply(last_user: &str, system: &str) -> Option<String> 
         return None;
     }
     let input = first_input_text(last_user, &all, phrase_at);
-    let input_preview: String = input.chars().take(40).collect();
-    let mut reply = String::new();
+    // The first 40 characters.
+    let input_preview = input
+        .char_indices()
+        .nth(40)
+        .and_then(|(end, _)| input.get(..end))
+        .unwrap_or(input);
+    let mut reply = String::with_capacity(outputs.len() * (input_preview.len() + 48) + 24);
     for name in outputs {
-        let value = field_type(system, name)
-            .and_then(typed_value)
-            .unwrap_or_else(|| format!("mock {name} for: {input_preview}"));
         reply.push_str(OPEN);
         reply.push_str(name);
         reply.push_str(CLOSE);
         reply.push('\n');
-        reply.push_str(&value);
+        match field_type(system, name).and_then(typed_value) {
+            Some(value) => reply.push_str(value),
+            None => {
+                reply.push_str("mock ");
+                reply.push_str(name);
+                reply.push_str(" for: ");
+                reply.push_str(input_preview);
+            }
+        }
         reply.push_str("\n\n");
     }
     reply.push_str(OPEN);
@@ -116,8 +126,14 @@ fn first_input_text<'a>(text: &'a str, markers: &[Marker<'a>], phrase_at: usize)
 
 /// The declared type of a field: the `TYPE` of "`name` (TYPE)" in the system message.
 fn field_type<'a>(system: &'a str, name: &str) -> Option<&'a str> {
-    let needle = format!("`{name}` (");
-    let start = system.find(&needle)? + needle.len();
+    // At each backtick (few, and found by memchr), test for "`name` (".
+    let start = memchr::memchr_iter(b'`', system.as_bytes()).find_map(|at| {
+        let after = system
+            .get(at + 1..)?
+            .strip_prefix(name)?
+            .strip_prefix("` (")?;
+        Some(system.len() - after.len())
+    })?;
     let rest = system.get(start..)?;
     let mut depth = 0usize;
     for (at, ch) in rest.char_indices() {
@@ -134,25 +150,29 @@ fn field_type<'a>(system: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// A deterministic value of a Python-style type, or `None` for strings and unknown types.
-fn typed_value(ty: &str) -> Option<String> {
+fn typed_value(ty: &str) -> Option<&str> {
     let ty = ty.trim();
-    let lower = ty.to_ascii_lowercase();
     if let Some(inner) = strip_generic(ty, "Optional") {
         return typed_value(inner);
     }
     if let Some(inner) = strip_generic(ty, "Literal") {
         return first_literal(inner);
     }
-    let base = lower.split(['[', ' ']).next().unwrap_or("");
-    let value = match base {
-        "int" | "integer" => "42",
-        "float" | "number" => "0.5",
-        "bool" | "boolean" => "True",
-        "list" | "tuple" | "set" | "sequence" => "[\"mock\"]",
-        "dict" | "json" | "mapping" => "{\"mock\": true}",
-        _ => return None,
-    };
-    Some(value.to_owned())
+    let base = ty.split(['[', ' ']).next().unwrap_or("");
+    let is = |names: &[&str]| names.iter().any(|name| base.eq_ignore_ascii_case(name));
+    if is(&["int", "integer"]) {
+        Some("42")
+    } else if is(&["float", "number"]) {
+        Some("0.5")
+    } else if is(&["bool", "boolean"]) {
+        Some("True")
+    } else if is(&["list", "tuple", "set", "sequence"]) {
+        Some("[\"mock\"]")
+    } else if is(&["dict", "json", "mapping"]) {
+        Some("{\"mock\": true}")
+    } else {
+        None
+    }
 }
 
 /// `X` of `Name[X]`.
@@ -164,19 +184,19 @@ fn strip_generic<'a>(ty: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The first value of a `Literal[...]` list, unquoted.
-fn first_literal(inner: &str) -> Option<String> {
+fn first_literal(inner: &str) -> Option<&str> {
     let inner = inner.trim_start();
     let mut chars = inner.chars();
     match chars.next()? {
         quote @ ('\'' | '"') => {
             let body = chars.as_str();
             let end = body.find(quote)?;
-            body.get(..end).map(str::to_owned)
+            body.get(..end)
         }
         _ => inner
             .split(',')
             .next()
-            .map(|first| first.trim().to_owned())
+            .map(str::trim)
             .filter(|first| !first.is_empty()),
     }
 }
@@ -242,9 +262,9 @@ mod tests {
 
     #[test]
     fn types() {
-        assert_eq!(typed_value("Optional[int]").as_deref(), Some("42"));
-        assert_eq!(typed_value("Literal[\"a\", \"b\"]").as_deref(), Some("a"));
-        assert_eq!(typed_value("Literal[3, 4]").as_deref(), Some("3"));
+        assert_eq!(typed_value("Optional[int]"), Some("42"));
+        assert_eq!(typed_value("Literal[\"a\", \"b\"]"), Some("a"));
+        assert_eq!(typed_value("Literal[3, 4]"), Some("3"));
         assert_eq!(typed_value("str"), None);
         assert_eq!(
             field_type("`x` (dict[str, list[int]]): y", "x"),

@@ -1,12 +1,14 @@
 //! `POST /v1/chat/completions`: OpenAI's Chat Completions API, plain and streamed.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::content::{Ask, Message, Prompt, Reply, ResponseFormat};
@@ -53,12 +55,27 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Response> {
-    let json = shared.read_body(Route::ChatCompletions, headers, body);
-    shared
-        .check_auth(FLAVOR, headers)
-        .map_err(|e| e.into_response(FLAVOR))?;
-    let json = json.ok_or_else(|| invalid_json().into_response(FLAVOR))?;
-    let request = parse(&json).map_err(|e| e.into_response(FLAVOR))?;
+    let fast = if shared.records_requests() {
+        None
+    } else {
+        parse_common(body)
+    };
+    let request = match fast {
+        Some(request) => {
+            shared
+                .check_auth(FLAVOR, headers)
+                .map_err(|e| e.into_response(FLAVOR))?;
+            request
+        }
+        None => {
+            let json = shared.read_body(Route::ChatCompletions, headers, body);
+            shared
+                .check_auth(FLAVOR, headers)
+                .map_err(|e| e.into_response(FLAVOR))?;
+            let json = json.ok_or_else(|| invalid_json().into_response(FLAVOR))?;
+            parse(&json).map_err(|e| e.into_response(FLAVOR))?
+        }
+    };
     let ask = Ask {
         prompt: &request.prompt,
         tool: request.tool.as_deref(),
@@ -167,6 +184,82 @@ pub(crate) fn content_text(content: Option<&Value>, param: &str) -> Result<Strin
             other,
         )),
     }
+}
+
+/// The request shape almost every call has: text messages, no stop
+/// sequences, response format or tools.
+#[derive(Deserialize)]
+struct CommonRequest<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(borrow)]
+    messages: Vec<CommonMessage<'a>>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    n: Option<u64>,
+    stream: Option<bool>,
+    stream_options: Option<CommonStreamOptions>,
+    stop: Option<IgnoredAny>,
+    response_format: Option<IgnoredAny>,
+    tools: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CommonMessage<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct CommonStreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// [`parse`] for the common shape, straight from the bytes: typed and
+/// borrowing, without the `Value` tree (one allocation per key and string)
+/// that the load and evaluation runs would otherwise pay on every request.
+/// `None` for anything else, including every invalid request, which
+/// [`parse`] then answers with OpenAI's own error.
+fn parse_common(body: &[u8]) -> Option<ChatRequest> {
+    let common: CommonRequest<'_> = serde_json::from_slice(body).ok()?;
+    let uncommon = common.stop.is_some()
+        || common.response_format.is_some()
+        || common.tools.is_some()
+        || common.messages.is_empty();
+    let n = common.n.unwrap_or(1);
+    if uncommon || !(1..=128).contains(&n) {
+        return None;
+    }
+    let mut prompt = Prompt::default();
+    prompt.messages.reserve_exact(common.messages.len());
+    for message in common.messages {
+        if !matches!(
+            &*message.role,
+            "system" | "developer" | "user" | "assistant" | "tool" | "function"
+        ) {
+            return None;
+        }
+        prompt.messages.push(Message {
+            role: message.role.into_owned(),
+            text: message.content.map(Cow::into_owned).unwrap_or_default(),
+        });
+    }
+    Some(ChatRequest {
+        model: common.model.into_owned(),
+        prompt,
+        max_tokens: common.max_completion_tokens.or(common.max_tokens),
+        stop: Vec::new(),
+        n: usize::try_from(n).unwrap_or(1),
+        stream: common.stream.unwrap_or(false),
+        include_usage: common
+            .stream_options
+            .and_then(|options| options.include_usage)
+            .unwrap_or(false),
+        format: ResponseFormat::Text,
+        tool: None,
+    })
 }
 
 fn parse(body: &Value) -> Result<ChatRequest, ApiError> {
@@ -723,5 +816,63 @@ mod tests {
         ]}]}))
         .unwrap();
         assert_eq!(ok.prompt.last_user(), "ab");
+    }
+
+    /// The typed fast path reads exactly what `parse` reads, and leaves every
+    /// request it cannot read, valid or not, to `parse`.
+    #[test]
+    fn the_fast_path_agrees_with_parse() {
+        let user = json!({"role": "user", "content": "Say \"hi\"\nplease"});
+        let bodies = [
+            json!({"model": "m", "messages": [user]}),
+            json!({"model": "m", "messages": [{"role": "system", "content": "Be brief."}, user,
+                {"role": "assistant", "content": null, "tool_calls": []}],
+                "max_tokens": 7, "n": 3, "temperature": 0.2, "seed": 1}),
+            json!({"model": "m", "messages": [user], "max_tokens": 7, "max_completion_tokens": 9}),
+            json!({"model": "m", "messages": [user], "stream": true, "stream_options": {"include_usage": true}}),
+            json!({"model": "m", "messages": [user], "stream": true, "stream_options": {"include_usage": null}}),
+            json!({"model": "m", "messages": [user], "stream": null, "n": null, "stop": null}),
+            // Read by `parse` only.
+            json!({"model": "m", "messages": [user], "stop": ["\n"]}),
+            json!({"model": "m", "messages": [user], "response_format": {"type": "json_object"}}),
+            json!({"model": "m", "messages": [user], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}),
+            // Invalid: `parse` names the problem.
+            json!({"model": "m", "messages": []}),
+            json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}),
+            json!({"model": "m", "messages": [{"content": "x"}]}),
+            json!({"model": 3, "messages": [user]}),
+            json!({"messages": [user]}),
+            json!({"model": "m", "messages": [user], "n": 0}),
+            json!({"model": "m", "messages": [user], "n": 129}),
+            json!({"model": "m", "messages": [user], "max_tokens": -1}),
+            json!({"model": "m", "messages": [user], "max_tokens": 1.5}),
+            json!({"model": "m", "messages": [user], "stream": "yes"}),
+            json!([1, 2]),
+        ];
+        let mut fast_count = 0;
+        for body in bodies {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let slow = parse(&body);
+            match parse_common(&bytes) {
+                Some(fast) => {
+                    fast_count += 1;
+                    let slow = slow.unwrap_or_else(|e| panic!("{body}: {}", e.message));
+                    assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{body}");
+                }
+                None => {
+                    let uncommon = ["stop", "response_format", "tools"]
+                        .iter()
+                        .any(|key| body.get(key).is_some_and(|v| !v.is_null()))
+                        || body["messages"][0]["content"].is_array();
+                    assert!(
+                        uncommon || slow.is_err(),
+                        "{body}: the fast path refused a common request"
+                    );
+                }
+            }
+        }
+        assert_eq!(fast_count, 6);
+        assert!(parse_common(b"{not json").is_none());
     }
 }

@@ -94,6 +94,11 @@ impl Shared {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Whether requests are recorded (and so must be read as a whole `Value`).
+    pub(crate) fn records_requests(&self) -> bool {
+        self.recorder.is_some()
+    }
+
     /// Parses the body as JSON and records the request if recording is on.
     pub(crate) fn read_body(
         &self,

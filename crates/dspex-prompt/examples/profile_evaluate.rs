@@ -1,8 +1,11 @@
-//! The `evaluate` bench's two workloads, one per run, for profilers: `Evaluate`
-//! over `N` examples against the in-process mock at concurrency 32 (`MODE=eval`,
-//! the default), or the load tool's bare calls through the same client
-//! (`MODE=load`). Compare instructions per call:
-//! `MODE=load N=2000 valgrind --tool=callgrind target/release/examples/profile_evaluate`.
+//! The `evaluate` bench's workloads, one per run, for profilers and quick
+//! comparisons: `Evaluate::run_shared` over `N` examples against the
+//! in-process mock at concurrency 32 (`MODE=eval`, the default),
+//! `Evaluate::run` (`MODE=run`), or the load tool's bare calls through the
+//! same client (`MODE=load`), `ROUNDS` times (default 1), printing each
+//! round's calls per second. Compare instructions per call:
+//! `MODE=load N=3000 valgrind --tool=callgrind target/release/examples/profile_evaluate`
+//! (the examples are built inside the run, about 2k instructions each).
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -21,11 +24,42 @@ use serde_json::json;
 
 const CONCURRENCY: usize = 32;
 
-fn main() {
-    let n: u64 = std::env::var("N")
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(default)
+}
+
+/// `n` plain calls from 32 workers, as `dspex load` makes them.
+async fn load(client: &Client, n: u64) {
+    let issued = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let client = client.clone();
+            let issued = Arc::clone(&issued);
+            tokio::spawn(async move {
+                while issued.fetch_add(1, Ordering::Relaxed) < n {
+                    client
+                        .request(
+                            "mock",
+                            vec![Message::user("Say something short.")],
+                            RequestOptions::new().max_tokens(64),
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+}
+
+fn main() {
+    let n = env_number("N", 2_000);
+    let rounds = env_number("ROUNDS", 1);
     let mode = std::env::var("MODE").unwrap_or_else(|_| "eval".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -45,57 +79,43 @@ fn main() {
             .add_provider(ProviderConfig::validate("mock", &raw, None, &|_| None).unwrap())
             .await
             .unwrap();
-        let started = Instant::now();
-        if mode == "load" {
-            let issued = Arc::new(AtomicU64::new(0));
-            let workers: Vec<_> = (0..CONCURRENCY)
-                .map(|_| {
-                    let client = client.clone();
-                    let issued = Arc::clone(&issued);
-                    tokio::spawn(async move {
-                        while issued.fetch_add(1, Ordering::Relaxed) < n {
-                            client
-                                .request(
-                                    "mock",
-                                    vec![Message::user("Say something short.")],
-                                    RequestOptions::new().max_tokens(64),
-                                )
-                                .await
-                                .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for worker in workers {
-                worker.await.unwrap();
+        let predict = Arc::new(Predict::new(
+            Signature::parse("question -> answer").unwrap(),
+            Lm::new(&client, "mock"),
+        ));
+        let examples: Arc<[Example]> = (0..if mode == "load" { 0 } else { n })
+            .map(|i| {
+                let question = format!("What is item {i}?");
+                Example {
+                    inputs: json!({"question": question}).as_object().unwrap().clone(),
+                    outputs: json!({"answer": format!("mock answer for: {question}")})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                }
+            })
+            .collect();
+        let evaluate = Evaluate::new(Metric::exact_match()).with_concurrency(CONCURRENCY);
+        for _ in 0..rounds {
+            let started = Instant::now();
+            match mode.as_str() {
+                "load" => load(&client, n).await,
+                "run" => {
+                    let report = evaluate.run(&*predict, &examples).await;
+                    assert_eq!(report.passed as u64, n, "{report}");
+                }
+                _ => {
+                    let report = evaluate
+                        .run_shared(Arc::clone(&predict), Arc::clone(&examples))
+                        .await;
+                    assert_eq!(report.passed as u64, n, "{report}");
+                }
             }
-        } else {
-            let predict = Arc::new(Predict::new(
-                Signature::parse("question -> answer").unwrap(),
-                Lm::new(&client, "mock"),
-            ));
-            let examples: Arc<[Example]> = (0..n)
-                .map(|i| {
-                    let question = format!("What is item {i}?");
-                    Example {
-                        inputs: json!({"question": question}).as_object().unwrap().clone(),
-                        outputs: json!({"answer": format!("mock answer for: {question}")})
-                            .as_object()
-                            .unwrap()
-                            .clone(),
-                    }
-                })
-                .collect();
-            let report = Evaluate::new(Metric::exact_match())
-                .with_concurrency(CONCURRENCY)
-                .run_shared(predict, examples)
-                .await;
-            assert_eq!(report.passed as u64, n, "{report}");
+            println!(
+                "{mode}: {n} calls in {:.3} s, {:.0} calls/s",
+                started.elapsed().as_secs_f64(),
+                n as f64 / started.elapsed().as_secs_f64()
+            );
         }
-        let elapsed = started.elapsed().as_secs_f64();
-        println!(
-            "{mode}: {n} calls in {elapsed:.3} s, {:.0} calls/s",
-            n as f64 / elapsed
-        );
     });
 }

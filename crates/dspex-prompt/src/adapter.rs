@@ -336,12 +336,19 @@ fn schema_of(ty: &FieldType) -> Value {
 /// `(name, start of marker, end of marker)`. Names keep their case: callers
 /// compare them ignoring ASCII case, which needs no lowercased copy.
 fn markers(reply: &str) -> Vec<(&str, usize, usize)> {
-    // Byte scans: `str::find` builds a two-way searcher per call, which costs
-    // more than these short scans.
+    // memchr to each bracket, then a look at the next byte: `str::find`
+    // builds a two-way searcher per call, which costs more than the scan.
     let find = |from: usize, pair: u8| {
         let bytes = reply.as_bytes();
-        (from..bytes.len().saturating_sub(1))
-            .find(|&i| bytes.get(i) == Some(&pair) && bytes.get(i + 1) == Some(&pair))
+        let mut at = from;
+        while let Some(offset) = bytes.get(at..).and_then(|rest| memchr::memchr(pair, rest)) {
+            let found = at + offset;
+            if bytes.get(found + 1) == Some(&pair) {
+                return Some(found);
+            }
+            at = found + 1;
+        }
+        None
     };
     let mut found = Vec::with_capacity(8);
     let mut from = 0;

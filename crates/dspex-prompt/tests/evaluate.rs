@@ -472,3 +472,70 @@ async fn a_second_evaluation_is_served_from_the_cache() {
     assert_eq!(second.usage.total_tokens(), 0, "cache hits bill nothing");
     assert!(first.usage.total_tokens() > 0);
 }
+
+/// A module that answers with its input after a pause, counting how many
+/// calls are in flight at once.
+struct Counting {
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl dspex_prompt::Module for Counting {
+    fn forward_with<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        _run: dspex_prompt::RunContext,
+    ) -> futures::future::BoxFuture<'a, dspex_prompt::Result<Prediction>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            Ok(prediction(json!({"answer": inputs["question"].clone()})))
+        })
+    }
+
+    fn predictors(&self) -> Vec<(String, &Predict)> {
+        Vec::new()
+    }
+
+    fn predictors_mut(&mut self) -> Vec<(String, &mut Predict)> {
+        Vec::new()
+    }
+}
+
+/// Spread over the runtime's worker threads, `run_shared` still keeps
+/// exactly `concurrency` examples in flight, never more, and reports every
+/// example in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_shared_holds_the_concurrency_bound_across_threads() {
+    let examples: std::sync::Arc<[Example]> = (0..40)
+        .map(|i| {
+            example(
+                json!({"question": format!("q{i}")}),
+                json!({"answer": format!("q{i}")}),
+            )
+        })
+        .collect();
+    for concurrency in [1, 5, 64] {
+        let module = std::sync::Arc::new(Counting {
+            in_flight: 0.into(),
+            most: 0.into(),
+        });
+        let report = Evaluate::new(Metric::exact_match())
+            .with_concurrency(concurrency)
+            .run_shared(
+                std::sync::Arc::clone(&module),
+                std::sync::Arc::clone(&examples),
+            )
+            .await;
+        assert_eq!((report.total, report.passed), (40, 40), "{report}");
+        for (i, result) in report.results.iter().enumerate() {
+            assert_eq!(result.index, i);
+            assert_eq!(result.outputs["answer"], format!("q{i}"));
+        }
+        let most = module.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(most, concurrency.min(40), "concurrency {concurrency}");
+    }
+}

@@ -2,6 +2,7 @@
 //! OpenAI and Anthropic encodings it uses.
 
 pub(crate) mod anthropic;
+mod json_text;
 pub(crate) mod openai;
 
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::json_text;
 use super::{Chunk, ParsedChat, ParsedEmbeddings, UsageUpdate, WireError};
 use crate::types::{
     ChatDelta, ChatRequest, Choice, EmbeddingRequest, FinishReason, Message, ResponseFormat, Usage,
@@ -10,8 +11,6 @@ use crate::types::{
 
 #[derive(Serialize)]
 struct Body<'a> {
-    model: &'a str,
-    messages: &'a [Message],
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,8 +72,6 @@ pub(crate) fn chat_body(
     let params = &request.params;
     let reasoning = wants_max_completion_tokens(model);
     let body = Body {
-        model,
-        messages: &request.messages,
         temperature: params.temperature,
         top_p: params.top_p,
         max_tokens: params.max_tokens.filter(|_| !reasoning),
@@ -88,13 +85,58 @@ pub(crate) fn chat_body(
         stream,
         stream_options: (stream && stream_usage).then(|| json!({"include_usage": true})),
     };
+    let encoding =
+        |e: serde_json::Error| WireError::Invalid(format!("cannot encode the request: {e}"));
     // Sized up front: a few-shot prompt is kilobytes, and growing the buffer
     // by doubling copies it several times per call.
     let text: usize = request.messages.iter().map(|m| m.content.len()).sum();
     let mut buffer = Vec::with_capacity(text + text / 8 + 256);
-    serde_json::to_writer(&mut buffer, &body)
-        .map_err(|e| WireError::Invalid(format!("cannot encode the request: {e}")))?;
+    // The model and messages, the bulk of every body, are written with the
+    // fast escaper; the other fields by serde, as an object whose opening
+    // brace becomes the comma after the messages.
+    buffer.extend_from_slice(b"{\"model\":");
+    json_text::write_str(&mut buffer, model);
+    buffer.extend_from_slice(b",\"messages\":[");
+    for (i, message) in request.messages.iter().enumerate() {
+        if i > 0 {
+            buffer.push(b',');
+        }
+        write_message(&mut buffer, message).map_err(encoding)?;
+    }
+    buffer.push(b']');
+    let rest = buffer.len();
+    serde_json::to_writer(&mut buffer, &body).map_err(encoding)?;
+    if buffer.len() - rest == 2 {
+        // `{}`: no other field.
+        buffer.truncate(rest);
+        buffer.push(b'}');
+    } else if let Some(brace) = buffer.get_mut(rest) {
+        *brace = b',';
+    }
     Ok(buffer)
+}
+
+/// `message` as its derived `Serialize` writes it (same fields, order and
+/// omissions), with the texts through the fast escaper.
+fn write_message(out: &mut Vec<u8>, message: &Message) -> Result<(), serde_json::Error> {
+    out.extend_from_slice(b"{\"role\":\"");
+    out.extend_from_slice(message.role.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"content\":");
+    json_text::write_str(out, &message.content);
+    if let Some(name) = &message.name {
+        out.extend_from_slice(b",\"name\":");
+        json_text::write_str(out, name);
+    }
+    if let Some(tool_calls) = &message.tool_calls {
+        out.extend_from_slice(b",\"tool_calls\":");
+        serde_json::to_writer(&mut *out, tool_calls)?;
+    }
+    if let Some(id) = &message.tool_call_id {
+        out.extend_from_slice(b",\"tool_call_id\":");
+        json_text::write_str(out, id);
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -389,6 +431,53 @@ mod tests {
         assert_eq!(body["max_completion_tokens"], 64);
         assert!(body.get("max_tokens").is_none());
         assert!(body.get("stream").is_none());
+    }
+
+    /// The hand-written messages equal serde's encoding of the same body,
+    /// byte for byte, with and without the other fields.
+    #[test]
+    fn hand_written_messages_encode_as_serde_does() {
+        #[derive(Serialize)]
+        struct Whole<'a> {
+            model: &'a str,
+            messages: &'a [Message],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            max_tokens: Option<u32>,
+        }
+        let mut assistant = Message::assistant("calling \"f\"\n");
+        assistant.tool_calls = Some(json!([{"id": "c1", "type": "function",
+            "function": {"name": "f", "arguments": "{\"x\": 1}"}}]));
+        let mut tool = Message::new(crate::types::Role::Tool, "{\"ok\": true}");
+        tool.tool_call_id = Some("c1".into());
+        let mut named = Message::user("tab\there \u{1} ✓ 😀");
+        named.name = Some("ada \"the\" user".into());
+        let messages = vec![
+            Message::system("Your input fields are:\n1. `question` (str)\n"),
+            named,
+            assistant,
+            tool,
+            Message::user(""),
+        ];
+        for max_tokens in [None, Some(64)] {
+            let request = ChatRequest {
+                messages: messages.clone(),
+                params: ChatParams {
+                    max_tokens,
+                    ..ChatParams::default()
+                },
+            };
+            let expected = serde_json::to_vec(&Whole {
+                model: "gpt-\"4o\"",
+                messages: &messages,
+                max_tokens,
+            })
+            .unwrap();
+            let ours = chat_body(&request, "gpt-\"4o\"", false, false).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     #[test]
