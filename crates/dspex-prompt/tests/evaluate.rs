@@ -505,10 +505,10 @@ impl dspex_prompt::Module for Counting {
     }
 }
 
-/// Spread over the runtime's worker threads, `run_shared` still keeps
-/// exactly `concurrency` examples in flight, never more, and reports every
-/// example in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Spread over tasks on several worker threads (two tasks for four
+/// workers), `run_shared` still keeps exactly `concurrency` examples in
+/// flight, never more, and reports every example in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_shared_holds_the_concurrency_bound_across_threads() {
     let examples: std::sync::Arc<[Example]> = (0..40)
         .map(|i| {
