@@ -559,8 +559,9 @@ impl Evaluate {
                         let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         (index < count).then_some(index)
                     });
-                    // Owned futures (an `Arc` each): a spawned task cannot
-                    // hold futures borrowing from its own locals.
+                    // Owned futures (an `Arc` each): futures borrowing the
+                    // task's own locals fail the compiler's `Send` proof
+                    // for `tokio::spawn` (a higher-ranked lifetime limit).
                     let mut finished = futures::stream::iter(pulled)
                         .map(|index| {
                             let (module, examples, evaluate) = (
