@@ -13,44 +13,23 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dspex_client::config::RawProvider;
-use dspex_client::{Client, ClientConfig, Message, ProviderConfig, RequestOptions};
-use dspex_mock::{MockConfig, MockServer};
+use dspex_client::Client;
 use dspex_prompt::{Evaluate, Example, Lm, Metric, Predict, Signature};
-use serde_json::json;
+
+#[path = "support/evaluate_workload.rs"]
+mod workload;
+use workload::{CONCURRENCY, examples, mock_and_client};
 
 const EXAMPLES: u64 = 1_000;
-const CONCURRENCY: usize = 32;
 
-/// What `dspex load --requests 1000 --concurrency 32` does, against `client`.
+/// `dspex load --requests 1000 --concurrency 32` against `client`, in calls
+/// per second.
 async fn load(client: &Client) -> f64 {
-    let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let client = client.clone();
-            let issued = Arc::clone(&issued);
-            tokio::spawn(async move {
-                while issued.fetch_add(1, Ordering::Relaxed) < EXAMPLES {
-                    client
-                        .request(
-                            "mock",
-                            vec![Message::user("Say something short.")],
-                            RequestOptions::new().max_tokens(64),
-                        )
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    workload::load(client, EXAMPLES).await;
     EXAMPLES as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -65,39 +44,12 @@ fn evaluate(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (_upstream, client) = runtime.block_on(async {
-        let upstream = MockServer::start(MockConfig::default()).await.unwrap();
-        let client = Client::from_config(&ClientConfig::default()).await.unwrap();
-        let raw = RawProvider {
-            kind: Some("openai".into()),
-            base_url: Some(upstream.base_url()),
-            pool_size: Some(64),
-            ..RawProvider::default()
-        };
-        client
-            .add_provider(ProviderConfig::validate("mock", &raw, None, &|_| None).unwrap())
-            .await
-            .unwrap();
-        (upstream, client)
-    });
+    let (_upstream, client) = runtime.block_on(mock_and_client());
     let predict = Predict::new(
         Signature::parse("question -> answer").unwrap(),
         Lm::new(&client, "mock"),
     );
-    // Labels match the mock's replies, so every example also runs the metric
-    // on a real answer.
-    let examples: Vec<Example> = (0..EXAMPLES)
-        .map(|i| {
-            let question = format!("What is item {i}?");
-            Example {
-                inputs: json!({"question": question}).as_object().unwrap().clone(),
-                outputs: json!({"answer": format!("mock answer for: {question}")})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            }
-        })
-        .collect();
+    let examples: Vec<Example> = examples(EXAMPLES);
     let evaluator = Evaluate::new(Metric::exact_match()).with_concurrency(CONCURRENCY);
     let check = runtime.block_on(evaluator.run(&predict, &examples));
     assert_eq!((check.passed, check.errors), (1_000, 0), "{check}");

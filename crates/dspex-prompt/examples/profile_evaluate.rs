@@ -13,48 +13,19 @@
     clippy::cast_precision_loss
 )]
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use dspex_client::config::RawProvider;
-use dspex_client::{Client, ClientConfig, Message, ProviderConfig, RequestOptions};
-use dspex_mock::{MockConfig, MockServer};
 use dspex_prompt::{Evaluate, Example, Lm, Metric, Predict, Signature};
-use serde_json::json;
 
-const CONCURRENCY: usize = 32;
+#[path = "../benches/support/evaluate_workload.rs"]
+mod workload;
+use workload::{CONCURRENCY, examples, load, mock_and_client};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// `n` plain calls from 32 workers, as `dspex load` makes them.
-async fn load(client: &Client, n: u64) {
-    let issued = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let client = client.clone();
-            let issued = Arc::clone(&issued);
-            tokio::spawn(async move {
-                while issued.fetch_add(1, Ordering::Relaxed) < n {
-                    client
-                        .request(
-                            "mock",
-                            vec![Message::user("Say something short.")],
-                            RequestOptions::new().max_tokens(64),
-                        )
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.unwrap();
-    }
 }
 
 fn main() {
@@ -67,34 +38,12 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let upstream = MockServer::start(MockConfig::default()).await.unwrap();
-        let client = Client::from_config(&ClientConfig::default()).await.unwrap();
-        let raw = RawProvider {
-            kind: Some("openai".into()),
-            base_url: Some(upstream.base_url()),
-            pool_size: Some(64),
-            ..RawProvider::default()
-        };
-        client
-            .add_provider(ProviderConfig::validate("mock", &raw, None, &|_| None).unwrap())
-            .await
-            .unwrap();
+        let (_upstream, client) = mock_and_client().await;
         let predict = Arc::new(Predict::new(
             Signature::parse("question -> answer").unwrap(),
             Lm::new(&client, "mock"),
         ));
-        let examples: Arc<[Example]> = (0..if mode == "load" { 0 } else { n })
-            .map(|i| {
-                let question = format!("What is item {i}?");
-                Example {
-                    inputs: json!({"question": question}).as_object().unwrap().clone(),
-                    outputs: json!({"answer": format!("mock answer for: {question}")})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                }
-            })
-            .collect();
+        let examples: Arc<[Example]> = Arc::from(examples(if mode == "load" { 0 } else { n }));
         let evaluate = Evaluate::new(Metric::exact_match()).with_concurrency(CONCURRENCY);
         for _ in 0..rounds {
             let started = Instant::now();
