@@ -89,8 +89,16 @@ async fn time_ranges_bound_the_rows() {
             .unwrap()
             .is_empty()
     );
-    // Relative ranges end now: rows stamped now are in `last 5 minutes`,
-    // rows from an hour ago are not.
+}
+
+#[tokio::test]
+async fn relative_ranges_end_now() {
+    // A store of its own: the fixed-date traffic above would fall inside a
+    // relative range on the day the wall clock reaches it (it once did).
+    let store = Store::open(":memory:", None).await.unwrap();
+    let total = |rows: Vec<dspex_analytics::CostRow>| rows.first().map_or(0, |r| r.requests);
+    // Rows stamped now are in `last 5 minutes`, rows from an hour ago are
+    // not, and rows in the future are in no relative range.
     let now = unix_ms(SystemTime::now());
     let p = prices();
     let spec = Spec::new("openai", "gpt-4o-mini", usage(1_000, 100, 0, 0));
@@ -98,6 +106,7 @@ async fn time_ranges_bound_the_rows() {
         .insert(Arc::new(vec![
             spec.record_ms(now - 1_000, &p),
             spec.record_ms(now - 3_600_000, &p),
+            spec.record_ms(now + 3_600_000, &p),
         ]))
         .await
         .unwrap();
