@@ -40,7 +40,6 @@ pub(crate) struct ProviderShared {
     pub(crate) config: ProviderConfig,
     pub(crate) host: Arc<str>,
     pub(crate) limiter: Arc<dyn Admission>,
-    pub(crate) limits_requests: bool,
     pub(crate) limits_tokens: bool,
     pub(crate) events: EventBus,
     pub(crate) metrics: Arc<CallMetrics>,
@@ -74,11 +73,14 @@ fn describe(config: &ProviderConfig, model: &str) -> (Arc<str>, Arc<str>) {
 
 /// The whole stack, named so that a call costs no boxed future or service:
 /// each layer's future is a concrete type.
-type Stack = CircuitBreakerService<
-    RateLimitService<
-        ConcurrencyLimitService<RetryService<TimeoutService<AttemptService>, Call>>,
-        Call,
+/// Retries sit outermost so that every attempt passes the breaker, takes its
+/// own rate-limit room (providers count every request, failed ones included)
+/// and a pool slot that it gives back while the retry waits.
+type Stack = RetryService<
+    CircuitBreakerService<
+        RateLimitService<ConcurrencyLimitService<TimeoutService<AttemptService>>, Call>,
     >,
+    Call,
 >;
 
 /// The innermost service: one attempt through the transport.
@@ -101,8 +103,8 @@ impl tower::Service<Call> for AttemptService {
     }
 }
 
-/// A configured provider behind its protection stack: circuit breaker,
-/// rate-limit admission, pool, retries, timeout.
+/// A configured provider behind its protection stack: retries, and for each
+/// attempt the circuit breaker, rate-limit admission, a pool slot and a timeout.
 pub struct Provider {
     shared: Arc<ProviderShared>,
     stack: Stack,
@@ -155,7 +157,6 @@ impl Provider {
             chat_model: describe(&config, &config.model),
             embedding_model: describe(&config, &config.embedding_model),
             id: Arc::from(config.id.as_str()),
-            limits_requests: config.limits.iter().any(|b| b.unit == Unit::Requests),
             limits_tokens: config.limits.iter().any(|b| b.unit != Unit::Requests),
             host: Arc::from(host),
             limiter,
@@ -217,13 +218,13 @@ impl Provider {
         };
         let pool = ConcurrencyLimitLayer::new(config.pool_size, config.max_wait);
         let stack = ServiceBuilder::new()
+            .layer(RetryLayer::new(config.retry.clone()).with_observer(on_retry))
             .layer(CircuitBreakerLayer::new(Arc::clone(&breaker)))
             .layer(
                 RateLimitLayer::new(Arc::clone(&shared.limiter), config.max_wait)
                     .with_observer(on_wait),
             )
             .layer(pool.clone())
-            .layer(RetryLayer::new(config.retry.clone()).with_observer(on_retry))
             .layer(TimeoutLayer::new(config.timeouts.total))
             .service(AttemptService { transport });
         Self {

@@ -103,6 +103,17 @@ impl fmt::Display for TimeoutPhase {
     }
 }
 
+/// `"provider: "`, or nothing for an error made inside the protection stack,
+/// which learns its provider only when the client returns it (the retry
+/// layer's trail still shows such errors, and must not start with `": "`).
+fn prefix(provider: &str) -> String {
+    if provider.is_empty() {
+        String::new()
+    } else {
+        format!("{provider}: ")
+    }
+}
+
 fn retry_hint(after: Option<&Duration>) -> String {
     after.map_or_else(String::new, |d| {
         format!(" (retry after {})", format_duration(*d))
@@ -139,7 +150,7 @@ pub enum ClientError {
     },
 
     /// A timeout fired.
-    #[error("{provider}: timed out waiting for the {phase} after {}", format_duration(*after))]
+    #[error("{}timed out waiting for the {phase} after {}", prefix(provider), format_duration(*after))]
     Timeout {
         /// The provider id.
         provider: Arc<str>,
@@ -187,7 +198,7 @@ pub enum ClientError {
     },
 
     /// The provider's circuit breaker is open: failing fast.
-    #[error("{provider}: circuit open after repeated upstream failures; next try in {}", format_duration(*retry_in))]
+    #[error("{}circuit open after repeated upstream failures; next try in {}", prefix(provider), format_duration(*retry_in))]
     CircuitOpen {
         /// The provider id.
         provider: Arc<str>,
@@ -198,7 +209,7 @@ pub enum ClientError {
     },
 
     /// A local rate-limit bucket had no room within the allowed wait.
-    #[error("{provider}: rate limit `{bucket}` is full; retry after {}", format_duration(*retry_after))]
+    #[error("{}rate limit `{bucket}` is full; retry after {}", prefix(provider), format_duration(*retry_after))]
     RateLimited {
         /// The provider id.
         provider: Arc<str>,
@@ -212,7 +223,8 @@ pub enum ClientError {
 
     /// The call costs more than a bucket's whole limit: it can never be admitted.
     #[error(
-        "{provider}: call needs {requested} in bucket `{bucket}`, more than its limit of {limit}"
+        "{}call needs {requested} in bucket `{bucket}`, more than its limit of {limit}",
+        prefix(provider)
     )]
     OverCapacity {
         /// The provider id.
@@ -275,7 +287,7 @@ pub enum ClientError {
     },
 
     /// The shared rate-limit backend (Redis) failed.
-    #[error("{provider}: rate-limit backend failed: {message}")]
+    #[error("{}rate-limit backend failed: {message}", prefix(provider))]
     Backend {
         /// The provider id.
         provider: Arc<str>,

@@ -2,9 +2,10 @@
 //!
 //! One [`Client`] holds named providers (OpenAI, Anthropic, or any
 //! OpenAI-compatible server such as vLLM, Ollama, llama.cpp or LiteLLM). Every
-//! call goes through the provider's protection stack, outside in: circuit
-//! breaker, multi-bucket rate-limit admission (in process, or shared through
-//! Redis), connection pool, retries with full-jitter backoff, and timeouts. Every
+//! call goes through the provider's protection stack, outside in: retries with
+//! full-jitter backoff, then for every attempt a circuit breaker, multi-bucket
+//! rate-limit admission (in process, or shared through Redis), a connection
+//! pool slot, and timeouts. Every
 //! call, whatever its outcome, publishes exactly one completion event with its
 //! usage, records a tracing span with the OpenTelemetry GenAI attributes, and
 //! updates metrics.

@@ -1144,3 +1144,128 @@ data: {"type":"message_stop"}"#,
     assert_eq!(response.attempts, 2);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+// Retries sit outside the breaker, the rate limiter and the pool: each attempt
+// is a request the provider counts, so each takes its own room.
+
+#[tokio::test]
+async fn every_attempt_takes_rate_limit_room() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.limits = vec![dspex_client::config::RawLimit {
+            kind: "requests".into(),
+            limit: 3,
+            window: "1m".into(),
+        }];
+        r.max_wait_ms = Some(20);
+        r.max_retries = Some(2);
+    })])
+    .await;
+    upstream.enqueue([Fault::server_error(), Fault::server_error()]);
+    let response = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(response.attempts, 3);
+    assert_eq!(upstream.stats().requests, 3);
+    // Three requests reached the provider, so the bucket of three is full.
+    let error = client
+        .request("oa", user("y"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ClientError::RateLimited { bucket, .. } if bucket == "requests/1m"),
+        "{error:?}"
+    );
+    assert_eq!(upstream.stats().requests, 3);
+}
+
+#[tokio::test]
+async fn the_pool_slot_is_free_while_a_retry_waits() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.pool_size = Some(1);
+        r.max_wait_ms = Some(20);
+    })])
+    .await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    // A 503 that asks for a one-second wait (a 503 does not pause the limiter).
+    upstream.enqueue([Fault::Status {
+        code: 503,
+        retry_after_secs: Some(1),
+        message: "busy".into(),
+    }]);
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .request("oa", user("first"), RequestOptions::new())
+                .await
+        }
+    });
+    loop {
+        let event = events.recv().await.unwrap();
+        if matches!(event.kind, EventKind::Retrying(_)) {
+            break;
+        }
+    }
+    // The first call waits for its retry without its slot: the second call
+    // gets the only slot at once instead of being refused after 20 ms.
+    assert_eq!(client.provider("oa").unwrap().available_slots(), 1);
+    client
+        .request("oa", user("second"), RequestOptions::new())
+        .await
+        .unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.attempts, 2);
+    assert_eq!(upstream.stats().requests, 3);
+    assert_eq!(client.provider("oa").unwrap().available_slots(), 1);
+}
+
+#[tokio::test]
+async fn a_circuit_that_opens_between_attempts_stops_the_retries() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |r| {
+        r.max_retries = Some(4);
+        r.circuit_breaker = Some(dspex_client::config::RawBreaker {
+            failure_threshold: Some(2),
+            open_ms: Some(60_000),
+            half_open_probes: Some(1),
+        });
+    })])
+    .await;
+    upstream.enqueue([
+        Fault::server_error(),
+        Fault::server_error(),
+        Fault::server_error(),
+    ]);
+    let error = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    // Each failed attempt counted: the second opened the circuit, and the
+    // third attempt failed fast instead of reaching the upstream.
+    assert!(
+        matches!(error, ClientError::CircuitOpen { .. }),
+        "{error:?}"
+    );
+    assert_eq!(upstream.stats().requests, 2);
+    assert_eq!(
+        client.provider("oa").unwrap().circuit_state(),
+        CircuitState::Open
+    );
+    // The trail keeps the upstream failures that led there.
+    let context = error.context().unwrap();
+    let attempts: Vec<String> = context
+        .breadcrumbs
+        .iter()
+        .filter(|b| b.category == "attempt")
+        .map(|b| b.message.to_string())
+        .collect();
+    assert_eq!(attempts.len(), 3, "{context}");
+    assert!(attempts[0].contains("500"), "{context}");
+    assert!(
+        attempts[2].starts_with("attempt 3 failed: circuit open"),
+        "{context}"
+    );
+}

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use dspex_core::protect::Cost;
 use eventsource_stream::Eventsource;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -345,24 +344,6 @@ async fn attempt(
     let config = &shared.config;
     let provider = &shared.id;
     let context = || ClientError::context_for(&inner.trail);
-    if call.attempts() > 1 && shared.limits_requests {
-        // Each retry is another upstream request: it needs room in the request
-        // buckets like the first attempt did.
-        let reservation = shared
-            .limiter
-            .reserve(
-                Cost {
-                    requests: 1,
-                    ..Cost::ZERO
-                },
-                inner.max_wait.unwrap_or(config.max_wait),
-            )
-            .await?;
-        reservation.settle(Cost {
-            requests: 1,
-            ..Cost::ZERO
-        });
-    }
     let first_byte = config.timeouts.first_byte;
     let started = Instant::now();
     // The timeout layer already bounds the whole attempt; a second timer is only

@@ -2,13 +2,19 @@
 //!
 //! The layers compose in this order, outside in:
 //!
-//! 1. [`CircuitBreakerLayer`]: fail fast while the upstream is known to be down.
-//! 2. [`RateLimitLayer`]: reserve the call's cost in every bucket at once, waiting
-//!    up to a bound for room; settle the reservation with the real cost afterwards.
-//! 3. [`ConcurrencyLimitLayer`]: at most N calls in flight (the connection pool).
-//! 4. [`RetryLayer`]: retry transient failures with full-jitter backoff, honouring
+//! 1. [`RetryLayer`]: retry transient failures with full-jitter backoff, honouring
 //!    the upstream's Retry-After.
+//! 2. [`CircuitBreakerLayer`]: fail fast while the upstream is known to be down.
+//! 3. [`RateLimitLayer`]: reserve the attempt's cost in every bucket at once,
+//!    waiting up to a bound for room; settle the reservation with the real cost
+//!    afterwards.
+//! 4. [`ConcurrencyLimitLayer`]: at most N attempts in flight (the connection pool).
 //! 5. [`TimeoutLayer`]: bound each attempt.
+//!
+//! Retries go outermost because every attempt is a request of its own: each one
+//! is counted by the breaker (a circuit that opens between attempts stops the
+//! retries), takes rate-limit room (providers count failed requests too), and
+//! holds a pool slot only while it is in flight, never during the backoff.
 //!
 //! The layers are generic: they know requests only through [`ProtectedRequest`],
 //! responses through [`ProtectedResponse`] and errors through [`ProtectedError`].
