@@ -14,7 +14,7 @@ use crate::call::{RawEvents, cost_of};
 use crate::client::ProviderShared;
 use crate::error::{ClientError, TimeoutPhase};
 use crate::events::Outcome;
-use crate::provider::{Chunk, Decoder, wire_error};
+use crate::provider::{Chunk, Decoder, ToolCalls, wire_error};
 use crate::telemetry::{Ending, Recorder};
 use crate::tokens;
 use crate::types::{ChatResponse, Choice, StreamEvent, Usage};
@@ -22,12 +22,14 @@ use crate::types::{ChatResponse, Choice, StreamEvent, Usage};
 #[derive(Default)]
 struct ChoiceSoFar {
     content: String,
-    tool_calls: Vec<serde_json::Value>,
+    tool_calls: ToolCalls,
     finish_reason: Option<crate::types::FinishReason>,
 }
 
 /// A chat response arriving in pieces: [`StreamEvent::Delta`]s, then one
-/// [`StreamEvent::Done`] with the assembled response and its usage.
+/// [`StreamEvent::Done`] with the assembled response and its usage. Tool-call
+/// fragments are merged (OpenAI's by index, Anthropic's input JSON parsed), so
+/// the final response has the same shape as a non-streamed one.
 ///
 /// A stream that breaks off yields one error (`ClientError::Truncated`, or the
 /// upstream's error event) and ends. Nothing is retried once the stream has
@@ -160,11 +162,14 @@ impl ChatStream {
                             context: ClientError::context_for(&self.call.inner().trail),
                         });
                     }
-                    let choice = self.choice(delta.index);
-                    choice.content.push_str(&delta.content);
-                    if let Some(calls) = &delta.tool_calls {
-                        choice.tool_calls.push(calls.clone());
+                    let index = delta.index;
+                    if let Some(fragments) = &delta.tool_calls {
+                        let mut calls = std::mem::take(&mut self.choice(index).tool_calls);
+                        self.decoder.merge_tool_calls(&mut calls, fragments);
+                        self.choice(index).tool_calls = calls;
                     }
+                    let choice = self.choice(index);
+                    choice.content.push_str(&delta.content);
                     if let Some(reason) = &delta.finish_reason {
                         choice.finish_reason = Some(reason.clone());
                     }
@@ -189,7 +194,7 @@ impl ChatStream {
         !self.choices.is_empty() && self.choices.iter().all(|c| c.finish_reason.is_some())
     }
 
-    fn complete(&mut self) {
+    fn complete(&mut self) -> Result<(), ClientError> {
         let model = self
             .model
             .clone()
@@ -205,23 +210,30 @@ impl ChatStream {
                 .trail
                 .push("usage", "the stream reported no usage; estimated it");
         }
+        let mut choices = Vec::with_capacity(self.choices.len());
+        for (i, c) in std::mem::take(&mut self.choices).into_iter().enumerate() {
+            let tool_calls =
+                c.tool_calls
+                    .finish()
+                    .map_err(|message| ClientError::MalformedResponse {
+                        provider: Arc::clone(&self.shared.id),
+                        message,
+                        context: ClientError::context_for(&self.call.inner().trail),
+                    })?;
+            choices.push(Choice {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                // As in a complete response: a pure tool call has no text.
+                content: (!c.content.is_empty() || tool_calls.is_none()).then_some(c.content),
+                tool_calls,
+                finish_reason: c.finish_reason,
+            });
+        }
         if let Some(reservation) = self.reservation.take() {
             reservation.settle(cost_of(&self.usage));
         }
         self.slot = None;
-        let choices: Vec<Choice> = std::mem::take(&mut self.choices)
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| Choice {
-                index: u32::try_from(i).unwrap_or(u32::MAX),
-                content: Some(c.content),
-                tool_calls: (!c.tool_calls.is_empty())
-                    .then_some(serde_json::Value::Array(c.tool_calls)),
-                finish_reason: c.finish_reason,
-            })
-            .collect();
         let Some(recorder) = self.recorder.take() else {
-            return;
+            return Ok(());
         };
         let response = ChatResponse {
             provider: Arc::clone(&self.shared.id),
@@ -246,6 +258,7 @@ impl ChatStream {
         });
         self.pending.push_back(StreamEvent::Done(response));
         self.done = true;
+        Ok(())
     }
 
     fn fail(&mut self, error: ClientError) -> ClientError {
@@ -295,7 +308,11 @@ impl Stream for ChatStream {
                         return Poll::Ready(Some(Err(this.fail(error))));
                     }
                     match this.apply() {
-                        Ok(true) => this.complete(),
+                        Ok(true) => {
+                            if let Err(error) = this.complete() {
+                                return Poll::Ready(Some(Err(this.fail(error))));
+                            }
+                        }
                         Ok(false) => {}
                         Err(error) => return Poll::Ready(Some(Err(this.fail(error)))),
                     }
@@ -305,7 +322,9 @@ impl Stream for ChatStream {
                     // A clean close after every choice finished is accepted even
                     // without the terminal marker; anything less is truncated.
                     if this.all_choices_finished() {
-                        this.complete();
+                        if let Err(error) = this.complete() {
+                            return Poll::Ready(Some(Err(this.fail(error))));
+                        }
                         continue;
                     }
                     let error = ClientError::Truncated {

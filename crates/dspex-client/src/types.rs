@@ -286,7 +286,10 @@ pub struct Choice {
     pub index: u32,
     /// The text, if any (a pure tool call has none).
     pub content: Option<String>,
-    /// Tool calls, in the provider's format.
+    /// Tool calls, in the provider's format: OpenAI's
+    /// `[{id, type, function: {name, arguments}}]` or Anthropic's `tool_use`
+    /// blocks. A streamed response reassembles its fragments into this same
+    /// shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Value>,
     /// Why it stopped.

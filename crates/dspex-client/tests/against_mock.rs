@@ -1269,3 +1269,69 @@ async fn a_circuit_that_opens_between_attempts_stops_the_retries() {
         "{context}"
     );
 }
+
+#[tokio::test]
+async fn streamed_tool_calls_assemble_like_complete_responses() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![
+        provider("oa", "openai", &upstream.base_url(), |_| {}),
+        provider(
+            "claude",
+            "anthropic",
+            &upstream.anthropic_base_url(),
+            |_| {},
+        ),
+    ])
+    .await;
+    let openai_tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let anthropic_tools = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+    // The ids differ per request; everything else must match.
+    let without_ids = |calls: &serde_json::Value| {
+        let mut calls = calls.clone();
+        for call in calls.as_array_mut().unwrap() {
+            call.as_object_mut().unwrap().remove("id");
+        }
+        calls
+    };
+    for (id, tools) in [("oa", openai_tools), ("claude", anthropic_tools)] {
+        let options = || {
+            RequestOptions::new().params(ChatParams {
+                tools: Some(tools.clone()),
+                ..ChatParams::default()
+            })
+        };
+        let prompt = user("what is the weather in Paris?");
+        let complete = client.request(id, prompt.clone(), options()).await.unwrap();
+        let mut stream = client.request_stream(id, prompt, options()).await.unwrap();
+        let mut fragments = 0;
+        let mut streamed = None;
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                StreamEvent::Delta(d) => fragments += usize::from(d.tool_calls.is_some()),
+                StreamEvent::Done(response) => streamed = Some(response),
+            }
+        }
+        let streamed = streamed.unwrap();
+        assert!(fragments >= 2, "{id}: {fragments} tool-call deltas");
+        let (a, b) = (&complete.choices[0], &streamed.choices[0]);
+        assert_eq!(b.finish_reason, Some(FinishReason::ToolCalls), "{id}");
+        assert_eq!(b.content, a.content, "{id}");
+        let streamed_calls = b.tool_calls.as_ref().unwrap();
+        assert_eq!(
+            streamed_calls.as_array().unwrap().len(),
+            1,
+            "{id}: {streamed_calls}"
+        );
+        assert_eq!(
+            without_ids(streamed_calls),
+            without_ids(a.tool_calls.as_ref().unwrap()),
+            "{id}"
+        );
+        assert!(
+            streamed_calls[0]["id"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{id}: {streamed_calls}"
+        );
+    }
+}

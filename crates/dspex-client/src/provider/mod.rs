@@ -4,6 +4,9 @@
 pub(crate) mod anthropic;
 mod json_text;
 pub(crate) mod openai;
+mod tool_calls;
+
+pub(crate) use tool_calls::ToolCalls;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -130,6 +133,14 @@ impl Decoder {
                 Self::OpenAi(openai::StreamDecoder::default())
             }
             ProviderKind::Anthropic => Self::Anthropic(anthropic::StreamDecoder),
+        }
+    }
+
+    /// Folds one delta's tool-call fragments into `calls`.
+    pub(crate) fn merge_tool_calls(&self, calls: &mut ToolCalls, fragments: &serde_json::Value) {
+        match self {
+            Self::OpenAi(_) => calls.merge_openai(fragments),
+            Self::Anthropic(_) => calls.merge_anthropic(fragments),
         }
     }
 
