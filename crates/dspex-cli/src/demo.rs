@@ -114,11 +114,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         &client,
         "openai-mock",
         crate::predict::PredictArgs {
-            provider: None,
-            model: None,
-            cot: true,
-            adapter: "chat".into(),
-            instructions: None,
+            module: crate::predict::ModuleArgs {
+                provider: None,
+                model: None,
+                cot: true,
+                adapter: "chat".into(),
+                instructions: None,
+            },
             json: args.json,
             signature: "question -> answer".into(),
             inputs: vec![format!("question={question}")],

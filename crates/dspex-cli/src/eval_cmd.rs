@@ -5,32 +5,20 @@
 use std::path::{Path, PathBuf};
 
 use dspex::prompt::evaluate::{Evaluate, Metric, load_dataset};
-use dspex::prompt::{CallSettings, Inputs, Prediction, ProgramState, RunContext, load_program};
-use dspex::{Adapter, ChainOfThought, Client, Lm, Module, Predict, PromptError, Signature};
+use dspex::prompt::{Inputs, Prediction, ProgramState, RunContext, load_program};
+use dspex::{ChainOfThought, Client, Lm, Module, Predict, PromptError, Signature};
 use futures::future::BoxFuture;
 
 use crate::common::{self, Failure};
+use crate::predict::ModuleArgs;
 
 /// Which program to run: a signature (Predict, or ChainOfThought with
 /// `--cot`), a saved program, or both (the saved state loaded onto the
 /// signature's program).
 #[derive(clap::Args, Debug)]
 pub(crate) struct ProgramArgs {
-    /// The provider id (default: the config's default provider).
-    #[arg(long)]
-    pub(crate) provider: Option<String>,
-    /// The model (default: the saved program's, else the provider's).
-    #[arg(long)]
-    pub(crate) model: Option<String>,
-    /// Chain of thought: add a `reasoning` output before the others.
-    #[arg(long)]
-    pub(crate) cot: bool,
-    /// The adapter: `chat` (DSPy's format) or `json` (a saved program keeps its own).
-    #[arg(long, default_value = "chat", value_parser = ["chat", "json"])]
-    pub(crate) adapter: String,
-    /// Instructions for the model.
-    #[arg(long)]
-    pub(crate) instructions: Option<String>,
+    #[command(flatten)]
+    pub(crate) module: ModuleArgs,
     /// A saved program (as written by `dspex optimize --out`): its demos,
     /// instructions and settings; alone, it also gives the signature.
     #[arg(long, value_name = "PROGRAM.json")]
@@ -106,11 +94,6 @@ pub(crate) fn build_module(
     args: &ProgramArgs,
 ) -> Result<Built, Failure> {
     let lm = Lm::new(client, provider);
-    let adapter = if args.adapter == "json" {
-        Adapter::Json
-    } else {
-        Adapter::Chat
-    };
     if let Some(path) = &args.workflow {
         let workflow = dspex::workflow::declarative::load_file(path, client, Some(provider))
             .map_err(Failure::usage)?;
@@ -134,32 +117,16 @@ pub(crate) fn build_module(
     }
     let mut built = match (&args.signature, &args.program) {
         (Some(text), program) => {
-            let mut signature = Signature::parse(text).map_err(Failure::usage)?;
-            if let Some(instructions) = &args.instructions {
-                signature = signature.with_instructions(instructions.clone());
-            }
-            let settings = CallSettings {
-                model: args.model.clone(),
-                ..CallSettings::default()
-            };
-            let mut module = if args.cot {
-                let mut cot = ChainOfThought::new(signature.clone(), lm);
-                let predict = cot.predict_mut();
-                *predict = predict
-                    .clone()
-                    .with_adapter(adapter)
-                    .with_settings(settings);
-                AnyProgram::new(cot)
-            } else {
-                AnyProgram::new(
-                    Predict::new(signature.clone(), lm)
-                        .with_adapter(adapter)
-                        .with_settings(settings),
-                )
-            };
+            let signature = Signature::parse(text).map_err(Failure::usage)?;
+            let mut module = args.module.build(signature.clone(), lm);
             if let Some(path) = program {
                 load_program(&mut module, path).map_err(Failure::usage)?;
             }
+            // The program's signature, instructions included.
+            let signature = match &args.module.instructions {
+                Some(instructions) => signature.with_instructions(instructions.clone()),
+                None => signature,
+            };
             Built { module, signature }
         }
         (None, Some(path)) => from_saved(path, lm)?,
@@ -173,11 +140,11 @@ pub(crate) fn build_module(
         // Flags given next to a saved program override what it saved.
         for (_, predict) in built.module.predictors_mut() {
             let mut settings = predict.state().settings;
-            if args.model.is_some() {
-                settings.model.clone_from(&args.model);
+            if args.module.model.is_some() {
+                settings.model.clone_from(&args.module.model);
             }
             let mut updated = predict.clone().with_settings(settings);
-            if let Some(instructions) = &args.instructions {
+            if let Some(instructions) = &args.module.instructions {
                 updated.set_instructions(instructions.clone());
             }
             *predict = updated;
@@ -296,7 +263,8 @@ pub(crate) async fn run(config: Option<&Path>, args: EvalArgs) -> Result<(), Fai
             "--concurrency must be at least 1"
         )));
     }
-    let (client, provider) = common::client_for(config, args.program.provider.as_deref()).await?;
+    let (client, provider) =
+        common::client_for(config, args.program.module.provider.as_deref()).await?;
     let built = build_module(&client, &provider, &args.program)?;
     let metric = metric_from(&args.metric, &built.signature)?;
     let examples = load_dataset(&args.data, &built.signature).map_err(program_failure)?;

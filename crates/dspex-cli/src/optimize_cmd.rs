@@ -56,7 +56,8 @@ pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(),
             "--concurrency and --max-rounds must be at least 1"
         )));
     }
-    let (client, provider) = common::client_for(config, args.program.provider.as_deref()).await?;
+    let (client, provider) =
+        common::client_for(config, args.program.module.provider.as_deref()).await?;
     let built = build_module(&client, &provider, &args.program)?;
     let trainset = load_dataset(&args.train, &built.signature).map_err(program_failure)?;
     let (compiled, report) = if args.labeled_only {

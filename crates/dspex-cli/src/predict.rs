@@ -2,29 +2,72 @@
 
 use std::path::Path;
 
-use dspex::prompt::{Inputs, RunContext};
+use dspex::prompt::{CallSettings, Inputs, RunContext};
 use dspex::{Adapter, ChainOfThought, Lm, Module, Predict, Signature};
 use serde_json::Value;
 
 use crate::common::{self, Failure};
+use crate::eval_cmd::AnyProgram;
 
-#[derive(clap::Args, Debug)]
-pub(crate) struct PredictArgs {
+/// How to build one predictor: the flags `predict`, `eval` and `optimize`
+/// share.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ModuleArgs {
     /// The provider id (default: the config's default provider).
     #[arg(long)]
     pub(crate) provider: Option<String>,
-    /// The model (default: the provider's).
+    /// The model (default: the provider's, or a saved program's).
     #[arg(long)]
     pub(crate) model: Option<String>,
     /// Chain of thought: add a `reasoning` output before the others.
     #[arg(long)]
     pub(crate) cot: bool,
-    /// The adapter: `chat` (DSPy's format) or `json`.
+    /// The adapter: `chat` (DSPy's format) or `json` (a saved program keeps its own).
     #[arg(long, default_value = "chat", value_parser = ["chat", "json"])]
     pub(crate) adapter: String,
     /// Instructions for the model.
     #[arg(long)]
     pub(crate) instructions: Option<String>,
+}
+
+impl ModuleArgs {
+    /// Predict (or ChainOfThought with `--cot`) over `signature`, with the
+    /// instructions, adapter and model the flags give.
+    pub(crate) fn build(&self, mut signature: Signature, lm: Lm) -> AnyProgram {
+        if let Some(instructions) = &self.instructions {
+            signature = signature.with_instructions(instructions.clone());
+        }
+        let adapter = if self.adapter == "json" {
+            Adapter::Json
+        } else {
+            Adapter::Chat
+        };
+        let settings = CallSettings {
+            model: self.model.clone(),
+            ..CallSettings::default()
+        };
+        if self.cot {
+            let mut cot = ChainOfThought::new(signature, lm);
+            let predict = cot.predict_mut();
+            *predict = predict
+                .clone()
+                .with_adapter(adapter)
+                .with_settings(settings);
+            AnyProgram::new(cot)
+        } else {
+            AnyProgram::new(
+                Predict::new(signature, lm)
+                    .with_adapter(adapter)
+                    .with_settings(settings),
+            )
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PredictArgs {
+    #[command(flatten)]
+    pub(crate) module: ModuleArgs,
     /// Print the outputs with usage, latency and the LM calls as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -67,7 +110,7 @@ fn parse_inputs(signature: &Signature, pairs: &[String]) -> Result<Inputs, Failu
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: PredictArgs) -> Result<(), Failure> {
-    let (client, provider) = common::client_for(config, args.provider.as_deref()).await?;
+    let (client, provider) = common::client_for(config, args.module.provider.as_deref()).await?;
     run_with(&client, &provider, args).await
 }
 
@@ -77,41 +120,14 @@ pub(crate) async fn run_with(
     provider: &str,
     args: PredictArgs,
 ) -> Result<(), Failure> {
-    let mut signature = Signature::parse(&args.signature).map_err(Failure::usage)?;
-    if let Some(instructions) = &args.instructions {
-        signature = signature.with_instructions(instructions.clone());
-    }
+    let signature = Signature::parse(&args.signature).map_err(Failure::usage)?;
     let inputs = parse_inputs(&signature, &args.inputs)?;
     // Print outputs in signature order (reasoning first for chain of thought).
     let mut order: Vec<String> = signature.outputs().iter().map(|f| f.name.clone()).collect();
-    if args.cot {
+    if args.module.cot {
         order.insert(0, ChainOfThought::reasoning_field().name);
     }
-    let adapter = if args.adapter == "json" {
-        Adapter::Json
-    } else {
-        Adapter::Chat
-    };
-    let settings = dspex::prompt::CallSettings {
-        model: args.model.clone(),
-        ..Default::default()
-    };
-    let lm = Lm::new(client, provider);
-    let program: Box<dyn Module> = if args.cot {
-        let mut cot = ChainOfThought::new(signature, lm);
-        let predict = cot.predict_mut();
-        *predict = predict
-            .clone()
-            .with_adapter(adapter)
-            .with_settings(settings);
-        Box::new(cot)
-    } else {
-        Box::new(
-            Predict::new(signature, lm)
-                .with_adapter(adapter)
-                .with_settings(settings),
-        )
-    };
+    let program = args.module.build(signature, Lm::new(client, provider));
     let prediction = program
         .forward_with(&inputs, RunContext::default())
         .await
