@@ -555,3 +555,119 @@ async fn calls_are_recorded_and_costs_reports_them() {
     assert_eq!(rows[0]["requests"], 2, "{rows:?}");
     assert!(rows[0]["input_tokens"].as_u64().unwrap() > 0, "{rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_and_optimize_run_programs_over_jsonl_against_the_mock() {
+    let upstream = MockServer::start(MockConfig {
+        record_requests: 100,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock_config(&upstream.base_url(), ""));
+    // The mock answers `mock answer for: <question>`: the first label matches
+    // it exactly, the second does not.
+    let data = "{\"question\": \"first\", \"answer\": \"mock answer for: first\"}\n\
+                {\"question\": \"second\", \"answer\": \"something else\"}\n";
+    std::fs::write(dir.path().join("data.jsonl"), data).unwrap();
+
+    let run = dspex(
+        dir.path(),
+        &[
+            "eval",
+            "--data",
+            "data.jsonl",
+            "--metric",
+            "exact",
+            "--json",
+            "--instructions",
+            "Answer briefly.",
+            "question -> answer",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["total"], 2, "{report}");
+    assert_eq!(report["passed"], 1, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["score"], 0.5, "{report}");
+    assert_eq!(report["results"][0]["passed"], true, "{report}");
+    assert_eq!(report["results"][1]["passed"], false, "{report}");
+    let system = upstream.recorded()[0].body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(system.contains("Answer briefly."), "{system}");
+
+    // BootstrapFewShot keeps only the trace that passed the metric; with
+    // --max-labeled 1 no labelled example fills up behind it.
+    let run = dspex(
+        dir.path(),
+        &[
+            "optimize",
+            "--train",
+            "data.jsonl",
+            "--max-bootstrapped",
+            "4",
+            "--max-labeled",
+            "1",
+            "--out",
+            "qa.json",
+            "--json",
+            "question -> answer",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["report"]["passed"], 1, "{summary}");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("qa.json")).unwrap())
+            .unwrap();
+    let predictors = saved["predictors"].as_object().unwrap();
+    assert_eq!(predictors.len(), 1, "{saved}");
+    let demos = predictors.values().next().unwrap()["demos"]
+        .as_array()
+        .unwrap();
+    assert_eq!(demos.len(), 1, "{saved}");
+    assert_eq!(demos[0]["inputs"]["question"], "first", "{saved}");
+    assert_eq!(
+        demos[0]["outputs"]["answer"], "mock answer for: first",
+        "{saved}"
+    );
+
+    // The saved program alone gives the signature; its demo goes out with
+    // every call.
+    let before = upstream.recorded().len();
+    let run = dspex(
+        dir.path(),
+        &[
+            "eval",
+            "--data",
+            "data.jsonl",
+            "--program",
+            "qa.json",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["passed"], 1, "{report}");
+    let recorded = upstream.recorded();
+    assert_eq!(recorded.len(), before + 2);
+    for request in &recorded[before..] {
+        let text = request.body["messages"].to_string();
+        assert!(text.contains("mock answer for: first"), "{text}");
+    }
+
+    // Neither a signature nor a program: a usage error that says what to give.
+    let run = dspex(dir.path(), &["eval", "--data", "data.jsonl"], &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--program"), "{}", run.stderr);
+}
