@@ -86,8 +86,14 @@ impl Call {
         &self.0
     }
 
+    /// HTTP attempts made: counted where an attempt reaches the transport,
+    /// so one refused by the breaker or a rate limit does not count.
     pub(crate) fn attempts(&self) -> u32 {
         self.0.attempts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn begin_attempt(&self) {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -98,10 +104,6 @@ impl ProtectedRequest for Call {
 
     fn trail(&self) -> &Trail {
         &self.0.trail
-    }
-
-    fn begin_attempt(&self) -> u32 {
-        self.0.attempts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn max_wait(&self) -> Option<Duration> {

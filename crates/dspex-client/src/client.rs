@@ -99,6 +99,7 @@ impl tower::Service<Call> for AttemptService {
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
+        call.begin_attempt();
         self.transport.send(call)
     }
 }

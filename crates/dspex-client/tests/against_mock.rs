@@ -1161,6 +1161,7 @@ async fn every_attempt_takes_rate_limit_room() {
         r.max_retries = Some(2);
     })])
     .await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
     upstream.enqueue([Fault::server_error(), Fault::server_error()]);
     let response = client
         .request("oa", user("x"), RequestOptions::new())
@@ -1178,6 +1179,12 @@ async fn every_attempt_takes_rate_limit_room() {
         "{error:?}"
     );
     assert_eq!(upstream.stats().requests, 3);
+    // Attempts count HTTP requests: the refused call made none.
+    let attempts: Vec<u32> = completions(&drain(&mut events))
+        .iter()
+        .map(|c| c.attempts)
+        .collect();
+    assert_eq!(attempts, vec![3, 0]);
 }
 
 #[tokio::test]

@@ -71,8 +71,6 @@ pub trait ProtectedRequest: Clone + Send + 'static {
     fn cost(&self) -> Cost;
     /// The trail that attempts and waits are recorded on.
     fn trail(&self) -> &Trail;
-    /// Marks the start of an attempt and returns its number, from 1.
-    fn begin_attempt(&self) -> u32;
     /// The longest this call may wait for rate-limit room, when it overrides the
     /// layer's bound.
     fn max_wait(&self) -> Option<Duration> {

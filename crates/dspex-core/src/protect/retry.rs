@@ -158,14 +158,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let attempt = req.begin_attempt();
         let first = self.inner.call(req.clone());
         RetryFuture {
             state: RetryState::Calling { attempt: first },
             inner: self.inner.clone(),
             req,
             layer: self.layer.clone(),
-            attempt,
+            attempt: 1,
             retries: 0,
         }
     }
@@ -244,7 +243,7 @@ where
                 RetryStateProj::Waiting { sleep } => {
                     ready!(sleep.poll(cx));
                     ready!(this.inner.poll_ready(cx))?;
-                    *this.attempt = this.req.begin_attempt();
+                    *this.attempt += 1;
                     RetryState::Calling {
                         attempt: this.inner.call(this.req.clone()),
                     }
