@@ -22,7 +22,7 @@ use crate::key::{CacheKey, SemanticScope};
 use crate::l1::L1;
 use crate::l2::redb_store::RedbStore;
 use crate::l2::redis_store::{DEFAULT_PREFIX, RedisStore};
-use crate::l2::{L2, now_ms};
+use crate::l2::{L2, SemanticRecord, now_ms};
 use crate::semantic::index::VectorIndex;
 use crate::semantic::lexical::LexicalEmbedder;
 use crate::semantic::{Embedder, Verifier};
@@ -159,6 +159,10 @@ pub struct StoreCheck {
     pub counted_bytes: u64,
     /// Rows of the eviction order (one per entry when consistent).
     pub order_rows: u64,
+    /// Persisted L3 vectors (their bytes are in the counts above).
+    pub semantic_rows: u64,
+    /// Persisted L3 vectors whose entry is gone (0 when consistent).
+    pub semantic_orphans: u64,
 }
 
 impl StoreCheck {
@@ -167,6 +171,7 @@ impl StoreCheck {
         self.corrupt == 0
             && self.recorded_bytes == self.counted_bytes
             && self.order_rows == self.entries
+            && self.semantic_orphans == 0
     }
 }
 
@@ -390,6 +395,20 @@ where
             verifier: self.verifier,
             _value: std::marker::PhantomData,
         });
+        // The semantic tier picks up where the last process left it: the
+        // vectors persisted beside live L2 entries, oldest first, so the
+        // index's own cap evicts in the same order as before.
+        if let (Some(l2), Some(l3)) = (&l2, &l3) {
+            for (key, record) in l2.load_semantic(&l3.embedder.fingerprint()).await? {
+                l3.index.insert(
+                    key.namespace(),
+                    record.scope,
+                    *key.hash(),
+                    &record.text,
+                    &record.vector,
+                );
+            }
+        }
         Ok(Cache {
             inner: Arc::new(Inner {
                 l1,
@@ -857,6 +876,8 @@ where
                 recorded_bytes: scan.recorded_bytes,
                 counted_bytes: scan.counted_bytes,
                 order_rows: scan.order_rows,
+                semantic_rows: scan.semantic_rows,
+                semantic_orphans: scan.semantic_orphans,
                 ..StoreCheck::default()
             };
             for (key, entry) in scan.entries {
@@ -1063,8 +1084,16 @@ where
         semantic: Option<&SemanticQuery>,
         embedding: Option<Vec<f32>>,
     ) {
+        let semantic_record = match (&self.inner.l2, &self.inner.l3, semantic, &embedding) {
+            (Some(L2::Redb(_)), Some(_), Some(query), Some(vector)) => Some(SemanticRecord {
+                scope: query.scope,
+                vector: vector.clone(),
+                text: query.text.clone(),
+            }),
+            _ => None,
+        };
         if let Some(l2) = &self.inner.l2 {
-            match l2.put(key, payload, ttl).await {
+            match l2.put(key, payload, ttl, semantic_record.as_ref()).await {
                 Ok(evicted) => {
                     self.note_store(Tier::L2, key, payload.len());
                     self.note_evict(Tier::L2, evicted, EvictReason::Size);

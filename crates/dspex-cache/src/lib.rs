@@ -11,6 +11,11 @@
 //!   [`SemanticScope`] (everything else in the request), by an [`Embedder`]:
 //!   the built-in [`LexicalEmbedder`], an embeddings API, or a local transformer
 //!   (feature `local-embeddings`). Exact search for small scopes, HNSW above.
+//!   With redb as L2, each vector is stored beside its entry (same
+//!   transaction, evicted and counted with it) and reloaded on open, so the
+//!   tier survives a restart; vectors of another embedder (its
+//!   [`Embedder::fingerprint`]) are discarded then. With Redis or no L2 the
+//!   index is rebuilt from new traffic.
 //! - **Single-flight**: concurrent identical misses run `compute` once.
 //! - **Events and stats**: hits by tier, misses, stores, evictions on an
 //!   [`EventBus`](dspex_core::events::EventBus); counters per tier.

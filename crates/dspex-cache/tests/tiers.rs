@@ -529,3 +529,152 @@ async fn config_builds_the_tiers() {
     assert!(stats.tiers.iter().all(|t| t.enabled), "{stats:?}");
     assert!(dir.path().join(dspex_cache::REDB_FILE_NAME).exists());
 }
+
+/// The lexical embedder under another name: another vector space as far as
+/// persistence can tell.
+struct Renamed(LexicalEmbedder);
+
+impl dspex_cache::Embedder for Renamed {
+    fn name(&self) -> &str {
+        "lexical-renamed"
+    }
+    fn dimension(&self) -> usize {
+        self.0.dimension()
+    }
+    fn default_threshold(&self) -> f32 {
+        self.0.default_threshold()
+    }
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [&'a str],
+    ) -> futures::future::BoxFuture<'a, dspex_cache::Result<Vec<Vec<f32>>>> {
+        self.0.embed(texts)
+    }
+}
+
+#[tokio::test]
+async fn the_semantic_tier_survives_a_restart_on_disk() {
+    use dspex_cache::Embedder;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |embedder: Arc<dyn Embedder>| {
+        Cache::<Answer>::builder()
+            .l1(100, 1 << 20)
+            .l2_redb(dir.path(), 1 << 30)
+            .l3(embedder)
+            .build()
+    };
+    let scope = SemanticScope::from_canonical_json(&json!({"model": "m", "history": []}));
+    let rust = SemanticQuery::new(scope, "How do I learn Rust quickly?");
+    let france = SemanticQuery::new(scope, "What is the capital of France?");
+    {
+        let cache = open(Arc::new(LexicalEmbedder::new())).await.unwrap();
+        for (query, value) in [(&rust, "read the book"), (&france, "Paris")] {
+            cache
+                .get_or_compute(
+                    &key("t", &query.text),
+                    Some(query),
+                    ok(value),
+                    &LookupOptions::new(),
+                )
+                .await
+                .unwrap();
+        }
+        // A removed entry takes its vector with it, in the same transaction.
+        cache.remove(&key("t", &france.text)).await.unwrap();
+        let check = cache.verify_store().await.unwrap().unwrap();
+        assert!(check.is_consistent(), "{check:?}");
+        assert_eq!((check.entries, check.semantic_rows), (1, 1), "{check:?}");
+    }
+    // A new cache on the directory (a restarted process) answers a
+    // rephrasing from L3 without computing.
+    {
+        let cache = open(Arc::new(LexicalEmbedder::new())).await.unwrap();
+        let hit = cache
+            .get_or_compute(
+                &key("t", "how do I learn rust quickly"),
+                Some(&SemanticQuery::new(scope, "how do I learn rust quickly")),
+                ok("computed again"),
+                &LookupOptions::new(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(hit.source, Source::L3 { .. }), "{:?}", hit.source);
+        assert_eq!(hit.value.text, "read the book");
+        let miss = cache
+            .get_or_compute(
+                &key("t", "what is the capital of france"),
+                Some(&SemanticQuery::new(scope, "what is the capital of france")),
+                ok("computed"),
+                &LookupOptions::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(miss.source, Source::Computed);
+    }
+    // Vectors from another embedder are another space: discarded on open,
+    // while the exact entries stay.
+    let cache = open(Arc::new(Renamed(LexicalEmbedder::new())))
+        .await
+        .unwrap();
+    let check = cache.verify_store().await.unwrap().unwrap();
+    assert!(check.is_consistent(), "{check:?}");
+    assert_eq!(check.semantic_rows, 0, "{check:?}");
+    // The Rust answer and the France one computed after the restart (an L3
+    // hit stores nothing under the rephrasing's key).
+    assert_eq!(check.entries, 2, "{check:?}");
+    let miss = cache
+        .get_or_compute(
+            &key("t", "how do I learn Rust fast?"),
+            Some(&SemanticQuery::new(scope, "how do I learn Rust fast?")),
+            ok("fresh"),
+            &LookupOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_ne!(miss.value.text, "read the book");
+    let exact = cache
+        .get_or_compute(
+            &key("t", &rust.text),
+            Some(&rust),
+            ok("computed"),
+            &LookupOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(exact.value.text, "read the book");
+    assert_eq!(exact.source, Source::L2);
+}
+
+#[tokio::test]
+async fn evicted_entries_take_their_vectors_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cap small enough that a few hundred entries overflow it.
+    let cache: Cache<Answer> = Cache::builder()
+        .l2_redb(dir.path(), 64 * 1024)
+        .l3(Arc::new(LexicalEmbedder::new()))
+        .build()
+        .await
+        .unwrap();
+    let scope = SemanticScope::from_canonical_json(&json!({"model": "m"}));
+    for i in 0..300 {
+        let text = format!("question number {i} about topic {}", i * 7919 % 1000);
+        cache
+            .get_or_compute(
+                &key("t", &text),
+                Some(&SemanticQuery::new(scope, text.clone())),
+                ok("answer"),
+                &LookupOptions::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let check = cache.verify_store().await.unwrap().unwrap();
+    assert!(check.is_consistent(), "{check:?}");
+    assert!(check.entries < 300, "the cap evicted: {check:?}");
+    assert_eq!(check.semantic_rows, check.entries, "{check:?}");
+    assert!(check.recorded_bytes <= 64 * 1024, "{check:?}");
+    cache.clear(None, None).await.unwrap();
+    let check = cache.verify_store().await.unwrap().unwrap();
+    assert_eq!((check.entries, check.semantic_rows), (0, 0), "{check:?}");
+    assert_eq!(check.recorded_bytes, 0, "{check:?}");
+}

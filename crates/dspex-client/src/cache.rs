@@ -273,6 +273,15 @@ impl Embedder for ApiEmbedder {
         self.dimension
     }
 
+    fn fingerprint(&self) -> String {
+        format!(
+            "api:{}/{}/{}",
+            self.provider,
+            self.model.as_deref().unwrap_or("default"),
+            self.dimension
+        )
+    }
+
     fn default_threshold(&self) -> f32 {
         self.threshold
     }

@@ -14,7 +14,7 @@ pub(crate) mod redis_store;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, SemanticScope};
 
 const TAG: u8 = b'D';
 const VERSION: u8 = 1;
@@ -71,6 +71,47 @@ impl StoredEntry {
     }
 }
 
+/// An L3 vector persisted beside its L2 entry (redb only), so the semantic
+/// tier survives a restart: `scope (32) | dimension (u32 LE) | f32 LE × dimension
+/// | prompt text (UTF-8)`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SemanticRecord {
+    pub(crate) scope: SemanticScope,
+    pub(crate) vector: Vec<f32>,
+    pub(crate) text: String,
+}
+
+impl SemanticRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(36 + self.vector.len() * 4 + self.text.len());
+        out.extend_from_slice(self.scope.as_bytes());
+        let dimension = u32::try_from(self.vector.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&dimension.to_le_bytes());
+        for x in &self.vector {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(self.text.as_bytes());
+        out
+    }
+
+    /// `None` for bytes that are not a record of this format.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let (scope, rest) = bytes.split_at_checked(32)?;
+        let (dimension, rest) = rest.split_at_checked(4)?;
+        let dimension = usize::try_from(u32::from_le_bytes(dimension.try_into().ok()?)).ok()?;
+        let (floats, text) = rest.split_at_checked(dimension.checked_mul(4)?)?;
+        Some(Self {
+            scope: SemanticScope::new(scope.try_into().ok()?),
+            vector: floats
+                .chunks_exact(4)
+                .map(|c| c.try_into().map(f32::from_le_bytes))
+                .collect::<std::result::Result<_, _>>()
+                .ok()?,
+            text: std::str::from_utf8(text).ok()?.to_owned(),
+        })
+    }
+}
+
 /// The L2 backend.
 pub(crate) enum L2 {
     Redb(std::sync::Arc<redb_store::RedbStore>),
@@ -94,8 +135,15 @@ impl L2 {
         }
     }
 
-    /// Stores a value; returns how many entries the size cap evicted.
-    pub(crate) async fn put(&self, key: &CacheKey, payload: &[u8], ttl: Duration) -> Result<u64> {
+    /// Stores a value, with its L3 vector when the backend keeps vectors;
+    /// returns how many entries the size cap evicted.
+    pub(crate) async fn put(
+        &self,
+        key: &CacheKey,
+        payload: &[u8],
+        ttl: Duration,
+        semantic: Option<&SemanticRecord>,
+    ) -> Result<u64> {
         let stored_ms = now_ms();
         let encoded = StoredEntry::encode(payload, stored_ms, ttl);
         match self {
@@ -104,15 +152,48 @@ impl L2 {
                 let store = std::sync::Arc::clone(store);
                 let key = key.storage_bytes();
                 let path = store.path().to_owned();
-                tokio::task::spawn_blocking(move || store.put(&key, &encoded, stored_ms))
-                    .await
-                    .map_err(|e| crate::error::CacheError::Store {
-                        path,
-                        message: format!("write task failed: {e}"),
-                    })?
+                let semantic = semantic.map(SemanticRecord::encode);
+                tokio::task::spawn_blocking(move || {
+                    store.put(&key, &encoded, stored_ms, semantic.as_deref())
+                })
+                .await
+                .map_err(|e| crate::error::CacheError::Store {
+                    path,
+                    message: format!("write task failed: {e}"),
+                })?
             }
             Self::Redis(store) => store.put(key, &encoded, ttl).await.map(|()| 0),
         }
+    }
+
+    /// The persisted L3 vectors whose entries are live, oldest first, when
+    /// they were made by the embedder `fingerprint`; vectors of any other
+    /// embedder are deleted. Only redb keeps vectors.
+    pub(crate) async fn load_semantic(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Vec<(CacheKey, SemanticRecord)>> {
+        let Self::Redb(store) = self else {
+            return Ok(Vec::new());
+        };
+        let store = std::sync::Arc::clone(store);
+        let path = store.path().to_owned();
+        let fingerprint = fingerprint.to_owned();
+        let rows = tokio::task::spawn_blocking(move || store.load_semantic(&fingerprint))
+            .await
+            .map_err(|e| crate::error::CacheError::Store {
+                path,
+                message: format!("load task failed: {e}"),
+            })??;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, record)| {
+                Some((
+                    CacheKey::from_storage_bytes(&key)?,
+                    SemanticRecord::decode(&record)?,
+                ))
+            })
+            .collect())
     }
 
     pub(crate) async fn remove(&self, key: &CacheKey) -> Result<bool> {
@@ -162,5 +243,27 @@ mod tests {
         let mut wrong = bytes;
         wrong[1] = 9;
         assert!(StoredEntry::decode(&wrong).is_none());
+    }
+
+    #[test]
+    fn semantic_records_round_trip_and_reject_garbage() {
+        let record = SemanticRecord {
+            scope: SemanticScope::new([7; 32]),
+            vector: vec![0.5, -0.25, 1.0e-7, 0.0],
+            text: "Quelle est la capitale de la France ?".into(),
+        };
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), 32 + 4 + 16 + record.text.len());
+        assert_eq!(SemanticRecord::decode(&bytes), Some(record));
+        // Cut inside the vector, a dimension larger than the bytes, text that
+        // is not UTF-8: none decodes, none panics.
+        assert_eq!(SemanticRecord::decode(&bytes[..40]), None);
+        let mut huge = bytes.clone();
+        huge[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(SemanticRecord::decode(&huge), None);
+        let mut bad_text = bytes;
+        let last = bad_text.len() - 1;
+        bad_text[last] = 0xff;
+        assert_eq!(SemanticRecord::decode(&bad_text), None);
     }
 }

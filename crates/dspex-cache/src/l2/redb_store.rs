@@ -31,6 +31,12 @@ const ENTRIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("entries
 const ORDER: TableDefinition<'_, (u64, &[u8]), ()> = TableDefinition::new("order");
 /// Counters kept in step with ENTRIES: `bytes`.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// L3 vectors: storage key → [`SemanticRecord`](crate::l2::SemanticRecord)
+/// bytes. A row lives and dies with the ENTRIES row of the same key (same
+/// transactions) and counts toward the size cap.
+const SEMANTIC: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("semantic");
+/// `embedder`: the fingerprint of the embedder that made the SEMANTIC rows.
+const SEMANTIC_META: TableDefinition<'_, &str, &str> = TableDefinition::new("semantic_meta");
 
 /// The database file's name inside the cache directory.
 pub const FILE_NAME: &str = "l2.redb";
@@ -90,6 +96,8 @@ impl RedbStore {
             txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
             txn.open_table(ORDER).map_err(|e| self.err(e))?;
             txn.open_table(META).map_err(|e| self.err(e))?;
+            txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
+            txn.open_table(SEMANTIC_META).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -112,9 +120,16 @@ impl RedbStore {
         Ok(StoredEntry::decode(raw.value()))
     }
 
-    /// Writes one entry and evicts the oldest ones while over the cap, in one
-    /// transaction. Returns how many entries were evicted.
-    pub(crate) fn put(&self, key: &[u8], encoded: &[u8], stored_ms: u64) -> Result<u64> {
+    /// Writes one entry (and its L3 vector, when given) and evicts the oldest
+    /// ones while over the cap, in one transaction. Returns how many entries
+    /// were evicted.
+    pub(crate) fn put(
+        &self,
+        key: &[u8],
+        encoded: &[u8],
+        stored_ms: u64,
+        semantic_record: Option<&[u8]>,
+    ) -> Result<u64> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate);
         let evicted;
@@ -122,11 +137,20 @@ impl RedbStore {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
             let mut order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
             let mut bytes = meta
                 .get("bytes")
                 .map_err(|e| self.err(e))?
                 .map(|v| v.value())
                 .unwrap_or(0);
+            // A value stored again without a vector keeps the one it had: the
+            // key (the request) and so the prompt it embeds are the same.
+            if let Some(record) = semantic_record {
+                if let Some(old) = semantic.insert(key, record).map_err(|e| self.err(e))? {
+                    bytes = bytes.saturating_sub((key.len() + old.value().len()) as u64);
+                }
+                bytes = bytes.saturating_add((key.len() + record.len()) as u64);
+            }
             let old = entries
                 .insert(key, encoded)
                 .map_err(|e| self.err(e))?
@@ -143,7 +167,7 @@ impl RedbStore {
                 .insert((stored_ms, key), ())
                 .map_err(|e| self.err(e))?;
             bytes = bytes.saturating_add((key.len() + encoded.len()) as u64);
-            evicted = self.evict_locked(&mut entries, &mut order, &mut bytes)?;
+            evicted = self.evict_locked(&mut entries, &mut order, &mut semantic, &mut bytes)?;
             meta.insert("bytes", bytes).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))?;
@@ -156,6 +180,7 @@ impl RedbStore {
         &self,
         entries: &mut redb::Table<'_, &[u8], &[u8]>,
         order: &mut redb::Table<'_, (u64, &[u8]), ()>,
+        semantic: &mut redb::Table<'_, &[u8], &[u8]>,
         bytes: &mut u64,
     ) -> Result<u64> {
         if *bytes <= self.max_bytes {
@@ -173,6 +198,9 @@ impl RedbStore {
             if let Some(old) = entries.remove(key.as_slice()).map_err(|e| self.err(e))? {
                 *bytes = bytes.saturating_sub((key.len() + old.value().len()) as u64);
                 evicted += 1;
+            }
+            if let Some(old) = semantic.remove(key.as_slice()).map_err(|e| self.err(e))? {
+                *bytes = bytes.saturating_sub((key.len() + old.value().len()) as u64);
             }
         }
         Ok(evicted)
@@ -202,8 +230,8 @@ impl RedbStore {
     }
 
     /// Deletes the entries for which `doomed(key, entry)` holds (entries that do
-    /// not decode are passed as `None`), with their order rows and byte counts,
-    /// in one transaction.
+    /// not decode are passed as `None`), with their order rows, L3 vectors and
+    /// byte counts, in one transaction.
     fn delete_where(&self, doomed: impl Fn(&[u8], Option<&StoredEntry>) -> bool) -> Result<u64> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate);
@@ -212,6 +240,7 @@ impl RedbStore {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
             let mut order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
             let mut victims: Vec<(Vec<u8>, usize, Option<u64>)> = Vec::new();
             for item in entries.iter().map_err(|e| self.err(e))? {
                 let (k, v) = item.map_err(|e| self.err(e))?;
@@ -237,12 +266,71 @@ impl RedbStore {
                         .map_err(|e| self.err(e))?;
                 }
                 bytes = bytes.saturating_sub((key.len() + len) as u64);
+                if let Some(old) = semantic.remove(key.as_slice()).map_err(|e| self.err(e))? {
+                    bytes = bytes.saturating_sub((key.len() + old.value().len()) as u64);
+                }
                 removed += 1;
             }
             meta.insert("bytes", bytes).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))?;
         Ok(removed)
+    }
+
+    /// The L3 vectors of live entries, oldest entry first, as (storage key,
+    /// record bytes), when `fingerprint` made them. Vectors of another
+    /// embedder are useless (another space, maybe another dimension): they are
+    /// deleted, and `fingerprint` is recorded as the maker of what follows.
+    pub(crate) fn load_semantic(&self, fingerprint: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate);
+        let mut rows = Vec::new();
+        {
+            let mut semantic_meta = txn.open_table(SEMANTIC_META).map_err(|e| self.err(e))?;
+            let recorded = semantic_meta
+                .get("embedder")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_owned());
+            let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
+            if recorded.as_deref() != Some(fingerprint) {
+                let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+                let mut bytes = meta
+                    .get("bytes")
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                for item in semantic.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    bytes = bytes.saturating_sub((k.value().len() + v.value().len()) as u64);
+                }
+                semantic.retain(|_, _| false).map_err(|e| self.err(e))?;
+                meta.insert("bytes", bytes).map_err(|e| self.err(e))?;
+                semantic_meta
+                    .insert("embedder", fingerprint)
+                    .map_err(|e| self.err(e))?;
+            } else {
+                let entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
+                let now = now_ms();
+                let mut dated = Vec::new();
+                for item in semantic.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    let Some(entry) = entries.get(k.value()).map_err(|e| self.err(e))? else {
+                        continue;
+                    };
+                    // Expired entries are skipped here and purged with their
+                    // vectors by `purge_expired`.
+                    if let Some(entry) = StoredEntry::decode(entry.value())
+                        && !entry.is_expired(now)
+                    {
+                        dated.push((entry.stored_ms, k.value().to_vec(), v.value().to_vec()));
+                    }
+                }
+                dated.sort_by_key(|(stored_ms, _, _)| *stored_ms);
+                rows = dated.into_iter().map(|(_, k, v)| (k, v)).collect();
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// (entries, bytes) held now.
@@ -266,6 +354,7 @@ impl RedbStore {
         let entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
         let order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
+        let semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
         let mut report = ScanReport {
             recorded_bytes: meta
                 .get("bytes")
@@ -282,6 +371,14 @@ impl RedbStore {
                 .entries
                 .push((k.value().to_vec(), StoredEntry::decode(v.value())));
         }
+        for item in semantic.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            report.counted_bytes += (k.value().len() + v.value().len()) as u64;
+            report.semantic_rows += 1;
+            if entries.get(k.value()).map_err(|e| self.err(e))?.is_none() {
+                report.semantic_orphans += 1;
+            }
+        }
         Ok(report)
     }
 }
@@ -293,6 +390,9 @@ pub(crate) struct ScanReport {
     pub(crate) recorded_bytes: u64,
     pub(crate) counted_bytes: u64,
     pub(crate) order_rows: u64,
+    /// L3 vectors, and those whose entry is gone (always 0 when consistent).
+    pub(crate) semantic_rows: u64,
+    pub(crate) semantic_orphans: u64,
 }
 
 /// Creates an empty database beside `file` and links it into place, so that a

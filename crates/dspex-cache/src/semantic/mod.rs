@@ -38,6 +38,13 @@ pub trait Embedder: Send + Sync {
     /// The length of every vector.
     fn dimension(&self) -> usize;
 
+    /// Identifies the vector space: vectors persisted under another
+    /// fingerprint are discarded on open, never compared. Override it when
+    /// [`Embedder::name`] does not name the model.
+    fn fingerprint(&self) -> String {
+        format!("{}/{}", self.name(), self.dimension())
+    }
+
     /// The similarity at or above which two texts are treated as the same
     /// question, measured for this embedder (see [`calibrate`]).
     fn default_threshold(&self) -> f32;
