@@ -1,7 +1,8 @@
 //! Cache speed: L1 hit, L2 (redb) hit, L3 lookup over 100,000 entries with the
 //! built-in embedder (embedding included), the exact/HNSW crossover, and the
 //! local MiniLM embedder per query (feature `local-embeddings`, with
-//! `DSPEX_TEST_MINILM_DIR` set).
+//! `DSPEX_TEST_MINILM_DIR` set), and reopening a directory of 10,000
+//! persisted vectors.
 //!
 //! `cargo bench -p dspex-cache --bench cache` (add `--features local-embeddings`
 //! for MiniLM).
@@ -196,6 +197,45 @@ fn l3(c: &mut Criterion) {
     }
 }
 
+/// Opening a redb + L3 cache whose directory holds 10,000 entries with their
+/// vectors: the read of every vector and the rebuild of the index (HNSW, as
+/// the scope is above `hnsw_min`). Also reports what persisting the vectors
+/// adds to a store.
+fn l3_reopen(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Cache::<String>::builder()
+            .l2_redb(dir.path(), 1 << 32)
+            .l3(Arc::new(LexicalEmbedder::new()))
+            .build()
+    };
+    let scope = SemanticScope::from_bytes(b"bench");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
+    let corpus = Corpus::new(&mut rng);
+    {
+        let cache = rt.block_on(open()).unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..N {
+            let key = CacheKey::from_bytes("bench", &(i as u64).to_le_bytes()).unwrap();
+            let q = SemanticQuery::new(scope, corpus.sentence(&mut rng));
+            rt.block_on(cache.insert(&key, format!("answer {i}"), Some(&q), None))
+                .unwrap();
+        }
+        eprintln!(
+            "l3_reopen: stored {N} entries with vectors in {:.1?}",
+            started.elapsed()
+        );
+    }
+    let mut group = c.benchmark_group("l3_reopen");
+    group.sample_size(10);
+    group.bench_function("10k_vectors", |b| {
+        b.iter(|| black_box(rt.block_on(open()).unwrap()));
+    });
+    group.finish();
+}
+
 #[cfg(feature = "local-embeddings")]
 fn minilm(c: &mut Criterion) {
     use dspex_cache::semantic::local::LocalEmbedder;
@@ -231,6 +271,6 @@ fn lexical(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = tiers, lexical, l3, minilm
+    targets = tiers, lexical, l3, l3_reopen, minilm
 }
 criterion_main!(benches);

@@ -386,29 +386,49 @@ where
                 Some(L2::Redis(RedisStore::connect(&url, &prefix).await?))
             }
         };
-        let l3 = self.l3.map(|embedder| L3 {
-            threshold: self
-                .threshold
-                .unwrap_or_else(|| embedder.default_threshold()),
-            index: VectorIndex::new(embedder.dimension(), self.hnsw_min, self.l3_max_entries),
-            embedder,
-            verifier: self.verifier,
-            _value: std::marker::PhantomData,
-        });
-        // The semantic tier picks up where the last process left it: the
-        // vectors persisted beside live L2 entries, oldest first, so the
-        // index's own cap evicts in the same order as before.
-        if let (Some(l2), Some(l3)) = (&l2, &l3) {
-            for (key, record) in l2.load_semantic(&l3.embedder.fingerprint()).await? {
-                l3.index.insert(
-                    key.namespace(),
-                    record.scope,
-                    *key.hash(),
-                    &record.text,
-                    &record.vector,
-                );
+        let l3 = match self.l3 {
+            None => None,
+            Some(embedder) => {
+                let mut index =
+                    VectorIndex::new(embedder.dimension(), self.hnsw_min, self.l3_max_entries);
+                // The semantic tier picks up where the last process left it:
+                // the vectors persisted beside live L2 entries, oldest first, so
+                // the index's own cap evicts in the same order as before. The
+                // rebuild is CPU work (an HNSW graph for large scopes): off the
+                // async workers.
+                if let Some(l2) = &l2 {
+                    let rows = l2.load_semantic(&embedder.fingerprint()).await?;
+                    if !rows.is_empty() {
+                        index = tokio::task::spawn_blocking(move || {
+                            index.insert_many(rows.iter().map(|(key, record)| {
+                                (
+                                    key.namespace(),
+                                    record.scope,
+                                    *key.hash(),
+                                    record.text.as_str(),
+                                    record.vector.as_slice(),
+                                )
+                            }));
+                            index
+                        })
+                        .await
+                        .map_err(|e| CacheError::Store {
+                            path: String::new(),
+                            message: format!("semantic index rebuild failed: {e}"),
+                        })?;
+                    }
+                }
+                Some(L3 {
+                    threshold: self
+                        .threshold
+                        .unwrap_or_else(|| embedder.default_threshold()),
+                    index,
+                    embedder,
+                    verifier: self.verifier,
+                    _value: std::marker::PhantomData,
+                })
             }
-        }
+        };
         Ok(Cache {
             inner: Arc::new(Inner {
                 l1,

@@ -157,7 +157,44 @@ impl VectorIndex {
             return 0;
         }
         let mut guard = self.inner.write();
-        let inner = &mut *guard;
+        self.insert_locked(&mut guard, namespace, scope, key, text, vector, true)
+    }
+
+    /// Adds many vectors under one lock, building each scope's HNSW graph
+    /// once at the end (in parallel) rather than growing it insert by insert:
+    /// the reload of persisted vectors on open. Returns how many the cap
+    /// evicted.
+    pub(crate) fn insert_many<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a str, SemanticScope, [u8; 32], &'a str, &'a [f32])>,
+    ) -> u64 {
+        let mut guard = self.inner.write();
+        let mut evicted = 0;
+        for (namespace, scope, key, text, vector) in rows {
+            if vector.len() == self.dim {
+                evicted +=
+                    self.insert_locked(&mut guard, namespace, scope, key, text, vector, false);
+            }
+        }
+        for index in guard.scopes.values_mut() {
+            if index.hnsw.is_none() && index.live >= self.hnsw_min {
+                index.build_hnsw(self.dim);
+            }
+        }
+        evicted
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_locked(
+        &self,
+        inner: &mut Inner,
+        namespace: &str,
+        scope: SemanticScope,
+        key: [u8; 32],
+        text: &str,
+        vector: &[f32],
+        build_hnsw: bool,
+    ) -> u64 {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let id: ScopeId = (Arc::from(namespace), scope);
@@ -167,7 +204,7 @@ impl VectorIndex {
         }
         index.push(self.dim, key, text, vector, seq);
         inner.live += 1;
-        if index.hnsw.is_none() && index.live >= self.hnsw_min {
+        if build_hnsw && index.hnsw.is_none() && index.live >= self.hnsw_min {
             index.build_hnsw(self.dim);
         }
         inner.order.push_back((id, key, seq));
@@ -381,6 +418,45 @@ mod tests {
         let other = SemanticScope::from_bytes(b"other");
         assert!(exact.search("ns", &other, &vectors[0], 0.0).is_none());
         assert!(exact.search("ns2", &scope, &vectors[0], 0.0).is_none());
+    }
+
+    #[test]
+    fn bulk_loading_builds_the_graph_once_and_keeps_the_cap() {
+        let dim = 32;
+        let vectors = random_vectors(600, dim, 11);
+        let scope = SemanticScope::from_bytes(b"s");
+        // Cap 500: the 100 oldest of the 600 rows are evicted, as inserting
+        // them one by one would.
+        let index = VectorIndex::new(dim, 100, 500);
+        let evicted = index.insert_many(
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ("ns", scope, key(i), "t", v.as_slice())),
+        );
+        assert_eq!(evicted, 100);
+        assert_eq!(index.usage().0, 500);
+        let inner = index.inner.read();
+        let built = inner.scopes.values().next().unwrap();
+        assert!(
+            built.hnsw.is_some(),
+            "a scope above hnsw_min gets its graph"
+        );
+        drop(inner);
+        assert!(index.search("ns", &scope, &vectors[0], 0.99).is_none());
+        let mut found = 0;
+        for (i, v) in vectors.iter().enumerate().skip(100) {
+            if index.search("ns", &scope, v, 0.99).map(|m| m.key) == Some(key(i)) {
+                found += 1;
+            }
+        }
+        assert!(found >= 490, "recall after a bulk load: {found}/500");
+        // Vectors of the wrong length are skipped, not stored.
+        assert_eq!(
+            index.insert_many([("ns", scope, key(9_999), "t", &[1.0_f32][..])]),
+            0
+        );
+        assert_eq!(index.usage().0, 500);
     }
 
     #[test]
