@@ -102,6 +102,15 @@ impl RedbStore {
         txn.commit().map_err(|e| self.err(e))
     }
 
+    /// The byte count the size cap works from.
+    fn recorded_bytes(&self, meta: &impl ReadableTable<&'static str, u64>) -> Result<u64> {
+        Ok(meta
+            .get("bytes")
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
     fn err(&self, error: impl Into<redb::Error>) -> CacheError {
         store_error(&self.path, error)
     }
@@ -138,11 +147,7 @@ impl RedbStore {
             let mut order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
-            let mut bytes = meta
-                .get("bytes")
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let mut bytes = self.recorded_bytes(&meta)?;
             // A value stored again without a vector keeps the one it had: the
             // key (the request) and so the prompt it embeds are the same.
             if let Some(record) = semantic_record {
@@ -253,11 +258,7 @@ impl RedbStore {
                     ));
                 }
             }
-            let mut bytes = meta
-                .get("bytes")
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let mut bytes = self.recorded_bytes(&meta)?;
             for (key, len, stored_ms) in victims {
                 entries.remove(key.as_slice()).map_err(|e| self.err(e))?;
                 if let Some(stored_ms) = stored_ms {
@@ -294,11 +295,7 @@ impl RedbStore {
             let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
             if recorded.as_deref() != Some(fingerprint) {
                 let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-                let mut bytes = meta
-                    .get("bytes")
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
+                let mut bytes = self.recorded_bytes(&meta)?;
                 for item in semantic.iter().map_err(|e| self.err(e))? {
                     let (k, v) = item.map_err(|e| self.err(e))?;
                     bytes = bytes.saturating_sub((k.value().len() + v.value().len()) as u64);
@@ -338,11 +335,7 @@ impl RedbStore {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
-        let bytes = meta
-            .get("bytes")
-            .map_err(|e| self.err(e))?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let bytes = self.recorded_bytes(&meta)?;
         Ok((entries.len().map_err(|e| self.err(e))?, bytes))
     }
 
@@ -356,11 +349,7 @@ impl RedbStore {
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
         let semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
         let mut report = ScanReport {
-            recorded_bytes: meta
-                .get("bytes")
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value())
-                .unwrap_or(0),
+            recorded_bytes: self.recorded_bytes(&meta)?,
             order_rows: order.len().map_err(|e| self.err(e))?,
             ..ScanReport::default()
         };
