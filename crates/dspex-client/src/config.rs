@@ -106,7 +106,7 @@ pub struct RawProvider {
     pub retry_max_ms: Option<u64>,
     /// Longest Retry-After honoured, in ms.
     pub max_retry_after_ms: Option<u64>,
-    /// Longest wait for rate-limit room, in ms.
+    /// Longest wait for rate-limit room and for a pool slot, per attempt, in ms.
     pub max_wait_ms: Option<u64>,
     /// Requests per minute.
     pub rpm: Option<u64>,
@@ -234,7 +234,7 @@ pub struct ProviderConfig {
     pub timeouts: Timeouts,
     /// Retry policy.
     pub retry: Backoff,
-    /// Longest wait for rate-limit room.
+    /// Longest wait for rate-limit room and for a pool slot, per attempt.
     #[serde(serialize_with = "dspex_core::serde_duration::serialize")]
     pub max_wait: Duration,
     /// Rate-limit buckets.

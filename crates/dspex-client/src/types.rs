@@ -155,7 +155,8 @@ pub struct RequestOptions {
     pub params: ChatParams,
     /// The run's correlation id; a new one is generated when `None`.
     pub correlation_id: Option<CorrelationId>,
-    /// The longest wait for rate-limit room; the provider's `max_wait_ms` when `None`.
+    /// The longest wait for rate-limit room (and a pool slot), per attempt; the
+    /// provider's `max_wait_ms` when `None`.
     pub max_wait: Option<Duration>,
     /// Free-form tags carried on the call's events (workflow, step, user...).
     pub tags: BTreeMap<String, String>,
