@@ -271,7 +271,12 @@ pub(crate) async fn run(config: Option<&Path>, args: EvalArgs) -> Result<(), Fai
     let evaluate = Evaluate::new(metric)
         .with_concurrency(args.concurrency)
         .with_progress(!args.json);
-    let report = evaluate.run(&built.module, &examples).await;
+    // Spread over the runtime's workers rather than polled from the main
+    // thread (`run`): formatting and parsing then share the cores with the
+    // connections instead of competing with them from a third thread.
+    let report = evaluate
+        .run_shared(std::sync::Arc::new(built.module), examples.into())
+        .await;
     if args.json {
         common::out(&serde_json::to_string_pretty(&report).map_err(Failure::usage)?);
     } else {
