@@ -20,7 +20,7 @@ struct Body<'a> {
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
-    messages: Vec<Value>,
+    messages: Vec<WireMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,6 +33,41 @@ struct Body<'a> {
     tool_choice: Option<&'a Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
+}
+
+/// One message as Anthropic takes it, borrowing the request's texts (no copy
+/// of a message into a `Value` tree before it is written out).
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: WireContent<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(&'a str),
+    Blocks(Vec<WireBlock<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireBlock<'a> {
+    Typed(TypedBlock<'a>),
+    /// A block the caller gave in Anthropic's own format (a `tool_use`).
+    Given(&'a Value),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TypedBlock<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: &'a str,
+    },
 }
 
 pub(crate) fn chat_body(
@@ -52,27 +87,37 @@ pub(crate) fn chat_body(
     for message in &request.messages {
         match message.role {
             Role::System => system.push(&message.content),
-            Role::User => messages.push(json!({"role": "user", "content": message.content})),
+            Role::User => messages.push(WireMessage {
+                role: "user",
+                content: WireContent::Text(&message.content),
+            }),
             Role::Assistant => match &message.tool_calls {
                 // Tool calls are passed in Anthropic's own block format.
                 Some(Value::Array(blocks)) => {
                     let mut content = Vec::with_capacity(blocks.len() + 1);
                     if !message.content.is_empty() {
-                        content.push(json!({"type": "text", "text": message.content}));
+                        content.push(WireBlock::Typed(TypedBlock::Text {
+                            text: &message.content,
+                        }));
                     }
-                    content.extend(blocks.iter().cloned());
-                    messages.push(json!({"role": "assistant", "content": content}));
+                    content.extend(blocks.iter().map(WireBlock::Given));
+                    messages.push(WireMessage {
+                        role: "assistant",
+                        content: WireContent::Blocks(content),
+                    });
                 }
-                _ => messages.push(json!({"role": "assistant", "content": message.content})),
+                _ => messages.push(WireMessage {
+                    role: "assistant",
+                    content: WireContent::Text(&message.content),
+                }),
             },
-            Role::Tool => messages.push(json!({
-                "role": "user",
-                "content": [{
-                    "type": "tool_result",
-                    "tool_use_id": message.tool_call_id.as_deref().unwrap_or_default(),
-                    "content": message.content,
-                }],
-            })),
+            Role::Tool => messages.push(WireMessage {
+                role: "user",
+                content: WireContent::Blocks(vec![WireBlock::Typed(TypedBlock::ToolResult {
+                    tool_use_id: message.tool_call_id.as_deref().unwrap_or_default(),
+                    content: &message.content,
+                })]),
+            }),
         }
     }
     if messages.is_empty() {
@@ -350,6 +395,52 @@ mod tests {
             10,
         );
         assert!(matches!(refused, Err(WireError::Invalid(m)) if m.contains("n > 1")));
+    }
+
+    #[test]
+    fn every_role_and_tool_turn_encodes_in_anthropic_blocks() {
+        let tool_use = json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                              "input": {"city": "Paris"}});
+        let mut calls_with_text = Message::assistant("Let me look.");
+        calls_with_text.tool_calls = Some(json!([tool_use]));
+        let mut calls_only = Message::assistant("");
+        calls_only.tool_calls = Some(json!([tool_use, tool_use]));
+        let mut result = Message::new(Role::Tool, "{\"temp\": 21}");
+        result.tool_call_id = Some("toolu_1".into());
+        let request = ChatRequest {
+            messages: vec![
+                Message::system("one"),
+                Message::system("two"),
+                Message::user("weather \"in\" Paris?\n"),
+                calls_with_text,
+                result,
+                calls_only,
+                Message::assistant("It is 21°C."),
+            ],
+            params: ChatParams::default(),
+        };
+        let body: Value =
+            serde_json::from_slice(&chat_body(&request, "claude", false, 64).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "claude",
+                "max_tokens": 64,
+                "system": "one\n\ntwo",
+                "messages": [
+                    {"role": "user", "content": "weather \"in\" Paris?\n"},
+                    {"role": "assistant", "content": [
+                        {"type": "text", "text": "Let me look."},
+                        tool_use,
+                    ]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "{\"temp\": 21}"},
+                    ]},
+                    {"role": "assistant", "content": [tool_use, tool_use]},
+                    {"role": "assistant", "content": "It is 21°C."},
+                ],
+            })
+        );
     }
 
     #[test]
