@@ -62,6 +62,20 @@ async fn client_with(providers: Vec<ProviderConfig>) -> Client {
     client
 }
 
+/// A client with the mock as `oa` (OpenAI) and as `claude` (Anthropic).
+async fn openai_and_anthropic(upstream: &MockServer) -> Client {
+    client_with(vec![
+        provider("oa", "openai", &upstream.base_url(), |_| {}),
+        provider(
+            "claude",
+            "anthropic",
+            &upstream.anthropic_base_url(),
+            |_| {},
+        ),
+    ])
+    .await
+}
+
 async fn mock(config: MockConfig) -> MockServer {
     MockServer::start(config).await.unwrap()
 }
@@ -195,16 +209,7 @@ async fn both_providers_stream_and_report_usage() {
         ..MockConfig::default()
     })
     .await;
-    let client = client_with(vec![
-        provider("oa", "openai", &upstream.base_url(), |_| {}),
-        provider(
-            "claude",
-            "anthropic",
-            &upstream.anthropic_base_url(),
-            |_| {},
-        ),
-    ])
-    .await;
+    let client = openai_and_anthropic(&upstream).await;
     let mut events = client.events().subscribe("test", Delivery::Lossless);
     for id in ["oa", "claude"] {
         let prompt = "stream this reply please";
@@ -769,16 +774,7 @@ async fn n_choices_tools_and_json_mode_pass_through() {
 #[tokio::test]
 async fn embeddings_round_trip() {
     let upstream = mock(MockConfig::default()).await;
-    let client = client_with(vec![
-        provider("oa", "openai", &upstream.base_url(), |_| {}),
-        provider(
-            "claude",
-            "anthropic",
-            &upstream.anthropic_base_url(),
-            |_| {},
-        ),
-    ])
-    .await;
+    let client = openai_and_anthropic(&upstream).await;
     let request = EmbeddingRequest {
         input: vec!["first text".into(), "second text".into(), "third".into()],
         dimensions: Some(64),
@@ -1280,16 +1276,7 @@ async fn a_circuit_that_opens_between_attempts_stops_the_retries() {
 #[tokio::test]
 async fn streamed_tool_calls_assemble_like_complete_responses() {
     let upstream = mock(MockConfig::default()).await;
-    let client = client_with(vec![
-        provider("oa", "openai", &upstream.base_url(), |_| {}),
-        provider(
-            "claude",
-            "anthropic",
-            &upstream.anthropic_base_url(),
-            |_| {},
-        ),
-    ])
-    .await;
+    let client = openai_and_anthropic(&upstream).await;
     let openai_tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
     let anthropic_tools = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
     // The ids differ per request; everything else must match.
