@@ -1104,16 +1104,15 @@ where
         semantic: Option<&SemanticQuery>,
         embedding: Option<Vec<f32>>,
     ) {
+        // Only redb keeps vectors beside entries.
         let semantic_record = match (&self.inner.l2, &self.inner.l3, semantic, &embedding) {
-            (Some(L2::Redb(_)), Some(_), Some(query), Some(vector)) => Some(SemanticRecord {
-                scope: query.scope,
-                vector: vector.clone(),
-                text: query.text.clone(),
-            }),
+            (Some(L2::Redb(_)), Some(_), Some(query), Some(vector)) => Some(
+                SemanticRecord::encode_parts(&query.scope, vector, &query.text),
+            ),
             _ => None,
         };
         if let Some(l2) = &self.inner.l2 {
-            match l2.put(key, payload, ttl, semantic_record.as_ref()).await {
+            match l2.put(key, payload, ttl, semantic_record).await {
                 Ok(evicted) => {
                     self.note_store(Tier::L2, key, payload.len());
                     self.note_evict(Tier::L2, evicted, EvictReason::Size);

@@ -117,16 +117,11 @@ pub(crate) fn build_module(
     }
     let mut built = match (&args.signature, &args.program) {
         (Some(text), program) => {
-            let signature = Signature::parse(text).map_err(Failure::usage)?;
+            let signature = args.module.signature(text)?;
             let mut module = args.module.build(signature.clone(), lm);
             if let Some(path) = program {
                 load_program(&mut module, path).map_err(Failure::usage)?;
             }
-            // The program's signature, instructions included.
-            let signature = match &args.module.instructions {
-                Some(instructions) => signature.with_instructions(instructions.clone()),
-                None => signature,
-            };
             Built { module, signature }
         }
         (None, Some(path)) => from_saved(path, lm)?,

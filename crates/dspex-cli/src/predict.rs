@@ -31,12 +31,18 @@ pub(crate) struct ModuleArgs {
 }
 
 impl ModuleArgs {
-    /// Predict (or ChainOfThought with `--cot`) over `signature`, with the
-    /// instructions, adapter and model the flags give.
-    pub(crate) fn build(&self, mut signature: Signature, lm: Lm) -> AnyProgram {
-        if let Some(instructions) = &self.instructions {
-            signature = signature.with_instructions(instructions.clone());
-        }
+    /// Parses `text` and applies `--instructions`.
+    pub(crate) fn signature(&self, text: &str) -> Result<Signature, Failure> {
+        let signature = Signature::parse(text).map_err(Failure::usage)?;
+        Ok(match &self.instructions {
+            Some(instructions) => signature.with_instructions(instructions.clone()),
+            None => signature,
+        })
+    }
+
+    /// Predict (or ChainOfThought with `--cot`) over `signature` (from
+    /// [`Self::signature`]), with the adapter and model the flags give.
+    pub(crate) fn build(&self, signature: Signature, lm: Lm) -> AnyProgram {
         let adapter = if self.adapter == "json" {
             Adapter::Json
         } else {
@@ -120,7 +126,7 @@ pub(crate) async fn run_with(
     provider: &str,
     args: PredictArgs,
 ) -> Result<(), Failure> {
-    let signature = Signature::parse(&args.signature).map_err(Failure::usage)?;
+    let signature = args.module.signature(&args.signature)?;
     let inputs = parse_inputs(&signature, &args.inputs)?;
     // Print outputs in signature order (reasoning first for chain of thought).
     let mut order: Vec<String> = signature.outputs().iter().map(|f| f.name.clone()).collect();

@@ -26,6 +26,17 @@ struct ChoiceSoFar {
     finish_reason: Option<crate::types::FinishReason>,
 }
 
+/// The choice at `index`, created (with any before it) on first use.
+fn choice_at(choices: &mut Vec<ChoiceSoFar>, index: u32) -> &mut ChoiceSoFar {
+    let index = index as usize;
+    if choices.len() <= index {
+        choices.resize_with(index + 1, ChoiceSoFar::default);
+    }
+    // Just resized to hold `index`.
+    #[allow(clippy::indexing_slicing)]
+    &mut choices[index]
+}
+
 /// A chat response arriving in pieces: [`StreamEvent::Delta`]s, then one
 /// [`StreamEvent::Done`] with the assembled response and its usage. Tool-call
 /// fragments are merged (OpenAI's by index, Anthropic's input JSON parsed), so
@@ -131,16 +142,6 @@ impl ChatStream {
         }
     }
 
-    fn choice(&mut self, index: u32) -> &mut ChoiceSoFar {
-        let index = index as usize;
-        if self.choices.len() <= index {
-            self.choices.resize_with(index + 1, ChoiceSoFar::default);
-        }
-        // Just resized to hold `index`.
-        #[allow(clippy::indexing_slicing)]
-        &mut self.choices[index]
-    }
-
     /// Applies decoded chunks; returns true at the end of the stream.
     fn apply(&mut self) -> Result<bool, ClientError> {
         let mut ended = false;
@@ -162,13 +163,11 @@ impl ChatStream {
                             context: ClientError::context_for(&self.call.inner().trail),
                         });
                     }
-                    let index = delta.index;
+                    let choice = choice_at(&mut self.choices, delta.index);
                     if let Some(fragments) = &delta.tool_calls {
-                        let mut calls = std::mem::take(&mut self.choice(index).tool_calls);
-                        self.decoder.merge_tool_calls(&mut calls, fragments);
-                        self.choice(index).tool_calls = calls;
+                        self.decoder
+                            .merge_tool_calls(&mut choice.tool_calls, fragments);
                     }
-                    let choice = self.choice(index);
                     choice.content.push_str(&delta.content);
                     if let Some(reason) = &delta.finish_reason {
                         choice.finish_reason = Some(reason.clone());

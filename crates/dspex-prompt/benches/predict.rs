@@ -11,9 +11,13 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+// Only the mock and client set-up is used here.
+#[path = "support/evaluate_workload.rs"]
+#[allow(dead_code)]
+mod workload;
 use dspex_client::config::RawProvider;
 use dspex_client::{Client, ClientConfig, ProviderConfig, ScriptedLm};
-use dspex_mock::{MockConfig, MockServer};
 use dspex_prompt::adapter::Adapter;
 use dspex_prompt::{Lm, Module, Predict, Signature};
 use serde_json::json;
@@ -64,20 +68,7 @@ fn predict(c: &mut Criterion) {
     });
 
     // 3. Against the mock on loopback, next to a bare HTTP call.
-    let (upstream, mock_client) = runtime.block_on(async {
-        let upstream = MockServer::start(MockConfig::default()).await.unwrap();
-        let client = Client::from_config(&ClientConfig::default()).await.unwrap();
-        let raw = RawProvider {
-            kind: Some("openai".into()),
-            base_url: Some(upstream.base_url()),
-            ..RawProvider::default()
-        };
-        client
-            .add_provider(ProviderConfig::validate("mock", &raw, None, &|_| None).unwrap())
-            .await
-            .unwrap();
-        (upstream, client)
-    });
+    let (upstream, mock_client) = runtime.block_on(workload::mock_and_client());
     let over_http = Predict::new(signature, Lm::new(&mock_client, "mock"));
     let bare = reqwest::Client::builder()
         .tcp_nodelay(true)

@@ -82,15 +82,16 @@ pub(crate) struct SemanticRecord {
 }
 
 impl SemanticRecord {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(36 + self.vector.len() * 4 + self.text.len());
-        out.extend_from_slice(self.scope.as_bytes());
-        let dimension = u32::try_from(self.vector.len()).unwrap_or(u32::MAX);
+    /// The record of these parts, encoded without building one.
+    pub(crate) fn encode_parts(scope: &SemanticScope, vector: &[f32], text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(36 + vector.len() * 4 + text.len());
+        out.extend_from_slice(scope.as_bytes());
+        let dimension = u32::try_from(vector.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&dimension.to_le_bytes());
-        for x in &self.vector {
+        for x in vector {
             out.extend_from_slice(&x.to_le_bytes());
         }
-        out.extend_from_slice(self.text.as_bytes());
+        out.extend_from_slice(text.as_bytes());
         out
     }
 
@@ -135,14 +136,14 @@ impl L2 {
         }
     }
 
-    /// Stores a value, with its L3 vector when the backend keeps vectors;
-    /// returns how many entries the size cap evicted.
+    /// Stores a value, with its encoded L3 vector (redb keeps it, Redis does
+    /// not); returns how many entries the size cap evicted.
     pub(crate) async fn put(
         &self,
         key: &CacheKey,
         payload: &[u8],
         ttl: Duration,
-        semantic: Option<&SemanticRecord>,
+        semantic: Option<Vec<u8>>,
     ) -> Result<u64> {
         let stored_ms = now_ms();
         let encoded = StoredEntry::encode(payload, stored_ms, ttl);
@@ -152,7 +153,6 @@ impl L2 {
                 let store = std::sync::Arc::clone(store);
                 let key = key.storage_bytes();
                 let path = store.path().to_owned();
-                let semantic = semantic.map(SemanticRecord::encode);
                 tokio::task::spawn_blocking(move || {
                     store.put(&key, &encoded, stored_ms, semantic.as_deref())
                 })
@@ -252,7 +252,7 @@ mod tests {
             vector: vec![0.5, -0.25, 1.0e-7, 0.0],
             text: "Quelle est la capitale de la France ?".into(),
         };
-        let bytes = record.encode();
+        let bytes = SemanticRecord::encode_parts(&record.scope, &record.vector, &record.text);
         assert_eq!(bytes.len(), 32 + 4 + 16 + record.text.len());
         assert_eq!(SemanticRecord::decode(&bytes), Some(record));
         // Cut inside the vector, a dimension larger than the bytes, text that

@@ -283,29 +283,13 @@ impl RedbStore {
     /// embedder are useless (another space, maybe another dimension): they are
     /// deleted, and `fingerprint` is recorded as the maker of what follows.
     pub(crate) fn load_semantic(&self, fingerprint: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(Durability::Immediate);
-        let mut rows = Vec::new();
+        // The usual open changes nothing: read only, no write transaction.
         {
-            let mut semantic_meta = txn.open_table(SEMANTIC_META).map_err(|e| self.err(e))?;
-            let recorded = semantic_meta
-                .get("embedder")
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value().to_owned());
-            let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
-            if recorded.as_deref() != Some(fingerprint) {
-                let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-                let mut bytes = self.recorded_bytes(&meta)?;
-                for item in semantic.iter().map_err(|e| self.err(e))? {
-                    let (k, v) = item.map_err(|e| self.err(e))?;
-                    bytes = bytes.saturating_sub((k.value().len() + v.value().len()) as u64);
-                }
-                semantic.retain(|_, _| false).map_err(|e| self.err(e))?;
-                meta.insert("bytes", bytes).map_err(|e| self.err(e))?;
-                semantic_meta
-                    .insert("embedder", fingerprint)
-                    .map_err(|e| self.err(e))?;
-            } else {
+            let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+            let semantic_meta = txn.open_table(SEMANTIC_META).map_err(|e| self.err(e))?;
+            let recorded = semantic_meta.get("embedder").map_err(|e| self.err(e))?;
+            if recorded.is_some_and(|v| v.value() == fingerprint) {
+                let semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
                 let entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
                 let now = now_ms();
                 let mut dated = Vec::new();
@@ -323,11 +307,28 @@ impl RedbStore {
                     }
                 }
                 dated.sort_by_key(|(stored_ms, _, _)| *stored_ms);
-                rows = dated.into_iter().map(|(_, k, v)| (k, v)).collect();
+                return Ok(dated.into_iter().map(|(_, k, v)| (k, v)).collect());
             }
         }
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let mut bytes = self.recorded_bytes(&meta)?;
+            for item in semantic.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                bytes = bytes.saturating_sub((k.value().len() + v.value().len()) as u64);
+            }
+            semantic.retain(|_, _| false).map_err(|e| self.err(e))?;
+            meta.insert("bytes", bytes).map_err(|e| self.err(e))?;
+            txn.open_table(SEMANTIC_META)
+                .map_err(|e| self.err(e))?
+                .insert("embedder", fingerprint)
+                .map_err(|e| self.err(e))?;
+        }
         txn.commit().map_err(|e| self.err(e))?;
-        Ok(rows)
+        Ok(Vec::new())
     }
 
     /// (entries, bytes) held now.
