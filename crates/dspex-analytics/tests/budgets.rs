@@ -277,7 +277,7 @@ async fn budgets_are_primed_from_the_store() {
 async fn the_client_refuses_a_call_its_budget_cannot_afford_before_sending_it() {
     use dspex_client::config::RawProvider;
     use dspex_client::{
-        Client, ClientConfig, ClientError, Message, ProviderConfig, RequestOptions,
+        Client, ClientConfig, ClientErrorKind, Message, ProviderConfig, RequestOptions,
     };
     use dspex_mock::{MockConfig, MockServer};
 
@@ -321,13 +321,7 @@ async fn the_client_refuses_a_call_its_budget_cannot_afford_before_sending_it() 
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            refused,
-            ClientError::Refused {
-                guard: "budget",
-                ..
-            }
-        ),
+        matches!(refused.kind(), ClientErrorKind::Refused { guard: "budget" }),
         "{refused}"
     );
     assert!(refused.to_string().contains("per-run"), "{refused}");

@@ -320,7 +320,7 @@ async fn failed_calls_are_recorded_with_their_error_kind() {
         .request("openai", vec![Message::user("bad")], options())
         .await
         .unwrap_err();
-    assert_eq!(refused.kind(), "invalid_request");
+    assert_eq!(refused.kind().as_str(), "invalid_request");
     let upstream_error = client
         .request("flaky", vec![Message::user("hello")], RequestOptions::new())
         .await
@@ -345,7 +345,10 @@ async fn failed_calls_are_recorded_with_their_error_kind() {
     assert_eq!(failed.cost_nanos, Some(0));
     let http = rows.iter().find(|r| r.provider == "flaky").unwrap();
     assert_eq!(http.status, "failed");
-    assert_eq!(http.error_kind.as_deref(), Some(upstream_error.kind()));
+    assert_eq!(
+        http.error_kind.as_deref(),
+        Some(upstream_error.kind().as_str())
+    );
     assert_eq!(http.error_kind.as_deref(), Some("server_error"));
     assert_eq!(http.http_status, Some(500));
     assert_eq!(http.attempts, 1);

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use dspex::core::config::ConfigLoader;
-use dspex::{Client, ClientConfig, ClientError};
+use dspex::{Client, ClientConfig, ClientError, ClientErrorKind};
 
 /// Every top-level key any DSPex crate reads from `dspex.toml`.
 pub(crate) fn known_keys() -> Vec<&'static str> {
@@ -76,11 +76,11 @@ impl Failure {
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Self {
-        match error {
-            ClientError::Config(_)
-            | ClientError::UnknownProvider { .. }
-            | ClientError::InvalidRequest { .. } => Self::Usage(error.into()),
-            other => Self::Provider(other),
+        match error.kind() {
+            ClientErrorKind::Config(_)
+            | ClientErrorKind::UnknownProvider { .. }
+            | ClientErrorKind::InvalidRequest => Self::Usage(error.into()),
+            _ => Self::Provider(error),
         }
     }
 }

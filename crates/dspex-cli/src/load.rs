@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use dspex::{Client, Message, ProviderConfig, ProviderKind, RequestOptions};
+use dspex::{ChatParams, ChatRequest, Client, Message, Provider, RequestOptions};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -77,61 +77,31 @@ struct Bare {
 }
 
 impl Bare {
-    fn new(config: &ProviderConfig, prompt: &str, max_tokens: u32) -> Result<Self, Failure> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("application/json"),
-        );
-        let (path, body) = match config.kind {
-            ProviderKind::OpenAi => {
-                if let Some(key) = &config.api_key {
-                    let mut value = reqwest::header::HeaderValue::from_str(&format!(
-                        "Bearer {}",
-                        key.secret.expose()
-                    ))
-                    .map_err(Failure::usage)?;
-                    value.set_sensitive(true);
-                    headers.insert(reqwest::header::AUTHORIZATION, value);
-                }
-                (
-                    "/chat/completions",
-                    serde_json::json!({"model": config.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}),
-                )
-            }
-            ProviderKind::Scripted => {
-                return Err(Failure::usage(anyhow::anyhow!(
-                    "--bare needs an HTTP provider; `{}` is scripted in process",
-                    config.id
-                )));
-            }
-            ProviderKind::Anthropic => {
-                if let Some(key) = &config.api_key {
-                    let mut value = reqwest::header::HeaderValue::from_str(key.secret.expose())
-                        .map_err(Failure::usage)?;
-                    value.set_sensitive(true);
-                    headers.insert("x-api-key", value);
-                }
-                headers.insert(
-                    "anthropic-version",
-                    reqwest::header::HeaderValue::from_str(&config.anthropic_version)
-                        .map_err(Failure::usage)?,
-                );
-                (
-                    "/v1/messages",
-                    serde_json::json!({"model": config.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}),
-                )
-            }
+    /// A bare client sending the very request `provider` would send: the
+    /// provider builds it (endpoint, headers, body), so the baseline never
+    /// drifts from what the client puts on the wire.
+    fn new(provider: &Provider, prompt: &str, max_tokens: u32) -> Result<Self, Failure> {
+        let request = ChatRequest {
+            messages: vec![Message::user(prompt)],
+            params: ChatParams {
+                max_tokens: Some(max_tokens),
+                ..ChatParams::default()
+            },
         };
+        let request = provider.http_request(&request).map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "--bare needs an HTTP provider; `{}` has none ({e})",
+                provider.id()
+            ))
+        })?;
+        let (parts, body) = request.into_parts();
         let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .pool_max_idle_per_host(config.pool_size)
+            .default_headers(parts.headers)
+            .pool_max_idle_per_host(provider.config().pool_size)
             .tcp_nodelay(true)
             .build()
             .map_err(Failure::usage)?;
-        let url =
-            reqwest::Url::parse(&format!("{}{path}", config.base_url)).map_err(Failure::usage)?;
-        let body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(Failure::usage)?);
+        let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(Failure::usage)?;
         Ok(Self { http, url, body })
     }
 
@@ -169,8 +139,11 @@ pub(crate) async fn run(config: Option<&Path>, args: LoadArgs) -> Result<(), Fai
     }
     let (client, provider) = common::client_for(config, args.provider.as_deref()).await?;
     let driver = if args.bare {
-        let provider_config = client.provider(&provider)?.config().clone();
-        Driver::Bare(Bare::new(&provider_config, &args.prompt, args.max_tokens)?)
+        Driver::Bare(Bare::new(
+            &*client.provider(&provider)?,
+            &args.prompt,
+            args.max_tokens,
+        )?)
     } else {
         Driver::Client(client, provider.clone())
     };
@@ -209,7 +182,7 @@ pub(crate) async fn run(config: Option<&Path>, args: LoadArgs) -> Result<(), Fai
                         )
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.kind().to_owned()),
+                        .map_err(|e| e.kind().as_str().to_owned()),
                     Driver::Bare(bare) => bare.call().await,
                 };
                 let micros = u64::try_from(start.elapsed().as_micros())

@@ -1,7 +1,6 @@
 //! What travels through a provider's protection stack: the [`Call`] going in and
 //! the [`Reply`] coming out.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,11 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use dspex_core::Trail;
 use dspex_core::protect::{Cost, PoolSlot, ProtectedRequest, ProtectedResponse, Reservation};
-use futures::Stream;
 
-use crate::error::ClientError;
 use crate::events::Operation;
-use crate::provider::{ParsedChat, ParsedEmbeddings, RawEvent};
+use crate::provider::{Chunks, ParsedChat, ParsedEmbeddings};
 use crate::types::{ChatRequest, EmbeddingRequest, Usage};
 
 /// What a call asks for, before any transport encodes it.
@@ -111,12 +108,10 @@ impl ProtectedRequest for Call {
     }
 }
 
-/// The raw events of a stream that has started, the first one already read.
-pub(crate) type RawEvents = Pin<Box<dyn Stream<Item = Result<RawEvent, ClientError>> + Send>>;
-
 pub(crate) enum ReplyBody {
     Chat(ParsedChat),
-    Stream(RawEvents),
+    /// A started stream (its first event already read, for HTTP).
+    Stream(Chunks),
     Embeddings(ParsedEmbeddings),
 }
 

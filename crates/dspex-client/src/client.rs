@@ -12,20 +12,20 @@ use dspex_core::protect::{
     Transition, Unit,
 };
 use dspex_core::registry::Registry;
-use dspex_core::{CoreError, CorrelationId, ErrorContext, Trail};
+use dspex_core::{CoreError, CorrelationId, Trail};
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
 use crate::cache::ResponseCache;
 use crate::call::{Call, Payload, Reply, ReplyBody};
-use crate::config::{ClientConfig, ProviderConfig, ProviderKind};
-use crate::error::ClientError;
+use crate::config::{ClientConfig, ProviderConfig};
+use crate::error::{ClientError, ClientErrorKind};
 use crate::events::{
     CacheServed, CallInfo, CircuitEvent, Event, EventBus, EventKind, LimitSource, Operation,
     RateLimitEvent, RetryEvent,
 };
 use crate::guard::CallGuard;
-use crate::provider::{HttpTransport, Sent, Transport};
+use crate::provider::{Capabilities, ProviderApi, Sent, Transport, api_for};
 use crate::scripted::{ScriptedLm, ScriptedTransport};
 use crate::stream::{ChatStream, StreamParts};
 use crate::telemetry::{CallMetrics, Ending, Recorder};
@@ -38,6 +38,11 @@ use crate::types::{
 pub(crate) struct ProviderShared {
     pub(crate) id: Arc<str>,
     pub(crate) config: ProviderConfig,
+    /// What kind of provider this is; every provider-specific decision goes
+    /// through it.
+    pub(crate) api: &'static dyn ProviderApi,
+    /// `api.capabilities(config)`, computed once.
+    pub(crate) capabilities: Capabilities,
     pub(crate) host: Arc<str>,
     pub(crate) limiter: Arc<dyn Admission>,
     pub(crate) limits_tokens: bool,
@@ -59,15 +64,15 @@ impl ProviderShared {
             &self.chat_model
         };
         match requested {
-            Some(model) if model != &*default.0 => describe(&self.config, model),
+            Some(model) if model != &*default.0 => describe(&self.config, self.api, model),
             _ => (Arc::clone(&default.0), Arc::clone(&default.1)),
         }
     }
 }
 
 /// A model and the breadcrumb that names it with its provider.
-fn describe(config: &ProviderConfig, model: &str) -> (Arc<str>, Arc<str>) {
-    let crumb = format!("{} ({}) model {model}", config.id, config.kind.system());
+fn describe(config: &ProviderConfig, api: &dyn ProviderApi, model: &str) -> (Arc<str>, Arc<str>) {
+    let crumb = format!("{} ({}) model {model}", config.id, api.system());
     (Arc::from(model), Arc::from(crumb))
 }
 
@@ -131,17 +136,17 @@ impl Provider {
                 RedisLimiter::connect(url, &config.id, config.limits.clone())
                     .await
                     .map_err(|e| match e {
-                        CoreError::Backend { message } => ClientError::Config(CoreError::config(
+                        CoreError::Backend { message } => ClientError::config(CoreError::config(
                             format!("providers.{}.rate_limit_backend", config.id),
                             format!("cannot connect: {message}"),
                         )),
-                        other => ClientError::Config(other),
+                        other => ClientError::config(other),
                     })?,
             ),
             None => Arc::new(LocalLimiter::new(config.limits.clone())),
         };
         let shared = Self::shared(config, events, limiter);
-        let transport: Arc<dyn Transport> = Arc::new(HttpTransport::new(Arc::clone(&shared))?);
+        let transport = shared.api.transport(&shared)?;
         Ok(Self::assemble(shared, transport))
     }
 
@@ -154,9 +159,12 @@ impl Provider {
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
+        let api = api_for(config.kind);
         Arc::new(ProviderShared {
-            chat_model: describe(&config, &config.model),
-            embedding_model: describe(&config, &config.embedding_model),
+            chat_model: describe(&config, api, &config.model),
+            embedding_model: describe(&config, api, &config.embedding_model),
+            capabilities: api.capabilities(&config),
+            api,
             id: Arc::from(config.id.as_str()),
             limits_tokens: config.limits.iter().any(|b| b.unit != Unit::Requests),
             host: Arc::from(host),
@@ -246,6 +254,44 @@ impl Provider {
         &self.shared.config
     }
 
+    /// What it can do (tool calling, JSON Schema output, streaming usage,
+    /// embeddings...).
+    pub fn capabilities(&self) -> Capabilities {
+        self.shared.capabilities
+    }
+
+    /// Its OpenTelemetry `gen_ai.system` name (`openai`, `anthropic`, `local`...).
+    pub fn system(&self) -> &'static str {
+        self.shared.api.system()
+    }
+
+    /// The HTTP request a chat call with `request` would send, headers (the
+    /// key among them, marked sensitive) and body included: what a bare
+    /// client needs to send the same bytes (the load tool's baseline). An
+    /// in-process provider has none.
+    pub fn http_request(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<http::Request<bytes::Bytes>, ClientError> {
+        let Some(dialect) = self.shared.api.dialect() else {
+            return Err(ClientError::unsupported("an HTTP request").with_provider(&self.shared.id));
+        };
+        let config = &self.shared.config;
+        let payload = Payload::Chat(request.clone());
+        let model = request.params.model.as_deref().unwrap_or(&config.model);
+        let body = dialect
+            .encode(&payload, model, false, config)
+            .map_err(|e| {
+                ClientError::new(ClientErrorKind::InvalidRequest, e.into_message())
+                    .with_provider(&self.shared.id)
+            })?;
+        let mut http_request = http::Request::new(bytes::Bytes::from(body));
+        *http_request.method_mut() = http::Method::POST;
+        *http_request.uri_mut() = crate::provider::endpoint(config, dialect.chat_path())?;
+        *http_request.headers_mut() = crate::provider::request_headers(config, dialect)?;
+        Ok(http_request)
+    }
+
     /// Its circuit breaker's state.
     pub fn circuit_state(&self) -> CircuitState {
         self.breaker.state()
@@ -292,11 +338,11 @@ fn wrong_reply(
     recorder: Recorder,
     expected: &str,
 ) -> ClientError {
-    let error = ClientError::MalformedResponse {
-        provider: Arc::clone(&provider.shared.id),
-        message: format!("the transport returned a reply that is not a {expected} reply"),
-        context: ClientError::context_for(&call.inner().trail),
-    };
+    let error = ClientError::new(
+        ClientErrorKind::MalformedResponse,
+        format!("the transport returned a reply that is not a {expected} reply"),
+    )
+    .attach(&provider.shared.id, &call.inner().trail);
     recorder.finish(Ending::failed(&error));
     error
 }
@@ -340,14 +386,14 @@ impl Client {
         self.inner
             .providers
             .register(id, Arc::new(provider))
-            .map_err(ClientError::Config)
+            .map_err(ClientError::config)
     }
 
     /// Registers a scripted in-process LM as provider `id`. Calls to it go
     /// through the same protection stack, events and telemetry as calls to a
     /// real provider.
     pub async fn add_scripted(&self, id: &str, lm: ScriptedLm) -> Result<(), ClientError> {
-        let config = ProviderConfig::scripted(id, "scripted").map_err(ClientError::Config)?;
+        let config = ProviderConfig::scripted(id, "scripted").map_err(ClientError::config)?;
         let shared = Provider::shared(
             config,
             self.inner.events.clone(),
@@ -360,7 +406,7 @@ impl Client {
         self.inner
             .providers
             .register(id, Arc::new(Provider::assemble(shared, transport)))
-            .map_err(ClientError::Config)
+            .map_err(ClientError::config)
     }
 
     /// Installs `guard` (a budget) to admit and settle every later call. A
@@ -368,7 +414,7 @@ impl Client {
     pub fn set_guard(&self, guard: Arc<dyn CallGuard>) -> Result<(), ClientError> {
         let name = guard.name();
         self.inner.guard.set(guard).map_err(|_| {
-            ClientError::Config(CoreError::config(
+            ClientError::config(CoreError::config(
                 "guard",
                 format!("this client already has a guard; cannot add `{name}`"),
             ))
@@ -380,7 +426,7 @@ impl Client {
     /// client has at most one cache.
     pub fn set_cache(&self, cache: ResponseCache) -> Result<(), ClientError> {
         self.inner.cache.set(cache).map_err(|_| {
-            ClientError::Config(CoreError::config(
+            ClientError::config(CoreError::config(
                 "cache",
                 "this client already has a response cache",
             ))
@@ -402,11 +448,7 @@ impl Client {
         self.inner
             .providers
             .get(id)
-            .map_err(|_| ClientError::UnknownProvider {
-                id: id.to_owned(),
-                known: self.inner.providers.ids(),
-                context: Box::new(ErrorContext::new(CorrelationId::generate())),
-            })
+            .map_err(|_| ClientError::unknown_provider(id, self.inner.providers.ids()))
     }
 
     /// The registered provider ids.
@@ -419,9 +461,45 @@ impl Client {
         self.inner.default_provider.as_deref()
     }
 
-    fn prepare(
+    /// The provider `provider_id`, or the recorded failure of a call to an
+    /// unknown one (such calls get their completion event too).
+    fn resolve(
         &self,
         provider_id: &str,
+        operation: Operation,
+        options: &RequestOptions,
+    ) -> Result<Arc<Provider>, ClientError> {
+        if let Ok(provider) = self.inner.providers.get(provider_id) {
+            return Ok(provider);
+        }
+        let correlation_id = options
+            .correlation_id
+            .clone()
+            .unwrap_or_else(CorrelationId::generate);
+        let recorder = Recorder::start(
+            &self.inner.events,
+            &self.inner.metrics,
+            "",
+            CallInfo {
+                provider: Arc::from(provider_id),
+                system: "unknown",
+                model: Arc::from(options.params.model.as_deref().unwrap_or_default()),
+                operation,
+                estimated_input_tokens: None,
+                tags: Arc::new(options.tags.clone()),
+            },
+            correlation_id.clone(),
+            None,
+        );
+        let error = ClientError::unknown_provider(provider_id, self.inner.providers.ids())
+            .in_trail(&Trail::new(correlation_id));
+        recorder.finish(Ending::failed(&error));
+        Err(error)
+    }
+
+    fn prepare(
+        &self,
+        provider: Arc<Provider>,
         operation: Operation,
         messages: Vec<Message>,
         embed: Option<EmbeddingRequest>,
@@ -440,30 +518,6 @@ impl Client {
             Arc::clone(EMPTY.get_or_init(Arc::default))
         } else {
             Arc::new(options.tags.clone())
-        };
-        let Ok(provider) = self.inner.providers.get(provider_id) else {
-            let recorder = Recorder::start(
-                &self.inner.events,
-                &self.inner.metrics,
-                "",
-                CallInfo {
-                    provider: Arc::from(provider_id),
-                    system: "unknown",
-                    model: Arc::from(options.params.model.as_deref().unwrap_or_default()),
-                    operation,
-                    estimated_input_tokens: None,
-                    tags,
-                },
-                correlation_id,
-                None,
-            );
-            let error = ClientError::UnknownProvider {
-                id: provider_id.to_owned(),
-                known: self.inner.providers.ids(),
-                context: Box::new(trail.snapshot()),
-            };
-            recorder.finish(Ending::failed(&error));
-            return Err(error);
         };
         let shared = &provider.shared;
         let config = &shared.config;
@@ -492,7 +546,7 @@ impl Client {
             &shared.host,
             CallInfo {
                 provider: Arc::clone(&shared.id),
-                system: config.kind.system(),
+                system: shared.api.system(),
                 model: Arc::clone(&model),
                 operation,
                 estimated_input_tokens: estimated_input,
@@ -519,25 +573,21 @@ impl Client {
                 ..Cost::ZERO
             },
         };
-        let invalid = |message: String, recorder: Recorder| {
-            let error = ClientError::InvalidRequest {
-                provider: Arc::clone(&shared.id),
-                message,
-                context: Box::new(trail.snapshot()),
-            };
+        let refuse = |error: ClientError, recorder: Recorder| {
+            let error = error.attach(&shared.id, &trail);
             recorder.finish(Ending::failed(&error));
             error
         };
+        let invalid = |message: String, recorder: Recorder| {
+            refuse(
+                ClientError::new(ClientErrorKind::InvalidRequest, message),
+                recorder,
+            )
+        };
         let payload = match (operation, embed) {
             (Operation::Embeddings, Some(request)) => {
-                if config.kind != ProviderKind::OpenAi {
-                    let error = ClientError::Unsupported {
-                        provider: Arc::clone(&shared.id),
-                        operation: "embeddings",
-                        context: Box::new(trail.snapshot()),
-                    };
-                    recorder.finish(Ending::failed(&error));
-                    return Err(error);
+                if !shared.capabilities.embeddings {
+                    return Err(refuse(ClientError::unsupported("embeddings"), recorder));
                 }
                 if request.input.is_empty() {
                     return Err(invalid("no input to embed".into(), recorder));
@@ -554,26 +604,16 @@ impl Client {
                 if options.params.n == Some(0) || options.params.n.is_some_and(|n| n > 128) {
                     return Err(invalid("n must be between 1 and 128".into(), recorder));
                 }
-                // Refuse what the wire format cannot express before taking any
-                // rate-limit room or pool slot.
-                if config.kind == ProviderKind::Anthropic {
-                    if options.params.n.is_some_and(|n| n > 1) {
-                        return Err(invalid("Anthropic does not support n > 1".into(), recorder));
-                    }
-                    if messages
-                        .iter()
-                        .all(|m| m.role == crate::types::Role::System)
-                    {
-                        return Err(invalid(
-                            "Anthropic needs at least one user or assistant message".into(),
-                            recorder,
-                        ));
-                    }
-                }
-                Payload::Chat(ChatRequest {
+                let request = ChatRequest {
                     messages,
                     params: options.params,
-                })
+                };
+                // Refuse what the provider cannot express before taking any
+                // rate-limit room or pool slot.
+                if let Err(message) = shared.api.validate(&request) {
+                    return Err(invalid(message, recorder));
+                }
+                Payload::Chat(request)
             }
         };
         if let Some(guard) = self.inner.guard.get() {
@@ -595,14 +635,15 @@ impl Client {
             if let Err(message) = guard.admit(recorder.info(), recorder.correlation_id(), &estimate)
             {
                 trail.push(guard.name(), message.clone());
-                let error = ClientError::Refused {
-                    provider: Arc::clone(&shared.id),
-                    guard: guard.name(),
-                    message,
-                    context: Box::new(trail.snapshot()),
-                };
-                recorder.finish(Ending::failed(&error));
-                return Err(error);
+                return Err(refuse(
+                    ClientError::new(
+                        ClientErrorKind::Refused {
+                            guard: guard.name(),
+                        },
+                        message,
+                    ),
+                    recorder,
+                ));
             }
             recorder.settle_with(Arc::clone(guard));
         }
@@ -642,9 +683,10 @@ impl Client {
         // Back-pressure from a batched subscriber that has fallen behind (the
         // analytics recorder under a slow store): one atomic load otherwise.
         self.inner.events.congestion().await;
-        if let Some(cache) = self.inner.cache.get()
-            && let Ok(provider) = self.inner.providers.get(provider_id)
-        {
+        // The one registry lookup of the call: everything below gets the
+        // provider itself.
+        let provider = self.resolve(provider_id, Operation::Chat, &options)?;
+        if let Some(cache) = self.inner.cache.get() {
             let model = options
                 .params
                 .model
@@ -652,11 +694,11 @@ impl Client {
                 .unwrap_or(&provider.shared.config.model);
             if let Some(plan) = crate::cache::plan(cache, provider_id, model, &messages, &options) {
                 return self
-                    .request_cached(cache, &provider, plan, messages, options)
+                    .request_cached(cache, provider, plan, messages, options)
                     .await;
             }
         }
-        self.request_uncached(provider_id, messages, options).await
+        self.request_uncached(provider, messages, options).await
     }
 
     /// Answers from the cache, or makes the call once (concurrent identical
@@ -664,7 +706,7 @@ impl Client {
     async fn request_cached(
         &self,
         cache: &ResponseCache,
-        provider: &Arc<Provider>,
+        provider: Arc<Provider>,
         plan: crate::cache::Plan,
         messages: Vec<Message>,
         options: RequestOptions,
@@ -680,7 +722,7 @@ impl Client {
             correlation_id: Some(correlation_id.clone()),
             ..options
         };
-        let compute = self.request_uncached(&provider.shared.id, messages, options);
+        let compute = self.request_uncached(Arc::clone(&provider), messages, options);
         let cached = match cache
             .get_or_compute(&plan.key, plan.semantic.as_ref(), compute, &plan.lookup)
             .await
@@ -690,11 +732,11 @@ impl Client {
                 return Err(Arc::try_unwrap(error).unwrap_or_else(|shared| (*shared).clone()));
             }
             Err(other) => {
-                return Err(ClientError::Backend {
-                    provider: Arc::clone(&provider.shared.id),
-                    message: format!("response cache: {other}"),
-                    context: Box::new(ErrorContext::new(correlation_id)),
-                });
+                return Err(ClientError::new(
+                    ClientErrorKind::Backend,
+                    format!("response cache: {other}"),
+                )
+                .attach(&provider.shared.id, &Trail::new(correlation_id)));
             }
         };
         let (tier, similarity) = match cached.source {
@@ -719,7 +761,7 @@ impl Client {
             &shared.host,
             CallInfo {
                 provider: Arc::clone(&shared.id),
-                system: shared.config.kind.system(),
+                system: shared.api.system(),
                 model: Arc::from(response.model.as_str()),
                 operation: Operation::Chat,
                 estimated_input_tokens: None,
@@ -747,11 +789,11 @@ impl Client {
 
     async fn request_uncached(
         &self,
-        provider_id: &str,
+        provider: Arc<Provider>,
         messages: Vec<Message>,
         options: RequestOptions,
     ) -> Result<ChatResponse, ClientError> {
-        let prepared = self.prepare(provider_id, Operation::Chat, messages, None, options)?;
+        let prepared = self.prepare(provider, Operation::Chat, messages, None, options)?;
         let result = Self::run(&prepared).await;
         let Prepared {
             provider,
@@ -823,7 +865,8 @@ impl Client {
         options: RequestOptions,
     ) -> Result<ChatStream, ClientError> {
         self.inner.events.congestion().await;
-        let prepared = self.prepare(provider_id, Operation::ChatStream, messages, None, options)?;
+        let provider = self.resolve(provider_id, Operation::ChatStream, &options)?;
+        let prepared = self.prepare(provider, Operation::ChatStream, messages, None, options)?;
         let result = Self::run(&prepared).await;
         let Prepared {
             provider,
@@ -869,8 +912,9 @@ impl Client {
         options: RequestOptions,
     ) -> Result<EmbeddingResponse, ClientError> {
         self.inner.events.congestion().await;
+        let provider = self.resolve(provider_id, Operation::Embeddings, &options)?;
         let prepared = self.prepare(
-            provider_id,
+            provider,
             Operation::Embeddings,
             Vec::new(),
             Some(request),

@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize, Serializer};
 /// The top-level keys this crate reads from `dspex.toml`.
 pub const CONFIG_KEYS: &[&str] = &["providers", "rate_limit_backend", "default_provider"];
 
-/// Which wire protocol a provider speaks.
+/// Which kind of provider an entry configures (its wire protocol, or in
+/// process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -47,31 +48,28 @@ pub enum ProviderKind {
     /// [`Client::add_scripted`](crate::Client::add_scripted); not available
     /// from config files.
     Scripted,
+    /// A GGUF model run in process (the `local-lm` feature).
+    Local,
 }
 
 impl ProviderKind {
     /// The OpenTelemetry `gen_ai.system` value.
     pub fn system(self) -> &'static str {
-        match self {
-            Self::OpenAi => "openai",
-            Self::Anthropic => "anthropic",
-            Self::Scripted => "scripted",
-        }
+        crate::provider::api_for(self).system()
     }
 
-    fn default_base_url(self) -> &'static str {
-        match self {
-            Self::OpenAi => "https://api.openai.com/v1",
-            Self::Anthropic => "https://api.anthropic.com",
-            Self::Scripted => "scripted://in-process",
-        }
-    }
-
-    fn default_model(self) -> &'static str {
-        match self {
-            Self::OpenAi => "gpt-4o-mini",
-            Self::Anthropic => "claude-3-5-haiku-latest",
-            Self::Scripted => "scripted",
+    /// Reads a config file's `kind`.
+    fn parse(key: String, kind: Option<&str>) -> Result<Self> {
+        const EXPECTED: &str = "expected `openai` (also for OpenAI-compatible servers), `anthropic` or `local` (a GGUF model in process)";
+        match kind {
+            Some("openai") => Ok(Self::OpenAi),
+            Some("anthropic") => Ok(Self::Anthropic),
+            Some("local") => Ok(Self::Local),
+            Some(other) => Err(CoreError::config(
+                key,
+                format!("unknown kind `{other}`; {EXPECTED}"),
+            )),
+            None => Err(CoreError::config(key, format!("missing; {EXPECTED}"))),
         }
     }
 }
@@ -129,6 +127,22 @@ pub struct RawProvider {
     /// Extra HTTP headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `kind = "local"`: the GGUF file.
+    pub model_path: Option<String>,
+    /// `kind = "local"`: the file's expected SHA-256, checked on load.
+    pub sha256: Option<String>,
+    /// `kind = "local"`: the context window in tokens (at most the model's).
+    pub context_length: Option<u32>,
+    /// `kind = "local"`: threads of one generation.
+    pub threads: Option<u32>,
+    /// `kind = "local"`: memory for the KV caches of recent prompt prefixes, in MiB.
+    pub prefix_cache_mb: Option<u32>,
+    /// `kind = "local"`: the temperature when a call sets none.
+    pub temperature: Option<f32>,
+    /// `kind = "local"`: the top-p when a call sets none.
+    pub top_p: Option<f32>,
+    /// `kind = "local"`: the seed when a call sets none.
+    pub seed: Option<u64>,
 }
 
 /// Raw `limits` entry.
@@ -253,6 +267,121 @@ pub struct ProviderConfig {
     /// Extra headers (values are not printed: they may hold credentials).
     #[serde(serialize_with = "redact_headers")]
     pub headers: BTreeMap<String, String>,
+    /// The model file and its settings, for `kind = "local"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalSettings>,
+}
+
+/// A local model's validated settings (`kind = "local"`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LocalSettings {
+    /// The GGUF file.
+    pub model_path: std::path::PathBuf,
+    /// Its expected SHA-256 (lowercase hex), checked on load.
+    pub sha256: Option<String>,
+    /// The context window; the model's own (bounded to 8,192) when `None`.
+    pub context_length: Option<usize>,
+    /// Threads of one generation; the available cores when `None`.
+    pub threads: Option<usize>,
+    /// Memory for the KV caches of recent prompt prefixes, in bytes.
+    pub prefix_cache_bytes: usize,
+    /// The temperature when a call sets none (0 = greedy).
+    pub temperature: f32,
+    /// The top-p when a call sets none.
+    pub top_p: Option<f32>,
+    /// The seed when a call sets none.
+    pub seed: Option<u64>,
+}
+
+impl LocalSettings {
+    /// The `local` settings of `raw`: required for `kind = "local"`, refused
+    /// for every other kind (a typo there would silently do nothing).
+    fn validate(id: &str, kind: ProviderKind, raw: &RawProvider) -> Result<Option<Self>> {
+        let key = |field: &str| format!("providers.{id}.{field}");
+        if kind != ProviderKind::Local {
+            for (field, set) in [
+                ("model_path", raw.model_path.is_some()),
+                ("sha256", raw.sha256.is_some()),
+                ("context_length", raw.context_length.is_some()),
+                ("threads", raw.threads.is_some()),
+                ("prefix_cache_mb", raw.prefix_cache_mb.is_some()),
+                ("temperature", raw.temperature.is_some()),
+                ("top_p", raw.top_p.is_some()),
+                ("seed", raw.seed.is_some()),
+            ] {
+                if set {
+                    return Err(CoreError::config(
+                        key(field),
+                        "applies only to `kind = \"local\"` providers",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let model_path = match raw.model_path.as_deref() {
+            Some(path) if !path.trim().is_empty() => std::path::PathBuf::from(path),
+            _ => {
+                return Err(CoreError::config(
+                    key("model_path"),
+                    "missing; a local provider needs the path of a GGUF file (scripts/fetch-model prints one)",
+                ));
+            }
+        };
+        if let Some(hash) = &raw.sha256
+            && !(hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(CoreError::config(
+                key("sha256"),
+                "must be 64 hexadecimal digits",
+            ));
+        }
+        let positive = |field: &str, value: Option<u32>| match value {
+            Some(0) => Err(CoreError::config(key(field), "must be greater than 0")),
+            other => Ok(other.map(|v| v as usize)),
+        };
+        let context_length = positive("context_length", raw.context_length)?;
+        if context_length.is_some_and(|n| n < 16) {
+            return Err(CoreError::config(
+                key("context_length"),
+                "must be at least 16 tokens",
+            ));
+        }
+        let threads = positive("threads", raw.threads)?;
+        let temperature = raw.temperature.unwrap_or(0.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(CoreError::config(
+                key("temperature"),
+                format!("{temperature} is out of range 0..=2"),
+            ));
+        }
+        if let Some(top_p) = raw.top_p
+            && !(top_p > 0.0 && top_p <= 1.0)
+        {
+            return Err(CoreError::config(
+                key("top_p"),
+                format!("{top_p} is out of range (0, 1]"),
+            ));
+        }
+        Ok(Some(Self {
+            model_path,
+            sha256: raw.sha256.as_ref().map(|h| h.to_ascii_lowercase()),
+            context_length,
+            threads,
+            prefix_cache_bytes: raw.prefix_cache_mb.unwrap_or(256) as usize * 1024 * 1024,
+            temperature,
+            top_p: raw.top_p,
+            seed: raw.seed,
+        }))
+    }
+
+    /// The model name when the config sets none: the file name without
+    /// `.gguf`.
+    fn default_model_name(&self) -> String {
+        self.model_path
+            .file_stem()
+            .map_or_else(|| "local".to_owned(), |s| s.to_string_lossy().into_owned())
+    }
 }
 
 fn redact_url<S: Serializer>(url: &Option<String>, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -441,29 +570,21 @@ impl ProviderConfig {
                 "a provider id may hold only letters, digits, '-' and '_'",
             ));
         }
-        let kind = match raw.kind.as_deref() {
-            Some("openai") => ProviderKind::OpenAi,
-            Some("anthropic") => ProviderKind::Anthropic,
-            Some(other) => {
-                return Err(CoreError::config(
-                    key("kind"),
-                    format!(
-                        "unknown kind `{other}`; expected `openai` (also for OpenAI-compatible servers) or `anthropic`"
-                    ),
-                ));
-            }
-            None => {
-                return Err(CoreError::config(
-                    key("kind"),
-                    "missing; expected `openai` or `anthropic`",
-                ));
-            }
-        };
+        let kind = ProviderKind::parse(key("kind"), raw.kind.as_deref())?;
+        let api = crate::provider::api_for(kind);
+        let local = LocalSettings::validate(id, kind, raw)?;
+        if local.is_some() && raw.base_url.is_some() {
+            return Err(CoreError::config(
+                key("base_url"),
+                "a local model is not reached over HTTP; set model_path instead",
+            ));
+        }
         let base_url = raw
             .base_url
             .clone()
-            .unwrap_or_else(|| kind.default_base_url().to_owned());
+            .unwrap_or_else(|| api.default_base_url().to_owned());
         match url::Url::parse(&base_url) {
+            Ok(_) if local.is_some() => {}
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
             Ok(_) => {
                 return Err(CoreError::config(
@@ -502,14 +623,18 @@ impl ProviderConfig {
             },
             None => None,
         };
-        let model = raw
-            .model
-            .clone()
-            .unwrap_or_else(|| kind.default_model().to_owned());
+        let model = raw.model.clone().unwrap_or_else(|| match &local {
+            Some(local) => local.default_model_name(),
+            None => api.default_model().to_owned(),
+        });
         if model.trim().is_empty() {
             return Err(CoreError::config(key("model"), "must not be empty"));
         }
-        let pool_size = raw.pool_size.unwrap_or(16);
+        // A local model shares the machine's cores: one generation at a time
+        // unless the config says otherwise.
+        let pool_size = raw
+            .pool_size
+            .unwrap_or(if local.is_some() { 1 } else { 16 });
         if !(1..=4096).contains(&pool_size) {
             return Err(CoreError::config(
                 key("pool_size"),
@@ -666,6 +791,7 @@ impl ProviderConfig {
                 .unwrap_or_else(|| "2023-06-01".to_owned()),
             stream_usage: raw.stream_usage.unwrap_or(true),
             headers: raw.headers.clone(),
+            local,
         })
     }
 
@@ -676,7 +802,9 @@ impl ProviderConfig {
         // scripted: no request ever goes to its address.
         let mut config = Self::openai_compatible(id, "http://in-process", model)?;
         config.kind = ProviderKind::Scripted;
-        config.base_url = ProviderKind::Scripted.default_base_url().to_owned();
+        config.base_url = crate::provider::api_for(ProviderKind::Scripted)
+            .default_base_url()
+            .to_owned();
         Ok(config)
     }
 

@@ -103,257 +103,357 @@ impl fmt::Display for TimeoutPhase {
     }
 }
 
-/// `"provider: "`, or nothing for an error made inside the protection stack,
-/// which learns its provider only when the client returns it (the retry
-/// layer's trail still shows such errors, and must not start with `": "`).
-fn prefix(provider: &str) -> String {
-    if provider.is_empty() {
-        String::new()
-    } else {
-        format!("{provider}: ")
-    }
-}
-
-fn retry_hint(after: Option<&Duration>) -> String {
+fn retry_hint(after: Option<Duration>) -> String {
     after.map_or_else(String::new, |d| {
-        format!(" (retry after {})", format_duration(*d))
+        format!(" (retry after {})", format_duration(d))
     })
 }
 
-/// Everything a provider call can fail with.
-///
-/// Call-time variants carry the provider id and an [`ErrorContext`]: the
-/// correlation id and the breadcrumb trail (provider, model, every attempt and
-/// wait). Messages from providers are scrubbed of the API key.
-#[derive(Clone, Debug, thiserror::Error)]
+/// What went wrong in a provider call, with what only that kind of failure
+/// knows. The fields every failure shares (provider, HTTP status,
+/// Retry-After, message, context) live on [`ClientError`].
+#[derive(Clone, Debug)]
 #[non_exhaustive]
-pub enum ClientError {
-    /// The upstream answered with an error status.
-    #[error("{provider}: {kind} (HTTP {status}): {message}{}", retry_hint(retry_after.as_ref()))]
+pub enum ClientErrorKind {
+    /// The upstream answered with an error status ([`ClientError::status`]).
     Api {
-        /// The provider id.
-        provider: Arc<str>,
         /// What the status means.
         kind: ApiErrorKind,
-        /// The HTTP status.
-        status: u16,
-        /// The provider's message.
-        message: String,
         /// The provider's error code or type, such as `rate_limit_exceeded`.
         code: Option<String>,
-        /// The provider's Retry-After (or rate-limit reset) hint.
-        retry_after: Option<Duration>,
         /// The provider's request id.
         request_id: Option<String>,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
     /// A timeout fired.
-    #[error("{}timed out waiting for the {phase} after {}", prefix(provider), format_duration(*after))]
     Timeout {
-        /// The provider id.
-        provider: Arc<str>,
         /// Which timeout.
         phase: TimeoutPhase,
         /// Its length.
         after: Duration,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
     /// The connection could not be made or broke before a response.
-    #[error("{provider}: connection failed: {message}")]
-    Connect {
-        /// The provider id.
-        provider: Arc<str>,
-        /// What went wrong.
-        message: String,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
-    },
-
+    Connect,
     /// The upstream answered 2xx with a body that is not what its API promises.
-    #[error("{provider}: malformed response: {message}")]
-    MalformedResponse {
-        /// The provider id.
-        provider: Arc<str>,
-        /// What is wrong, with a short excerpt of the body.
-        message: String,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
-    },
-
+    MalformedResponse,
     /// The response ended before it was complete.
-    #[error("{provider}: {} ended early: {message}", if *streaming { "stream" } else { "response body" })]
     Truncated {
-        /// The provider id.
-        provider: Arc<str>,
         /// Whether it was a stream (whose start already reached the caller).
         streaming: bool,
-        /// What was missing.
-        message: String,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
-    /// The provider's circuit breaker is open: failing fast.
-    #[error("{}circuit open after repeated upstream failures; next try in {}", prefix(provider), format_duration(*retry_in))]
-    CircuitOpen {
-        /// The provider id.
-        provider: Arc<str>,
-        /// When a probe will be let through.
-        retry_in: Duration,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
-    },
-
+    /// The provider's circuit breaker is open: failing fast until
+    /// [`ClientError::retry_after`].
+    CircuitOpen,
     /// A local rate-limit bucket had no room within the allowed wait.
-    #[error("{}rate limit `{bucket}` is full; retry after {}", prefix(provider), format_duration(*retry_after))]
     RateLimited {
-        /// The provider id.
-        provider: Arc<str>,
         /// The full bucket, such as `tokens/1m`.
         bucket: String,
-        /// When it will have room.
-        retry_after: Duration,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
     /// The call costs more than a bucket's whole limit: it can never be admitted.
-    #[error(
-        "{}call needs {requested} in bucket `{bucket}`, more than its limit of {limit}",
-        prefix(provider)
-    )]
     OverCapacity {
-        /// The provider id.
-        provider: Arc<str>,
         /// The bucket.
         bucket: String,
         /// What the call needs.
         requested: u64,
         /// The bucket's limit.
         limit: u64,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
-    /// The request is invalid before it is sent (no messages, a bad parameter).
-    #[error("{provider}: invalid request: {message}")]
-    InvalidRequest {
-        /// The provider id.
-        provider: Arc<str>,
-        /// What is wrong.
-        message: String,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
-    },
-
+    /// The request is invalid before it is sent (no messages, a bad parameter,
+    /// a prompt longer than a local model's context).
+    InvalidRequest,
     /// A [`CallGuard`](crate::CallGuard) (a budget) refused the call before it
     /// was sent.
-    #[error("{provider}: refused by {guard}: {message}")]
     Refused {
-        /// The provider id.
-        provider: Arc<str>,
         /// Which guard refused (`budget`).
         guard: &'static str,
-        /// Why, naming the limit.
-        message: String,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
     /// The provider does not offer this operation (Anthropic has no embeddings).
-    #[error("{provider}: {operation} is not supported by this provider")]
     Unsupported {
-        /// The provider id.
-        provider: Arc<str>,
         /// The operation.
         operation: &'static str,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
     /// No provider is registered under this id.
-    #[error("no provider named `{id}` (configured: {})", if known.is_empty() { "none; set OPENAI_API_KEY or write a dspex.toml".to_owned() } else { known.join(", ") })]
     UnknownProvider {
         /// The id asked for.
         id: String,
         /// The ids that exist.
         known: Vec<String>,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
     },
-
     /// The shared rate-limit backend (Redis) failed.
-    #[error("{}rate-limit backend failed: {message}", prefix(provider))]
-    Backend {
-        /// The provider id.
-        provider: Arc<str>,
-        /// The backend's message.
-        message: String,
-        /// Correlation id and breadcrumbs.
-        context: Box<ErrorContext>,
-    },
-
+    Backend,
+    /// A local model failed while generating (the message says how).
+    Model,
     /// Configuration is invalid (names the key) or the client could not start.
-    #[error(transparent)]
     Config(CoreError),
 }
 
-fn blank_context() -> Box<ErrorContext> {
-    Box::new(ErrorContext::new(CorrelationId::from("")))
+impl ClientErrorKind {
+    /// A stable snake_case name, for events, metrics and analytics
+    /// (`rate_limited`, `server_error`, `timeout`...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Api { kind, .. } => kind.as_str(),
+            Self::Timeout { .. } => "timeout",
+            Self::Connect => "connect",
+            Self::MalformedResponse => "malformed_response",
+            Self::Truncated { .. } => "truncated",
+            Self::CircuitOpen => "circuit_open",
+            Self::RateLimited { .. } => "local_rate_limit",
+            Self::OverCapacity { .. } => "over_capacity",
+            Self::InvalidRequest => "invalid_request",
+            Self::Refused { .. } => "refused",
+            Self::Unsupported { .. } => "unsupported",
+            Self::UnknownProvider { .. } => "unknown_provider",
+            Self::Backend => "backend",
+            Self::Model => "model",
+            Self::Config(_) => "config",
+        }
+    }
+}
+
+impl fmt::Display for ClientErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a provider call can fail with: a [`ClientErrorKind`] and the
+/// fields every failure shares.
+///
+/// Call-time errors carry the provider id and an [`ErrorContext`]: the
+/// correlation id and the breadcrumb trail (provider, model, every attempt and
+/// wait). Messages from providers are scrubbed of the API key. One box holds
+/// it all, so a `Result` carrying it stays one word wide.
+#[derive(Clone)]
+pub struct ClientError(Box<Details>);
+
+#[derive(Clone, Debug)]
+struct Details {
+    kind: ClientErrorKind,
+    /// `None` for errors not tied to a provider, and for errors made inside
+    /// the protection stack until the client attaches its provider.
+    provider: Option<Arc<str>>,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    message: String,
+    context: ErrorContext,
+}
+
+impl fmt::Debug for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.0;
+        f.debug_struct("ClientError")
+            .field("kind", &d.kind)
+            .field("provider", &d.provider)
+            .field("status", &d.status)
+            .field("retry_after", &d.retry_after)
+            .field("message", &d.message)
+            .field("context", &d.context)
+            .finish()
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.0;
+        if let ClientErrorKind::Config(error) = &d.kind {
+            return fmt::Display::fmt(error, f);
+        }
+        if let Some(provider) = d.provider.as_deref().filter(|p| !p.is_empty()) {
+            write!(f, "{provider}: ")?;
+        }
+        let message = &d.message;
+        match &d.kind {
+            ClientErrorKind::Api { kind, .. } => write!(
+                f,
+                "{kind} (HTTP {}): {message}{}",
+                d.status.unwrap_or_default(),
+                retry_hint(d.retry_after)
+            ),
+            ClientErrorKind::Connect => write!(f, "connection failed: {message}"),
+            ClientErrorKind::MalformedResponse => write!(f, "malformed response: {message}"),
+            ClientErrorKind::Truncated { streaming } => write!(
+                f,
+                "{} ended early: {message}",
+                if *streaming {
+                    "stream"
+                } else {
+                    "response body"
+                }
+            ),
+            ClientErrorKind::InvalidRequest => write!(f, "invalid request: {message}"),
+            ClientErrorKind::Refused { guard } => write!(f, "refused by {guard}: {message}"),
+            ClientErrorKind::Backend => write!(f, "rate-limit backend failed: {message}"),
+            ClientErrorKind::Model => write!(f, "local model failed: {message}"),
+            // The message is the whole sentence.
+            _ => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0.kind {
+            ClientErrorKind::Config(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+fn blank_context() -> ErrorContext {
+    ErrorContext::new(CorrelationId::from(""))
 }
 
 impl From<CoreError> for ClientError {
     /// Maps errors of the protection layers; the client fills in the provider and
     /// context before the error reaches the caller.
     fn from(error: CoreError) -> Self {
-        let provider: Arc<str> = Arc::from("");
         match error {
             CoreError::RateLimited {
                 bucket,
                 retry_after,
-            } => Self::RateLimited {
-                provider,
-                bucket,
-                retry_after,
-                context: blank_context(),
-            },
+            } => Self::new(
+                ClientErrorKind::RateLimited {
+                    bucket: bucket.clone(),
+                },
+                format!(
+                    "rate limit `{bucket}` is full; retry after {}",
+                    format_duration(retry_after)
+                ),
+            )
+            .with_retry_after(Some(retry_after)),
             CoreError::OverCapacity {
                 bucket,
                 requested,
                 limit,
-            } => Self::OverCapacity {
-                provider,
-                bucket,
-                requested,
-                limit,
-                context: blank_context(),
-            },
-            CoreError::CircuitOpen { retry_in, .. } => Self::CircuitOpen {
-                provider,
-                retry_in,
-                context: blank_context(),
-            },
-            CoreError::Backend { message } => Self::Backend {
-                provider,
-                message,
-                context: blank_context(),
-            },
-            other => Self::Config(other),
+            } => Self::new(
+                ClientErrorKind::OverCapacity {
+                    bucket: bucket.clone(),
+                    requested,
+                    limit,
+                },
+                format!(
+                    "call needs {requested} in bucket `{bucket}`, more than its limit of {limit}"
+                ),
+            ),
+            CoreError::CircuitOpen { retry_in, .. } => Self::new(
+                ClientErrorKind::CircuitOpen,
+                format!(
+                    "circuit open after repeated upstream failures; next try in {}",
+                    format_duration(retry_in)
+                ),
+            )
+            .with_retry_after(Some(retry_in)),
+            CoreError::Backend { message } => Self::new(ClientErrorKind::Backend, message),
+            other => Self::config(other),
         }
     }
 }
 
 impl ClientError {
+    /// An error of `kind` with `message`, not yet tied to a provider or a call.
+    pub fn new(kind: ClientErrorKind, message: impl Into<String>) -> Self {
+        Self(Box::new(Details {
+            kind,
+            provider: None,
+            status: None,
+            retry_after: None,
+            message: message.into(),
+            context: blank_context(),
+        }))
+    }
+
+    /// A configuration error (the message names the key).
+    pub fn config(error: CoreError) -> Self {
+        let message = error.to_string();
+        Self::new(ClientErrorKind::Config(error), message)
+    }
+
+    /// An upstream error status with the provider's message.
+    pub fn api(
+        status: u16,
+        message: impl Into<String>,
+        code: Option<String>,
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+    ) -> Self {
+        let mut error = Self::new(
+            ClientErrorKind::Api {
+                kind: ApiErrorKind::from_status(status),
+                code,
+                request_id,
+            },
+            message,
+        );
+        error.0.status = Some(status);
+        error.0.retry_after = retry_after;
+        error
+    }
+
+    /// A timeout of `phase` after `after`.
+    pub fn timeout(phase: TimeoutPhase, after: Duration) -> Self {
+        Self::new(
+            ClientErrorKind::Timeout { phase, after },
+            format!(
+                "timed out waiting for the {phase} after {}",
+                format_duration(after)
+            ),
+        )
+    }
+
+    /// The provider does not offer `operation`.
+    pub fn unsupported(operation: &'static str) -> Self {
+        Self::new(
+            ClientErrorKind::Unsupported { operation },
+            format!("{operation} is not supported by this provider"),
+        )
+    }
+
+    /// No provider `id` among `known`.
+    pub fn unknown_provider(id: &str, known: Vec<String>) -> Self {
+        let message = format!(
+            "no provider named `{id}` (configured: {})",
+            if known.is_empty() {
+                "none; set OPENAI_API_KEY or write a dspex.toml".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+        let mut error = Self::new(
+            ClientErrorKind::UnknownProvider {
+                id: id.to_owned(),
+                known,
+            },
+            message,
+        );
+        error.0.context = ErrorContext::new(CorrelationId::generate());
+        error
+    }
+
+    /// Sets the provider.
+    #[must_use]
+    pub fn with_provider(mut self, provider: &Arc<str>) -> Self {
+        self.0.provider = Some(Arc::clone(provider));
+        self
+    }
+
+    /// Sets the wait before trying again.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.0.retry_after = retry_after;
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ClientErrorKind {
+        &self.0.kind
+    }
+
     /// Whether the same call may succeed if tried again: 408, 409, 429, 5xx,
     /// timeouts, broken connections, a plain body cut short, a full local bucket,
     /// an open circuit.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Api { kind, .. } => matches!(
+        match &self.0.kind {
+            ClientErrorKind::Api { kind, .. } => matches!(
                 kind,
                 ApiErrorKind::RequestTimeout
                     | ApiErrorKind::Conflict
@@ -361,213 +461,101 @@ impl ClientError {
                     | ApiErrorKind::Server
                     | ApiErrorKind::Overloaded
             ),
-            Self::Timeout { .. } | Self::Connect { .. } | Self::Backend { .. } => true,
-            Self::Truncated { streaming, .. } => !streaming,
-            Self::CircuitOpen { .. } | Self::RateLimited { .. } => true,
+            ClientErrorKind::Timeout { .. }
+            | ClientErrorKind::Connect
+            | ClientErrorKind::Backend
+            | ClientErrorKind::CircuitOpen
+            | ClientErrorKind::RateLimited { .. } => true,
+            ClientErrorKind::Truncated { streaming } => !streaming,
             _ => false,
         }
     }
 
     /// The HTTP status, for upstream errors.
     pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Api { status, .. } => Some(*status),
-            _ => None,
-        }
+        self.0.status
     }
 
-    /// How long to wait before trying again, when known.
+    /// How long to wait before trying again, when known: the provider's
+    /// Retry-After (or rate-limit reset), an open circuit's next probe, a
+    /// full bucket's next room.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Api { retry_after, .. } => *retry_after,
-            Self::CircuitOpen { retry_in, .. } => Some(*retry_in),
-            Self::RateLimited { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        }
+        self.0.retry_after
     }
 
-    /// The provider's (or our) message.
-    pub fn message(&self) -> String {
-        match self {
-            Self::Api { message, .. }
-            | Self::Connect { message, .. }
-            | Self::MalformedResponse { message, .. }
-            | Self::Truncated { message, .. }
-            | Self::InvalidRequest { message, .. }
-            | Self::Refused { message, .. }
-            | Self::Backend { message, .. } => message.clone(),
-            other => other.to_string(),
-        }
+    /// The provider's (or our) message, without the provider prefix.
+    pub fn message(&self) -> &str {
+        &self.0.message
     }
 
     /// The provider id, for call-time errors.
     pub fn provider(&self) -> Option<&str> {
-        match self {
-            Self::Api { provider, .. }
-            | Self::Timeout { provider, .. }
-            | Self::Connect { provider, .. }
-            | Self::MalformedResponse { provider, .. }
-            | Self::Truncated { provider, .. }
-            | Self::CircuitOpen { provider, .. }
-            | Self::RateLimited { provider, .. }
-            | Self::OverCapacity { provider, .. }
-            | Self::InvalidRequest { provider, .. }
-            | Self::Refused { provider, .. }
-            | Self::Unsupported { provider, .. }
-            | Self::Backend { provider, .. } => Some(provider),
-            Self::UnknownProvider { .. } | Self::Config(_) => None,
+        self.0.provider.as_deref().filter(|p| !p.is_empty())
+    }
+
+    /// The provider's request id, for upstream errors that carried one.
+    pub fn request_id(&self) -> Option<&str> {
+        match &self.0.kind {
+            ClientErrorKind::Api { request_id, .. } => request_id.as_deref(),
+            _ => None,
         }
     }
 
     /// The correlation id and breadcrumbs, for call-time errors.
     pub fn context(&self) -> Option<&ErrorContext> {
-        match self {
-            Self::UnknownProvider { context, .. } => Some(context),
-            other => other.parts().map(|(_, context)| context),
-        }
-    }
-
-    fn parts(&self) -> Option<(&Arc<str>, &ErrorContext)> {
-        match self {
-            Self::Api {
-                provider, context, ..
-            }
-            | Self::Timeout {
-                provider, context, ..
-            }
-            | Self::Connect {
-                provider, context, ..
-            }
-            | Self::MalformedResponse {
-                provider, context, ..
-            }
-            | Self::Truncated {
-                provider, context, ..
-            }
-            | Self::CircuitOpen {
-                provider, context, ..
-            }
-            | Self::RateLimited {
-                provider, context, ..
-            }
-            | Self::OverCapacity {
-                provider, context, ..
-            }
-            | Self::InvalidRequest {
-                provider, context, ..
-            }
-            | Self::Refused {
-                provider, context, ..
-            }
-            | Self::Unsupported {
-                provider, context, ..
-            }
-            | Self::Backend {
-                provider, context, ..
-            } => Some((provider, &**context)),
-            Self::UnknownProvider { .. } | Self::Config(_) => None,
-        }
-    }
-
-    /// A stable snake_case name of the error's kind, for events, metrics and
-    /// analytics (`rate_limited`, `server_error`, `timeout`...).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Api { kind, .. } => kind.as_str(),
-            Self::Timeout { .. } => "timeout",
-            Self::Connect { .. } => "connect",
-            Self::MalformedResponse { .. } => "malformed_response",
-            Self::Truncated { .. } => "truncated",
-            Self::CircuitOpen { .. } => "circuit_open",
-            Self::RateLimited { .. } => "local_rate_limit",
-            Self::OverCapacity { .. } => "over_capacity",
-            Self::InvalidRequest { .. } => "invalid_request",
-            Self::Refused { .. } => "refused",
-            Self::Unsupported { .. } => "unsupported",
-            Self::UnknownProvider { .. } => "unknown_provider",
-            Self::Backend { .. } => "backend",
-            Self::Config(_) => "config",
+        match &self.0.kind {
+            ClientErrorKind::Config(_) => None,
+            ClientErrorKind::UnknownProvider { .. } => Some(&self.0.context),
+            _ => self.provider().map(|_| &self.0.context),
         }
     }
 
     /// Fills in the provider (where the layer that made the error did not know
     /// it) and replaces the context with the call's trail.
     pub(crate) fn attach(mut self, provider_id: &Arc<str>, trail: &Trail) -> Self {
-        let snapshot = trail.snapshot();
-        match &mut self {
-            Self::Api {
-                provider, context, ..
-            }
-            | Self::Timeout {
-                provider, context, ..
-            }
-            | Self::Connect {
-                provider, context, ..
-            }
-            | Self::MalformedResponse {
-                provider, context, ..
-            }
-            | Self::Truncated {
-                provider, context, ..
-            }
-            | Self::CircuitOpen {
-                provider, context, ..
-            }
-            | Self::RateLimited {
-                provider, context, ..
-            }
-            | Self::OverCapacity {
-                provider, context, ..
-            }
-            | Self::InvalidRequest {
-                provider, context, ..
-            }
-            | Self::Refused {
-                provider, context, ..
-            }
-            | Self::Unsupported {
-                provider, context, ..
-            }
-            | Self::Backend {
-                provider, context, ..
-            } => {
-                if provider.is_empty() {
-                    *provider = Arc::clone(provider_id);
-                }
-                **context = snapshot;
-            }
-            Self::UnknownProvider { context, .. } => **context = snapshot,
-            Self::Config(_) => {}
+        if self.provider().is_none()
+            && !matches!(
+                self.0.kind,
+                ClientErrorKind::UnknownProvider { .. } | ClientErrorKind::Config(_)
+            )
+        {
+            self.0.provider = Some(Arc::clone(provider_id));
         }
-        self
+        self.in_trail(trail)
     }
 
-    pub(crate) fn context_for(trail: &Trail) -> Box<ErrorContext> {
-        Box::new(trail.snapshot())
+    /// Replaces the context with the call's trail.
+    pub(crate) fn in_trail(mut self, trail: &Trail) -> Self {
+        if !matches!(self.0.kind, ClientErrorKind::Config(_)) {
+            self.0.context = trail.snapshot();
+        }
+        self
     }
 }
 
 impl ProtectedError for ClientError {
     fn reached_upstream(&self) -> bool {
         matches!(
-            self,
-            Self::Api { .. }
-                | Self::Timeout { .. }
-                | Self::Connect { .. }
-                | Self::MalformedResponse { .. }
-                | Self::Truncated { .. }
+            self.0.kind,
+            ClientErrorKind::Api { .. }
+                | ClientErrorKind::Timeout { .. }
+                | ClientErrorKind::Connect
+                | ClientErrorKind::MalformedResponse
+                | ClientErrorKind::Truncated { .. }
+                | ClientErrorKind::Model
         )
     }
 
     fn trips_breaker(&self) -> bool {
-        match self {
-            Self::Api { kind, .. } => {
+        match &self.0.kind {
+            ClientErrorKind::Api { kind, .. } => {
                 matches!(kind, ApiErrorKind::Server | ApiErrorKind::Overloaded)
             }
-            Self::Timeout { .. }
-            | Self::Connect { .. }
-            | Self::MalformedResponse { .. }
-            | Self::Truncated { .. } => true,
+            ClientErrorKind::Timeout { .. }
+            | ClientErrorKind::Connect
+            | ClientErrorKind::MalformedResponse
+            | ClientErrorKind::Truncated { .. }
+            | ClientErrorKind::Model => true,
             _ => false,
         }
     }
@@ -575,8 +563,10 @@ impl ProtectedError for ClientError {
     fn is_retryable(&self) -> bool {
         // Local admission failures are final inside the stack: the rate-limit
         // layer already waited as long as allowed, and the breaker is outside.
-        !matches!(self, Self::RateLimited { .. } | Self::CircuitOpen { .. })
-            && ClientError::is_retryable(self)
+        !matches!(
+            self.0.kind,
+            ClientErrorKind::RateLimited { .. } | ClientErrorKind::CircuitOpen
+        ) && ClientError::is_retryable(self)
     }
 
     fn retry_after(&self) -> Option<Duration> {
@@ -584,14 +574,14 @@ impl ProtectedError for ClientError {
     }
 
     fn charged(&self, reserved: Cost) -> Cost {
-        match self {
+        match &self.0.kind {
             // Never reached the upstream: nothing was used.
-            Self::Connect { .. }
-            | Self::InvalidRequest { .. }
-            | Self::Refused { .. }
-            | Self::Unsupported { .. } => Cost::ZERO,
+            ClientErrorKind::Connect
+            | ClientErrorKind::InvalidRequest
+            | ClientErrorKind::Refused { .. }
+            | ClientErrorKind::Unsupported { .. } => Cost::ZERO,
             // The upstream answered and refused: the request counts, tokens do not.
-            Self::Api { .. } => Cost {
+            ClientErrorKind::Api { .. } => Cost {
                 requests: reserved.requests,
                 ..Cost::ZERO
             },
@@ -601,12 +591,7 @@ impl ProtectedError for ClientError {
     }
 
     fn timed_out(after: Duration) -> Self {
-        Self::Timeout {
-            provider: Arc::from(""),
-            phase: TimeoutPhase::Total,
-            after,
-            context: blank_context(),
-        }
+        Self::timeout(TimeoutPhase::Total, after)
     }
 }
 
@@ -615,16 +600,7 @@ mod tests {
     use super::*;
 
     fn api(status: u16) -> ClientError {
-        ClientError::Api {
-            provider: Arc::from("openai"),
-            kind: ApiErrorKind::from_status(status),
-            status,
-            message: "nope".into(),
-            code: None,
-            retry_after: None,
-            request_id: None,
-            context: blank_context(),
-        }
+        ClientError::api(status, "nope", None, None, None).with_provider(&Arc::from("openai"))
     }
 
     #[test]
@@ -643,7 +619,7 @@ mod tests {
             (529, "overloaded", true, true),
         ] {
             let e = api(status);
-            assert_eq!(e.kind(), kind, "{status}");
+            assert_eq!(e.kind().as_str(), kind, "{status}");
             assert_eq!(e.is_retryable(), retryable, "{status}");
             assert_eq!(e.trips_breaker(), trips, "{status}");
             assert_eq!(e.status(), Some(status));

@@ -41,10 +41,11 @@ mod types;
 
 pub use cache::{ApiEmbedder, CacheMode, CachePolicy, ResponseCache};
 pub use client::{Client, Provider};
-pub use config::{ClientConfig, ProviderConfig, ProviderKind};
-pub use error::{ApiErrorKind, ClientError, TimeoutPhase};
+pub use config::{ClientConfig, LocalSettings, ProviderConfig, ProviderKind};
+pub use error::{ApiErrorKind, ClientError, ClientErrorKind, TimeoutPhase};
 pub use events::{Event, EventBus, EventKind};
 pub use guard::CallGuard;
+pub use provider::Capabilities;
 pub use scripted::ScriptedLm;
 pub use stream::ChatStream;
 pub use types::{

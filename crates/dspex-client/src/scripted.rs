@@ -21,14 +21,41 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use serde_json::json;
-
 use crate::call::{Call, Payload, Reply, ReplyBody};
-use crate::error::ClientError;
+use crate::config::ProviderConfig;
+use crate::error::{ClientError, ClientErrorKind};
 use crate::events::Operation;
-use crate::provider::{ParsedChat, RawEvent, Sent, Transport};
+use crate::provider::{Capabilities, Chunk, ParsedChat, ProviderApi, Sent, Transport, UsageUpdate};
 use crate::tokens;
-use crate::types::{ChatRequest, Choice, FinishReason, Role, Usage};
+use crate::types::{ChatDelta, ChatRequest, Choice, FinishReason, Role, Usage};
+
+/// The scripted LM as a provider: in process, registered with
+/// [`Client::add_scripted`](crate::Client::add_scripted) rather than built
+/// from config.
+pub(crate) struct Scripted;
+
+impl ProviderApi for Scripted {
+    fn system(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn default_base_url(&self) -> &'static str {
+        "scripted://in-process"
+    }
+
+    fn default_model(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn capabilities(&self, _config: &ProviderConfig) -> Capabilities {
+        Capabilities {
+            streaming: true,
+            streaming_usage: true,
+            multiple_choices: true,
+            ..Capabilities::default()
+        }
+    }
+}
 
 type ReplyFn = dyn Fn(&ChatRequest) -> Result<String, String> + Send + Sync;
 
@@ -182,23 +209,15 @@ impl ScriptedTransport {
     fn answer(&self, call: &Call) -> Result<Reply, ClientError> {
         let inner = call.inner();
         let Payload::Chat(request) = &inner.payload else {
-            return Err(ClientError::Unsupported {
-                provider: Arc::clone(&self.provider),
-                operation: "embeddings",
-                context: ClientError::context_for(&inner.trail),
-            });
+            return Err(ClientError::unsupported("embeddings").attach(&self.provider, &inner.trail));
         };
         let n = request.params.n.unwrap_or(1).max(1);
         let mut choices = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let text = self
-                .lm
-                .reply(request)
-                .map_err(|message| ClientError::InvalidRequest {
-                    provider: Arc::clone(&self.provider),
-                    message,
-                    context: ClientError::context_for(&inner.trail),
-                })?;
+            let text = self.lm.reply(request).map_err(|message| {
+                ClientError::new(ClientErrorKind::InvalidRequest, message)
+                    .attach(&self.provider, &inner.trail)
+            })?;
             choices.push(text);
         }
         let model = &*inner.model;
@@ -219,7 +238,7 @@ impl ScriptedTransport {
             .fetch_add(usage.output_tokens, Ordering::Relaxed);
         let body = if inner.operation == Operation::ChatStream {
             ReplyBody::Stream(Box::pin(futures::stream::iter(
-                stream_events(model, &choices, usage).into_iter().map(Ok),
+                stream_chunks(model, &choices, usage).into_iter().map(Ok),
             )))
         } else {
             ReplyBody::Chat(ParsedChat {
@@ -242,29 +261,33 @@ impl ScriptedTransport {
     }
 }
 
-/// The replies as OpenAI-style stream events (one delta per word), so streamed
-/// calls decode through the same path as a real provider's.
-fn stream_events(model: &str, choices: &[String], usage: Usage) -> Vec<RawEvent> {
-    let mut events = Vec::new();
-    let data = |value: serde_json::Value| RawEvent {
-        event: String::new(),
-        data: value.to_string(),
+/// The replies as stream chunks, one delta per word, as a provider streams
+/// them: each item is what one upstream event would decode to.
+fn stream_chunks(model: &str, choices: &[String], usage: Usage) -> Vec<Vec<Chunk>> {
+    let mut events = vec![vec![Chunk::Start {
+        id: None,
+        model: Some(model.to_owned()),
+    }]];
+    let delta = |index: usize, content: &str, finish_reason: Option<FinishReason>| {
+        Chunk::Delta(ChatDelta {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            content: content.to_owned(),
+            tool_calls: None,
+            finish_reason,
+        })
     };
     for (index, text) in choices.iter().enumerate() {
         for piece in text.split_inclusive(' ') {
-            events.push(data(
-                json!({"model": model, "choices": [{"index": index, "delta": {"content": piece}}]}),
-            ));
+            events.push(vec![delta(index, piece, None)]);
         }
-        events.push(data(json!({"model": model, "choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]})));
+        events.push(vec![delta(index, "", Some(FinishReason::Stop))]);
     }
-    events.push(data(json!({
-        "choices": [],
-        "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens},
-    })));
-    events.push(RawEvent {
-        event: String::new(),
-        data: "[DONE]".into(),
-    });
+    events.push(vec![Chunk::Usage(UsageUpdate {
+        input_tokens: Some(usage.input_tokens),
+        output_tokens: Some(usage.output_tokens),
+        cached_input_tokens: Some(0),
+        cache_write_tokens: None,
+    })]);
+    events.push(vec![Chunk::End]);
     events
 }

@@ -10,11 +10,11 @@ use dspex_core::protect::{PoolSlot, Reservation};
 use futures::Stream;
 use tokio::time::Sleep;
 
-use crate::call::{RawEvents, cost_of};
+use crate::call::cost_of;
 use crate::client::ProviderShared;
-use crate::error::{ClientError, TimeoutPhase};
+use crate::error::{ClientError, ClientErrorKind, TimeoutPhase};
 use crate::events::Outcome;
-use crate::provider::{Chunk, Decoder, ToolCalls, wire_error};
+use crate::provider::{Chunk, Chunks, ToolCalls};
 use crate::telemetry::{Ending, Recorder};
 use crate::tokens;
 use crate::types::{ChatResponse, Choice, StreamEvent, Usage};
@@ -47,15 +47,13 @@ fn choice_at(choices: &mut Vec<ChoiceSoFar>, index: u32) -> &mut ChoiceSoFar {
 /// started. Dropping the stream early records the call as cancelled. The pool
 /// slot and the rate-limit reservation are held until the stream ends.
 pub struct ChatStream {
-    events: RawEvents,
-    decoder: Decoder,
+    events: Chunks,
     shared: Arc<ProviderShared>,
     recorder: Option<Recorder>,
     reservation: Option<Reservation>,
     slot: Option<PoolSlot>,
     deadline: Pin<Box<Sleep>>,
     pending: VecDeque<StreamEvent>,
-    chunks: Vec<Chunk>,
     choices: Vec<ChoiceSoFar>,
     id: Option<String>,
     model: Option<String>,
@@ -77,7 +75,7 @@ impl fmt::Debug for ChatStream {
 }
 
 pub(crate) struct StreamParts {
-    pub(crate) events: RawEvents,
+    pub(crate) events: Chunks,
     /// When the attempt that started the stream began: the total timeout runs
     /// from there, not from before earlier waits and retries.
     pub(crate) attempt_started: tokio::time::Instant,
@@ -98,14 +96,12 @@ impl ChatStream {
             .unwrap_or(parts.attempt_started);
         Self {
             events: parts.events,
-            decoder: Decoder::new(parts.shared.config.kind),
             recorder: Some(parts.recorder),
             shared: parts.shared,
             reservation: parts.reservation,
             slot: parts.slot,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             pending: VecDeque::new(),
-            chunks: Vec::new(),
             choices: Vec::new(),
             id: None,
             model: None,
@@ -126,12 +122,11 @@ impl ChatStream {
                 return Ok(response);
             }
         }
-        Err(ClientError::Truncated {
-            provider: Arc::clone(&self.shared.id),
-            streaming: true,
-            message: "the stream ended without a final response".into(),
-            context: ClientError::context_for(&self.call.inner().trail),
-        })
+        Err(ClientError::new(
+            ClientErrorKind::Truncated { streaming: true },
+            "the stream ended without a final response",
+        )
+        .attach(&self.shared.id, &self.call.inner().trail))
     }
 
     /// The choices the call asked for (`n`); a delta for another is malformed.
@@ -143,10 +138,10 @@ impl ChatStream {
     }
 
     /// Applies decoded chunks; returns true at the end of the stream.
-    fn apply(&mut self) -> Result<bool, ClientError> {
+    fn apply(&mut self, chunks: Vec<Chunk>) -> Result<bool, ClientError> {
         let mut ended = false;
         let limit = self.choice_limit();
-        for chunk in std::mem::take(&mut self.chunks) {
+        for chunk in chunks {
             match chunk {
                 Chunk::Start { id, model } => {
                     self.id = self.id.take().or(id);
@@ -154,18 +149,19 @@ impl ChatStream {
                 }
                 Chunk::Delta(delta) => {
                     if delta.index >= limit {
-                        return Err(ClientError::MalformedResponse {
-                            provider: Arc::clone(&self.shared.id),
-                            message: format!(
+                        return Err(ClientError::new(
+                            ClientErrorKind::MalformedResponse,
+                            format!(
                                 "a stream event for choice {} when {limit} choice(s) were asked for",
                                 delta.index
                             ),
-                            context: ClientError::context_for(&self.call.inner().trail),
-                        });
+                        )
+                        .attach(&self.shared.id, &self.call.inner().trail));
                     }
                     let choice = choice_at(&mut self.choices, delta.index);
                     if let Some(fragments) = &delta.tool_calls {
-                        self.decoder
+                        self.shared
+                            .api
                             .merge_tool_calls(&mut choice.tool_calls, fragments);
                     }
                     choice.content.push_str(&delta.content);
@@ -211,14 +207,10 @@ impl ChatStream {
         }
         let mut choices = Vec::with_capacity(self.choices.len());
         for (i, c) in std::mem::take(&mut self.choices).into_iter().enumerate() {
-            let tool_calls =
-                c.tool_calls
-                    .finish()
-                    .map_err(|message| ClientError::MalformedResponse {
-                        provider: Arc::clone(&self.shared.id),
-                        message,
-                        context: ClientError::context_for(&self.call.inner().trail),
-                    })?;
+            let tool_calls = c.tool_calls.finish().map_err(|message| {
+                ClientError::new(ClientErrorKind::MalformedResponse, message)
+                    .attach(&self.shared.id, &self.call.inner().trail)
+            })?;
             choices.push(Choice {
                 index: u32::try_from(i).unwrap_or(u32::MAX),
                 // As in a complete response: a pure tool call has no text.
@@ -288,34 +280,21 @@ impl Stream for ChatStream {
                 return Poll::Ready(None);
             }
             if this.deadline.as_mut().poll(cx).is_ready() {
-                let error = ClientError::Timeout {
-                    provider: Arc::clone(&this.shared.id),
-                    phase: TimeoutPhase::Total,
-                    after: this.shared.config.timeouts.total,
-                    context: ClientError::context_for(&this.call.inner().trail),
-                };
+                let error =
+                    ClientError::timeout(TimeoutPhase::Total, this.shared.config.timeouts.total);
                 return Poll::Ready(Some(Err(this.fail(error))));
             }
             match this.events.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(event))) => {
-                    let mut chunks = std::mem::take(&mut this.chunks);
-                    let decoded = this.decoder.decode(&event, &mut chunks);
-                    this.chunks = chunks;
-                    if let Err(error) = decoded {
-                        let error = wire_error(&this.shared, &this.call, error, true);
-                        return Poll::Ready(Some(Err(this.fail(error))));
-                    }
-                    match this.apply() {
-                        Ok(true) => {
-                            if let Err(error) = this.complete() {
-                                return Poll::Ready(Some(Err(this.fail(error))));
-                            }
+                Poll::Ready(Some(Ok(chunks))) => match this.apply(chunks) {
+                    Ok(true) => {
+                        if let Err(error) = this.complete() {
+                            return Poll::Ready(Some(Err(this.fail(error))));
                         }
-                        Ok(false) => {}
-                        Err(error) => return Poll::Ready(Some(Err(this.fail(error)))),
                     }
-                }
+                    Ok(false) => {}
+                    Err(error) => return Poll::Ready(Some(Err(this.fail(error)))),
+                },
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(this.fail(error)))),
                 Poll::Ready(None) => {
                     // A clean close after every choice finished is accepted even
@@ -326,12 +305,10 @@ impl Stream for ChatStream {
                         }
                         continue;
                     }
-                    let error = ClientError::Truncated {
-                        provider: Arc::clone(&this.shared.id),
-                        streaming: true,
-                        message: "the connection closed before the end of the stream".into(),
-                        context: ClientError::context_for(&this.call.inner().trail),
-                    };
+                    let error = ClientError::new(
+                        ClientErrorKind::Truncated { streaming: true },
+                        "the connection closed before the end of the stream",
+                    );
                     return Poll::Ready(Some(Err(this.fail(error))));
                 }
             }

@@ -45,17 +45,14 @@ impl Ending {
     pub(crate) fn failed(error: &crate::ClientError) -> Self {
         Self {
             outcome: Outcome::Failed {
-                error_kind: error.kind(),
+                error_kind: error.kind().as_str(),
                 http_status: error.status(),
             },
             usage: Usage::default(),
             finish_reason: None,
             response_model: None,
             response_id: None,
-            request_id: match error {
-                crate::ClientError::Api { request_id, .. } => request_id.clone(),
-                _ => None,
-            },
+            request_id: error.request_id().map(str::to_owned),
             cache: None,
         }
     }

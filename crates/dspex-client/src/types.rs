@@ -280,6 +280,41 @@ impl Usage {
     }
 }
 
+/// Field by field, saturating: a total never wraps, whatever it adds up.
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Self) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cached_input_tokens = self
+            .cached_input_tokens
+            .saturating_add(other.cached_input_tokens);
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(other.cache_write_tokens);
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Self;
+
+    fn add(mut self, other: Self) -> Self {
+        self += other;
+        self
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Self>>(usages: I) -> Self {
+        usages.fold(Self::default(), |total, usage| total + usage)
+    }
+}
+
+impl<'a> std::iter::Sum<&'a Usage> for Usage {
+    fn sum<I: Iterator<Item = &'a Usage>>(usages: I) -> Self {
+        usages.copied().sum()
+    }
+}
+
 /// One generated alternative.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
@@ -417,5 +452,33 @@ pub mod duration_ms {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let ms = f64::deserialize(d)?;
         Duration::try_from_secs_f64(ms / 1_000.0).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usages_total_every_field_and_saturate() {
+        let usage = |n: u64| Usage {
+            input_tokens: n,
+            output_tokens: 2 * n,
+            cached_input_tokens: 3 * n,
+            cache_write_tokens: 4 * n,
+        };
+        let total: Usage = [usage(1), usage(10), usage(100)].iter().sum();
+        assert_eq!(total, usage(111));
+        let mut running = usage(1);
+        running += usage(2);
+        assert_eq!(running, usage(3));
+        assert_eq!(usage(1) + usage(1), usage(2));
+        let full = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: u64::MAX,
+            cached_input_tokens: u64::MAX,
+            cache_write_tokens: u64::MAX,
+        };
+        assert_eq!([full, usage(5)].into_iter().sum::<Usage>(), full);
     }
 }

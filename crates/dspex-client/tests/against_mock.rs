@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dspex_client::config::RawProvider;
 use dspex_client::events::{LimitSource, Outcome};
 use dspex_client::{
-    ApiErrorKind, ChatParams, Client, ClientConfig, ClientError, EmbeddingRequest, EventKind,
+    ApiErrorKind, ChatParams, Client, ClientConfig, ClientErrorKind, EmbeddingRequest, EventKind,
     FinishReason, Message, ProviderConfig, RequestOptions, ResponseFormat, StreamEvent,
     TimeoutPhase,
 };
@@ -303,10 +303,10 @@ async fn server_errors_are_retried_then_fail_with_the_trail() {
         )
         .await
         .unwrap_err();
-    let ClientError::Api { kind, status, .. } = &error else {
+    let ClientErrorKind::Api { kind, .. } = error.kind() else {
         panic!("{error:?}")
     };
-    assert_eq!((*kind, *status), (ApiErrorKind::Server, 500));
+    assert_eq!((*kind, error.status()), (ApiErrorKind::Server, Some(500)));
     assert!(error.is_retryable());
     assert_eq!(upstream.stats().requests, 3);
     let context = error.context().unwrap();
@@ -347,14 +347,11 @@ async fn client_errors_map_to_typed_kinds_and_are_not_retried() {
             .request("oa", user("x"), RequestOptions::new())
             .await
             .unwrap_err();
-        let ClientError::Api {
-            kind: got, message, ..
-        } = &error
-        else {
+        let ClientErrorKind::Api { kind: got, .. } = error.kind() else {
             panic!("{error:?}")
         };
         assert_eq!(*got, kind);
-        assert_eq!(message, &format!("custom message {status}"));
+        assert_eq!(error.message(), format!("custom message {status}"));
         assert_eq!(error.is_retryable(), retryable);
         assert_eq!(upstream.stats().requests, 1, "{status} was not retried");
     }
@@ -413,14 +410,13 @@ async fn breaker_opens_fails_fast_half_opens_and_closes() {
         .request("oa", user("x"), RequestOptions::new())
         .await
         .unwrap_err();
-    let ClientError::CircuitOpen {
-        retry_in, provider, ..
-    } = &error
+    let (ClientErrorKind::CircuitOpen, Some(retry_in), Some(provider)) =
+        (error.kind(), error.retry_after(), error.provider())
     else {
         panic!("{error:?}")
     };
-    assert!(*retry_in <= Duration::from_millis(300));
-    assert_eq!(&**provider, "oa");
+    assert!(retry_in <= Duration::from_millis(300));
+    assert_eq!(provider, "oa");
     assert_eq!(
         upstream.stats().requests,
         seen,
@@ -465,7 +461,7 @@ async fn malformed_and_truncated_replies_are_typed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ClientError::MalformedResponse { .. }),
+        matches!(error.kind(), ClientErrorKind::MalformedResponse),
         "{error:?}"
     );
     assert!(!error.is_retryable());
@@ -477,11 +473,8 @@ async fn malformed_and_truncated_replies_are_typed() {
         .unwrap_err();
     assert!(
         matches!(
-            error,
-            ClientError::Truncated {
-                streaming: false,
-                ..
-            } | ClientError::MalformedResponse { .. }
+            error.kind(),
+            ClientErrorKind::Truncated { streaming: false } | ClientErrorKind::MalformedResponse
         ),
         "{error:?}"
     );
@@ -505,17 +498,11 @@ async fn malformed_and_truncated_replies_are_typed() {
         let error = error.unwrap_or_else(|| panic!("{fault:?} gave no error"));
         match fault {
             Fault::Truncate => assert!(
-                matches!(
-                    error,
-                    ClientError::Truncated {
-                        streaming: true,
-                        ..
-                    }
-                ),
+                matches!(error.kind(), ClientErrorKind::Truncated { streaming: true }),
                 "{error:?}"
             ),
             _ => assert!(
-                matches!(error, ClientError::MalformedResponse { .. }),
+                matches!(error.kind(), ClientErrorKind::MalformedResponse),
                 "{error:?}"
             ),
         }
@@ -551,7 +538,7 @@ async fn first_byte_timeouts_are_typed_and_retried() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ClientError::Timeout { phase: TimeoutPhase::FirstByte, after, .. } if after == Duration::from_millis(150)),
+        matches!(error.kind(), ClientErrorKind::Timeout { phase: TimeoutPhase::FirstByte, after } if *after == Duration::from_millis(150)),
         "{error:?}"
     );
 }
@@ -575,7 +562,10 @@ async fn connection_failures_are_typed() {
         .request("gone", user("x"), RequestOptions::new())
         .await
         .unwrap_err();
-    assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
+    assert!(
+        matches!(error.kind(), ClientErrorKind::Connect),
+        "{error:?}"
+    );
     assert!(error.is_retryable());
     assert!(
         !error.to_string().contains("/v1/chat"),
@@ -606,16 +596,13 @@ async fn local_buckets_wait_then_refuse_with_the_bucket_name() {
         .request("oa", user("x"), RequestOptions::new())
         .await
         .unwrap_err();
-    let ClientError::RateLimited {
-        bucket,
-        retry_after,
-        ..
-    } = &error
+    let (ClientErrorKind::RateLimited { bucket }, Some(retry_after)) =
+        (error.kind(), error.retry_after())
     else {
         panic!("{error:?}")
     };
     assert_eq!(bucket, "requests/1s");
-    assert!(*retry_after <= Duration::from_secs(1));
+    assert!(retry_after <= Duration::from_secs(1));
     assert_eq!(upstream.stats().requests, 2);
     // With a longer allowed wait, the same call waits for room instead.
     let start = Instant::now();
@@ -646,7 +633,10 @@ async fn token_buckets_refuse_what_can_never_fit() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ClientError::OverCapacity { limit: 100, .. }),
+        matches!(
+            error.kind(),
+            ClientErrorKind::OverCapacity { limit: 100, .. }
+        ),
         "{error:?}"
     );
     assert!(error.to_string().contains("tokens/1m"), "{error}");
@@ -793,7 +783,7 @@ async fn embeddings_round_trip() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ClientError::Unsupported { .. }),
+        matches!(error.kind(), ClientErrorKind::Unsupported { .. }),
         "{error:?}"
     );
 }
@@ -860,7 +850,7 @@ async fn unknown_providers_list_the_known_ones_and_are_recorded() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ClientError::InvalidRequest { .. }),
+        matches!(error.kind(), ClientErrorKind::InvalidRequest),
         "{error:?}"
     );
 }
@@ -913,7 +903,7 @@ async fn the_api_key_appears_in_no_log_error_or_debug_output() {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, ClientError::Api { status: 401, .. }),
+            matches!(error.kind(), ClientErrorKind::Api { .. }) && error.status() == Some(401),
             "{error:?}"
         );
         assert!(
@@ -1047,7 +1037,7 @@ async fn local_refusals_neither_open_nor_close_the_circuit() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ClientError::OverCapacity { .. }),
+        matches!(error.kind(), ClientErrorKind::OverCapacity { .. }),
         "{error:?}"
     );
     assert_eq!(
@@ -1084,7 +1074,7 @@ async fn waiting_for_a_pool_slot_is_bounded() {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
     let error = results.into_iter().find_map(Result::err).unwrap();
     assert!(
-        matches!(&error, ClientError::RateLimited { bucket, .. } if bucket == "pool/1"),
+        matches!(error.kind(), ClientErrorKind::RateLimited { bucket } if bucket == "pool/1"),
         "{error:?}"
     );
 }
@@ -1171,7 +1161,7 @@ async fn every_attempt_takes_rate_limit_room() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, ClientError::RateLimited { bucket, .. } if bucket == "requests/1m"),
+        matches!(error.kind(), ClientErrorKind::RateLimited { bucket } if bucket == "requests/1m"),
         "{error:?}"
     );
     assert_eq!(upstream.stats().requests, 3);
@@ -1249,7 +1239,7 @@ async fn a_circuit_that_opens_between_attempts_stops_the_retries() {
     // Each failed attempt counted: the second opened the circuit, and the
     // third attempt failed fast instead of reaching the upstream.
     assert!(
-        matches!(error, ClientError::CircuitOpen { .. }),
+        matches!(error.kind(), ClientErrorKind::CircuitOpen),
         "{error:?}"
     );
     assert_eq!(upstream.stats().requests, 2);

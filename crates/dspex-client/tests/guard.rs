@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use dspex_client::events::CallInfo;
 use dspex_client::{
-    CallGuard, Client, ClientConfig, ClientError, EventKind, Message, RequestOptions, ScriptedLm,
-    Usage,
+    CallGuard, Client, ClientConfig, ClientErrorKind, EventKind, Message, RequestOptions,
+    ScriptedLm, Usage,
 };
 use dspex_core::CorrelationId;
 use dspex_core::events::Delivery;
@@ -79,16 +79,10 @@ async fn a_guard_refuses_before_sending_and_settles_every_admitted_call() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            refused,
-            ClientError::Refused {
-                guard: "budget",
-                ..
-            }
-        ),
+        matches!(refused.kind(), ClientErrorKind::Refused { guard: "budget" }),
         "{refused}"
     );
-    assert_eq!(refused.kind(), "refused");
+    assert_eq!(refused.kind().as_str(), "refused");
     assert!(!refused.is_retryable());
     assert!(refused.to_string().contains("allowance 200"), "{refused}");
     let crumbs = &refused.context().unwrap().breadcrumbs;

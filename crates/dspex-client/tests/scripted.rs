@@ -9,8 +9,8 @@
 
 use dspex_client::events::Outcome;
 use dspex_client::{
-    ChatParams, Client, ClientConfig, ClientError, EventKind, Message, RequestOptions, ScriptedLm,
-    StreamEvent,
+    ChatParams, Client, ClientConfig, ClientErrorKind, EventKind, Message, RequestOptions,
+    ScriptedLm, StreamEvent,
 };
 use dspex_core::events::Delivery;
 use futures::StreamExt;
@@ -64,7 +64,8 @@ async fn maps_match_the_last_user_message_then_substrings() {
     assert_eq!(ask("The capital of France?").await.unwrap().text(), "Paris");
     let error = ask("Unknown question").await.unwrap_err();
     assert!(
-        matches!(&error, ClientError::InvalidRequest { message, .. } if message.contains("Unknown question")),
+        matches!(error.kind(), ClientErrorKind::InvalidRequest)
+            && error.message().contains("Unknown question"),
         "{error}"
     );
 }

@@ -9,7 +9,9 @@
 )]
 
 use dspex_client::config::{RawLimit, RawProvider};
-use dspex_client::{Client, ClientConfig, ClientError, Message, ProviderConfig, RequestOptions};
+use dspex_client::{
+    Client, ClientConfig, ClientErrorKind, Message, ProviderConfig, RequestOptions,
+};
 use dspex_mock::{MockConfig, MockServer};
 
 fn redis_url() -> String {
@@ -61,11 +63,9 @@ async fn redis_backed_clients_share_one_limit() {
     let results = futures::future::join_all(calls).await;
     let admitted = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(admitted, 10, "exactly the shared limit got through");
-    assert!(
-        results.iter().filter_map(|r| r.as_ref().err()).all(
-            |e| matches!(e, ClientError::RateLimited { bucket, .. } if bucket == "requests/1m")
-        )
-    );
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(
+        |e| matches!(e.kind(), ClientErrorKind::RateLimited { bucket } if bucket == "requests/1m")
+    ));
     assert_eq!(upstream.stats().requests, 10);
 }
 

@@ -723,23 +723,13 @@ pub struct EvalReport {
 
 impl EvalReport {
     fn new(metric: String, results: Vec<ExampleResult>, duration: Duration) -> Self {
-        let mut usage = Usage::default();
+        let usage: Usage = results.iter().map(|r| r.usage).sum();
         let (mut sum, mut passed, mut errors, mut calls) = (0.0, 0, 0, 0u64);
         for result in &results {
             sum += result.score;
             passed += usize::from(result.passed);
             errors += usize::from(result.error.is_some());
             calls = calls.saturating_add(result.calls);
-            usage.input_tokens = usage.input_tokens.saturating_add(result.usage.input_tokens);
-            usage.output_tokens = usage
-                .output_tokens
-                .saturating_add(result.usage.output_tokens);
-            usage.cached_input_tokens = usage
-                .cached_input_tokens
-                .saturating_add(result.usage.cached_input_tokens);
-            usage.cache_write_tokens = usage
-                .cache_write_tokens
-                .saturating_add(result.usage.cache_write_tokens);
         }
         let total = results.len();
         Self {

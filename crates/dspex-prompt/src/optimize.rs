@@ -265,7 +265,7 @@ impl BootstrapFewShot {
             report.tried += 1;
             report.attempts += outcome.attempts;
             report.calls = report.calls.saturating_add(outcome.calls);
-            add_usage(&mut report.usage, &outcome.usage);
+            report.usage += outcome.usage;
             errors += outcome.errors.len();
             let last_error = outcome.errors.last().map(ToString::to_string);
             for error in &outcome.errors {
@@ -343,7 +343,7 @@ impl BootstrapFewShot {
             match program.forward_with(&example.inputs, context).await {
                 Ok(prediction) => {
                     outcome.calls = outcome.calls.saturating_add(prediction.trace.len() as u64);
-                    add_usage(&mut outcome.usage, &prediction.usage);
+                    outcome.usage += prediction.usage;
                     if !self.metric.passes(self.metric.score(example, &prediction)) {
                         continue;
                     }
@@ -415,17 +415,6 @@ struct Outcome {
     usage: Usage,
     /// The errors of failed runs (cleared when a later round passes).
     errors: Vec<PromptError>,
-}
-
-fn add_usage(total: &mut Usage, more: &Usage) {
-    total.input_tokens = total.input_tokens.saturating_add(more.input_tokens);
-    total.output_tokens = total.output_tokens.saturating_add(more.output_tokens);
-    total.cached_input_tokens = total
-        .cached_input_tokens
-        .saturating_add(more.cached_input_tokens);
-    total.cache_write_tokens = total
-        .cache_write_tokens
-        .saturating_add(more.cache_write_tokens);
 }
 
 /// `example` as a demo of `predict`: only its signature's fields (looked up

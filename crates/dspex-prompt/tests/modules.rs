@@ -343,3 +343,123 @@ async fn program_state_saves_and_loads() {
             .contains("is not a saved program")
     );
 }
+
+#[tokio::test]
+async fn the_json_adapter_sends_a_schema_only_where_the_provider_takes_one() {
+    // The prompt layer asks the provider's capabilities, not its kind: OpenAI
+    // takes a `json_schema` response format, Anthropic does not.
+    let upstream = MockServer::start(MockConfig {
+        record_requests: 10,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    for (id, kind, base_url) in [
+        ("oa", "openai", upstream.base_url()),
+        ("an", "anthropic", upstream.anthropic_base_url()),
+    ] {
+        client
+            .add_provider(
+                ProviderConfig::validate(
+                    id,
+                    &RawProvider {
+                        kind: Some(kind.into()),
+                        base_url: Some(base_url),
+                        ..RawProvider::default()
+                    },
+                    None,
+                    &|_| None,
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let signature = Signature::parse("question -> answer").unwrap();
+    for id in ["oa", "an"] {
+        let predict =
+            Predict::new(signature.clone(), Lm::new(&client, id)).with_adapter(Adapter::Json);
+        // The mock echoes, so the reply may not parse; only the request matters.
+        let _ = predict.forward(&inputs(json!({"question": "q"}))).await;
+    }
+    let recorded = upstream.recorded();
+    let openai = recorded
+        .iter()
+        .find(|r| r.route == "chat_completions")
+        .unwrap();
+    assert_eq!(openai.body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        openai.body["response_format"]["json_schema"]["schema"]["required"],
+        json!(["answer"])
+    );
+    let anthropic = recorded.iter().find(|r| r.route == "messages").unwrap();
+    assert!(
+        anthropic.body.get("response_format").is_none(),
+        "{}",
+        anthropic.body
+    );
+    assert!(client.provider("oa").unwrap().capabilities().json_schema);
+    assert!(!client.provider("an").unwrap().capabilities().json_schema);
+}
+
+#[tokio::test]
+async fn predict_sends_what_the_adapter_formats() {
+    // One message builder: a predictor's messages are the adapter's
+    // `format` of its signature, demos and inputs, for both adapters.
+    let client = scripted(ScriptedLm::replies(["unused"])).await;
+    let demo = Example {
+        inputs: inputs(json!({"question": "Capital of France?"})),
+        outputs: inputs(json!({"answer": "Paris"})),
+    };
+    let signature = Signature::parse("question -> answer").unwrap();
+    let request = inputs(json!({"question": "Capital of Spain?"}));
+    for adapter in [Adapter::Chat, Adapter::Json] {
+        let predict = Predict::new(signature.clone(), Lm::new(&client, "dummy"))
+            .with_adapter(adapter)
+            .with_demos(vec![demo.clone()]);
+        assert_eq!(
+            predict.messages(&request),
+            adapter.format(&signature, std::slice::from_ref(&demo), &request),
+            "{adapter:?}"
+        );
+    }
+}
+
+#[test]
+fn a_prediction_totals_every_usage_field() {
+    // The total once left out `cache_write_tokens`.
+    use dspex_client::Usage;
+    use dspex_prompt::{LmCall, Prediction};
+    let call = |n: u64| LmCall {
+        correlation_id: dspex_core::CorrelationId::from("c"),
+        provider: std::sync::Arc::from("p"),
+        model: "m".into(),
+        usage: Usage {
+            input_tokens: n,
+            output_tokens: 2 * n,
+            cached_input_tokens: 3 * n,
+            cache_write_tokens: 4 * n,
+        },
+        latency: std::time::Duration::ZERO,
+        attempts: 1,
+        purpose: CallPurpose::Predict,
+        cached: false,
+    };
+    let mut total = Prediction::default();
+    for n in [1, 10] {
+        total.absorb(Prediction {
+            trace: vec![call(n)],
+            ..Prediction::default()
+        });
+    }
+    assert_eq!(
+        total.usage,
+        Usage {
+            input_tokens: 11,
+            output_tokens: 22,
+            cached_input_tokens: 33,
+            cache_write_tokens: 44,
+        }
+    );
+}

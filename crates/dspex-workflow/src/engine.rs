@@ -252,7 +252,9 @@ impl Step for ModuleStep {
 #[derive(Clone)]
 enum NodeKind {
     Func(Arc<dyn Step>),
-    Module(ModuleStep),
+    /// Boxed: a module step holds a whole predictor, several times the size
+    /// of the other kinds.
+    Module(Box<ModuleStep>),
     Parallel {
         branches: Vec<Node>,
         merge: MergeRule,
@@ -364,12 +366,12 @@ impl Node {
         };
         Self::new(
             name,
-            NodeKind::Module(ModuleStep {
+            NodeKind::Module(Box::new(ModuleStep {
                 module,
                 inputs: Vec::new(),
                 outputs: Vec::new(),
                 input_fields,
-            }),
+            })),
         )
     }
 
@@ -901,7 +903,7 @@ fn exec<'a>(
         NodeKind::Func(step) => leaf(node, step.as_ref(), scope, path)
             .instrument(span)
             .boxed(),
-        NodeKind::Module(step) => leaf(node, step, scope, path).instrument(span).boxed(),
+        NodeKind::Module(step) => leaf(node, &**step, scope, path).instrument(span).boxed(),
         NodeKind::Parallel { branches, merge } => parallel(node, branches, *merge, scope, path)
             .instrument(span)
             .boxed(),

@@ -78,7 +78,7 @@ impl std::error::Error for StepError {}
 impl From<ClientError> for StepError {
     fn from(error: ClientError) -> Self {
         Self {
-            kind: error.kind().to_owned(),
+            kind: error.kind().as_str().to_owned(),
             message: error.to_string(),
             retryable: error.is_retryable(),
             status: error.status(),

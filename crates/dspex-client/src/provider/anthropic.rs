@@ -11,8 +11,121 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Chunk, ParsedChat, UsageUpdate, WireError};
+use super::{
+    Capabilities, Chunk, Dialect, ParsedChat, ProviderApi, StreamDecoder, ToolCalls, UsageUpdate,
+    WireError,
+};
+use crate::call::Payload;
+use crate::config::ProviderConfig;
+use crate::error::ClientError;
 use crate::types::{ChatDelta, ChatRequest, Choice, FinishReason, Role, Usage};
+
+/// Anthropic's Messages API.
+pub(crate) struct Anthropic;
+
+impl ProviderApi for Anthropic {
+    fn system(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn default_base_url(&self) -> &'static str {
+        "https://api.anthropic.com"
+    }
+
+    fn default_model(&self) -> &'static str {
+        "claude-3-5-haiku-latest"
+    }
+
+    fn capabilities(&self, _config: &ProviderConfig) -> Capabilities {
+        Capabilities {
+            tool_calling: true,
+            json_schema: false,
+            streaming: true,
+            streaming_usage: true,
+            embeddings: false,
+            multiple_choices: false,
+            seed: false,
+        }
+    }
+
+    fn validate(&self, request: &ChatRequest) -> Result<(), String> {
+        if request.params.n.is_some_and(|n| n > 1) {
+            return Err("Anthropic does not support n > 1".into());
+        }
+        if request.messages.iter().all(|m| m.role == Role::System) {
+            return Err("Anthropic needs at least one user or assistant message".into());
+        }
+        Ok(())
+    }
+
+    fn merge_tool_calls(&self, calls: &mut ToolCalls, fragments: &Value) {
+        calls.merge_anthropic(fragments);
+    }
+
+    fn dialect(&self) -> Option<&'static dyn Dialect> {
+        Some(&Anthropic)
+    }
+}
+
+impl Dialect for Anthropic {
+    fn headers(
+        &self,
+        config: &ProviderConfig,
+        headers: &mut http::HeaderMap,
+    ) -> Result<(), ClientError> {
+        if let Some(key) = &config.api_key {
+            let mut value = super::transport::header_value(
+                &format!("providers.{}.api_key_env", config.id),
+                key.secret.expose(),
+            )?;
+            value.set_sensitive(true);
+            headers.insert(http::HeaderName::from_static("x-api-key"), value);
+        }
+        headers.insert(
+            http::HeaderName::from_static("anthropic-version"),
+            super::transport::header_value(
+                &format!("providers.{}.anthropic_version", config.id),
+                &config.anthropic_version,
+            )?,
+        );
+        Ok(())
+    }
+
+    fn chat_path(&self) -> &'static str {
+        "/v1/messages"
+    }
+
+    fn embeddings_path(&self) -> &'static str {
+        "/v1/embeddings"
+    }
+
+    fn encode(
+        &self,
+        payload: &Payload,
+        model: &str,
+        stream: bool,
+        config: &ProviderConfig,
+    ) -> Result<Vec<u8>, WireError> {
+        match payload {
+            Payload::Chat(request) => chat_body(request, model, stream, config.default_max_tokens),
+            Payload::Embeddings(_) => Err(WireError::Invalid(
+                "Anthropic has no embeddings endpoint".into(),
+            )),
+        }
+    }
+
+    fn parse_chat(&self, body: &[u8]) -> Result<ParsedChat, WireError> {
+        parse_chat(body)
+    }
+
+    fn parse_error(&self, body: &[u8]) -> Option<(String, Option<String>)> {
+        parse_error(body)
+    }
+
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder)
+    }
+}
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -215,19 +328,14 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<ParsedChat, WireError> {
 
 /// Decodes the named events of a Messages stream.
 #[derive(Default)]
-pub(crate) struct StreamDecoder;
+pub(crate) struct Decoder;
 
 fn field<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(value, |v, key| v.get(key))
 }
 
-impl StreamDecoder {
-    pub(crate) fn decode(
-        &mut self,
-        event: &str,
-        data: &str,
-        out: &mut Vec<Chunk>,
-    ) -> Result<(), WireError> {
+impl StreamDecoder for Decoder {
+    fn decode(&mut self, event: &str, data: &str, out: &mut Vec<Chunk>) -> Result<(), WireError> {
         if matches!(event, "ping" | "content_block_stop") || data.trim().is_empty() {
             return Ok(());
         }
@@ -459,7 +567,7 @@ mod tests {
 
     #[test]
     fn stream_events_decode() {
-        let mut decoder = StreamDecoder;
+        let mut decoder = Decoder;
         let mut out = Vec::new();
         decoder
             .decode("message_start", r#"{"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":12,"output_tokens":1}}}"#, &mut out)

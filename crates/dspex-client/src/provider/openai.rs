@@ -4,10 +4,105 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::json_text;
-use super::{Chunk, ParsedChat, ParsedEmbeddings, UsageUpdate, WireError};
+use super::{
+    Capabilities, Chunk, Dialect, ParsedChat, ParsedEmbeddings, ProviderApi, StreamDecoder,
+    UsageUpdate, WireError,
+};
+use crate::call::Payload;
+use crate::config::ProviderConfig;
+use crate::error::ClientError;
 use crate::types::{
     ChatDelta, ChatRequest, Choice, EmbeddingRequest, FinishReason, Message, ResponseFormat, Usage,
 };
+
+/// OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama,
+/// llama.cpp, LiteLLM, Together, Groq...).
+pub(crate) struct OpenAi;
+
+impl ProviderApi for OpenAi {
+    fn system(&self) -> &'static str {
+        "openai"
+    }
+
+    fn default_base_url(&self) -> &'static str {
+        "https://api.openai.com/v1"
+    }
+
+    fn default_model(&self) -> &'static str {
+        "gpt-4o-mini"
+    }
+
+    fn capabilities(&self, config: &ProviderConfig) -> Capabilities {
+        Capabilities {
+            tool_calling: true,
+            json_schema: true,
+            streaming: true,
+            streaming_usage: config.stream_usage,
+            embeddings: true,
+            multiple_choices: true,
+            seed: true,
+        }
+    }
+
+    fn dialect(&self) -> Option<&'static dyn Dialect> {
+        Some(&OpenAi)
+    }
+}
+
+impl Dialect for OpenAi {
+    fn headers(
+        &self,
+        config: &ProviderConfig,
+        headers: &mut http::HeaderMap,
+    ) -> Result<(), ClientError> {
+        if let Some(key) = &config.api_key {
+            let mut value = super::transport::header_value(
+                &format!("providers.{}.api_key_env", config.id),
+                &format!("Bearer {}", key.secret.expose()),
+            )?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        Ok(())
+    }
+
+    fn chat_path(&self) -> &'static str {
+        "/chat/completions"
+    }
+
+    fn embeddings_path(&self) -> &'static str {
+        "/embeddings"
+    }
+
+    fn encode(
+        &self,
+        payload: &Payload,
+        model: &str,
+        stream: bool,
+        config: &ProviderConfig,
+    ) -> Result<Vec<u8>, WireError> {
+        match payload {
+            Payload::Chat(request) => chat_body(request, model, stream, config.stream_usage),
+            Payload::Embeddings(request) => embeddings_body(request, model),
+        }
+    }
+
+    fn parse_chat(&self, body: &[u8]) -> Result<ParsedChat, WireError> {
+        parse_chat(body)
+    }
+
+    fn parse_embeddings(&self, body: &[u8], inputs: usize) -> Result<ParsedEmbeddings, WireError> {
+        parse_embeddings(body, inputs)
+    }
+
+    fn parse_error(&self, body: &[u8]) -> Option<(String, Option<String>)> {
+        parse_error(body)
+    }
+
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder::default())
+    }
+}
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -255,12 +350,18 @@ struct WireChunk {
 
 /// Decodes `data:` events of a Chat Completions stream.
 #[derive(Default)]
-pub(crate) struct StreamDecoder {
+pub(crate) struct Decoder {
     started: bool,
 }
 
-impl StreamDecoder {
-    pub(crate) fn decode(&mut self, data: &str, out: &mut Vec<Chunk>) -> Result<(), WireError> {
+impl StreamDecoder for Decoder {
+    fn decode(&mut self, _event: &str, data: &str, out: &mut Vec<Chunk>) -> Result<(), WireError> {
+        self.decode_data(data, out)
+    }
+}
+
+impl Decoder {
+    fn decode_data(&mut self, data: &str, out: &mut Vec<Chunk>) -> Result<(), WireError> {
         let data = data.trim();
         if data == "[DONE]" {
             out.push(Chunk::End);
@@ -482,19 +583,19 @@ mod tests {
 
     #[test]
     fn stream_chunks_decode() {
-        let mut decoder = StreamDecoder::default();
+        let mut decoder = Decoder::default();
         let mut out = Vec::new();
         decoder
-            .decode(r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#, &mut out)
+            .decode_data(r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#, &mut out)
             .unwrap();
         decoder
-            .decode(r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2}}}"#, &mut out)
+            .decode_data(r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2}}}"#, &mut out)
             .unwrap();
-        decoder.decode("[DONE]", &mut out).unwrap();
+        decoder.decode_data("[DONE]", &mut out).unwrap();
         assert!(matches!(&out[0], Chunk::Start { id: Some(id), .. } if id == "c1"));
         assert!(matches!(&out[1], Chunk::Delta(d) if d.content == "Hi"));
         assert!(matches!(&out[2], Chunk::Usage(u) if u.cached_input_tokens == Some(2)));
         assert!(matches!(out[3], Chunk::End));
-        assert!(decoder.decode("{\"choices\": [", &mut out).is_err());
+        assert!(decoder.decode_data("{\"choices\": [", &mut out).is_err());
     }
 }

@@ -1,0 +1,158 @@
+//! Modules: [`Predict`], [`ChainOfThought`], the [`Module`] trait they share,
+//! batch execution, and saving and loading program state.
+//!
+//! - `predict`: [`Predict`] and its [`CallSettings`];
+//! - `chain_of_thought`: [`ChainOfThought`];
+//! - `prediction`: [`Prediction`], its trace of [`LmCall`]s and
+//!   [`PredictorTrace`]s;
+//! - `state`: program state as plain JSON ([`ProgramState`], [`save_program`],
+//!   [`load_program`]).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dspex_client::{Client, ClientConfig, ScriptedLm};
+//! use dspex_prompt::{Lm, Module, Predict, Signature};
+//! use serde_json::json;
+//!
+//! let client = Client::from_config(&ClientConfig::default()).await?;
+//! client.add_scripted("dummy", ScriptedLm::replies(["[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]"])).await?;
+//! let predict = Predict::new(Signature::parse("question -> answer: int")?, Lm::new(&client, "dummy"));
+//! let inputs = json!({"question": "What is 2+2?"});
+//! let prediction = predict.forward(inputs.as_object().unwrap()).await?;
+//! assert_eq!(prediction.get::<i64>("answer")?, 4);
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
+
+use dspex_client::{Capabilities, Client};
+use dspex_core::CorrelationId;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+
+use crate::error::Result;
+
+mod chain_of_thought;
+mod predict;
+mod prediction;
+mod state;
+
+pub use chain_of_thought::ChainOfThought;
+pub use predict::{CallSettings, Predict};
+pub use prediction::{CallPurpose, LmCall, Prediction, PredictorTrace};
+pub use state::{
+    PredictState, ProgramState, TemplateState, load_program, program_state, save_program,
+};
+
+/// Input values by field name.
+pub type Inputs = Map<String, Value>;
+
+/// Per-call context: the run's correlation id and tags for analytics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunContext {
+    /// The run's correlation id; each call gets a new one when `None`.
+    pub correlation_id: Option<CorrelationId>,
+    /// Tags carried on every LM call's events.
+    pub tags: BTreeMap<String, String>,
+    /// Record each predictor's inputs and outputs in
+    /// [`Prediction::traces`] (off by default: it copies them).
+    pub record_traces: bool,
+}
+
+/// Something that turns inputs into a prediction; modules compose by calling
+/// each other's `forward`.
+pub trait Module: Send + Sync {
+    /// Runs the module.
+    fn forward<'a>(&'a self, inputs: &'a Inputs) -> BoxFuture<'a, Result<Prediction>> {
+        self.forward_with(inputs, RunContext::default())
+    }
+
+    /// Runs the module within a run (correlation id and tags).
+    fn forward_with<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        run: RunContext,
+    ) -> BoxFuture<'a, Result<Prediction>>;
+
+    /// The predictors inside, by name, for saving state and optimisers.
+    fn predictors(&self) -> Vec<(String, &Predict)>;
+
+    /// The same, mutably, for loading state and optimisers.
+    fn predictors_mut(&mut self) -> Vec<(String, &mut Predict)>;
+}
+
+/// Which LM a module calls: a client and a provider id (and optionally a model).
+#[derive(Clone, Debug)]
+pub struct Lm {
+    client: Client,
+    provider: Arc<str>,
+    /// The provider's capabilities, learnt on first use (the provider may be
+    /// registered after the module is built) and shared by clones.
+    capabilities: Arc<OnceLock<Capabilities>>,
+}
+
+impl Lm {
+    /// Calls `provider` through `client`.
+    pub fn new(client: &Client, provider: &str) -> Self {
+        Self {
+            client: client.clone(),
+            provider: Arc::from(provider),
+            capabilities: Arc::default(),
+        }
+    }
+
+    /// What the provider can do; none of it while no provider of that id is
+    /// registered (a call then fails naming the known ones).
+    pub fn capabilities(&self) -> Capabilities {
+        if let Some(capabilities) = self.capabilities.get() {
+            return *capabilities;
+        }
+        match self.client.provider(&self.provider) {
+            Ok(provider) => *self.capabilities.get_or_init(|| provider.capabilities()),
+            Err(_) => Capabilities::default(),
+        }
+    }
+
+    /// The provider id.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Runs `module` over every input with at most `concurrency` in flight, in
+/// input order. One input's error is its own result; the batch goes on. A
+/// progress bar is drawn on a terminal when `progress` is set.
+pub async fn batch<M: Module + ?Sized>(
+    module: &M,
+    inputs: &[Inputs],
+    concurrency: usize,
+    progress: bool,
+) -> Vec<Result<Prediction>> {
+    let bar = if progress && std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(inputs.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let results = futures::stream::iter(inputs.iter().map(|input| {
+        let bar = bar.clone();
+        async move {
+            let result = module.forward(input).await;
+            bar.inc(1);
+            result
+        }
+    }))
+    .buffered(concurrency.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    bar.finish_and_clear();
+    results
+}
