@@ -14,11 +14,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use dspex::core::config::ConfigLoader;
-use dspex_cache::semantic::calibrate::{
+use dspex::cache::semantic::calibrate::{
     CalibrationReport, TARGET_PRECISION, calibrate, read_pairs,
 };
-use dspex_cache::{Cache, CacheConfig, EmbedderKind, Tier};
+use dspex::cache::{Cache, CacheConfig, EmbedderKind, Tier};
 
 use crate::common;
 
@@ -68,13 +67,7 @@ enum CacheCommand {
 }
 
 fn load(config: Option<&Path>) -> anyhow::Result<CacheConfig> {
-    let mut keys = common::known_keys();
-    for key in dspex_cache::CONFIG_KEYS {
-        if !keys.contains(key) {
-            keys.push(key);
-        }
-    }
-    let loader = ConfigLoader::builder(&keys).discover(config).build()?;
+    let loader = dspex::Runtime::loader(config)?;
     Ok(CacheConfig::load(&loader)?)
 }
 
@@ -143,7 +136,7 @@ pub(crate) async fn run(args: CacheArgs, config: Option<&Path>) -> anyhow::Resul
             if model_dir.is_some() {
                 embed_cfg.model_dir = model_dir;
             }
-            let embedder = dspex_cache::embedder_from_config(&embed_cfg)?;
+            let embedder = dspex::cache::embedder_from_config(&embed_cfg)?;
             let pairs = read_pairs(&pairs)?;
             anyhow::ensure!(!pairs.is_empty(), "the pairs file holds no pairs");
             let report = calibrate(embedder.as_ref(), &pairs, None).await?;

@@ -36,42 +36,49 @@ pub(crate) struct ChatArgs {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: ChatArgs) -> Result<(), Failure> {
-    let (client, provider) = common::client_for(config, args.provider.as_deref()).await?;
-    let mut messages = Vec::new();
-    if let Some(system) = args.system {
-        messages.push(Message::system(system));
-    }
-    messages.push(Message::user(args.prompt));
-    let mut options = RequestOptions::new();
-    options.params.model = args.model;
-    options.params.max_tokens = args.max_tokens;
-    options.params.temperature = args.temperature;
-    if !args.stream {
-        let response = client.request(&provider, messages, options).await?;
-        if args.json {
-            common::out(&serde_json::to_string_pretty(&response).map_err(Failure::usage)?);
-        } else {
-            common::out(response.text());
+    let (runtime, provider) = common::runtime_for(config, args.provider.as_deref()).await?;
+    let client = runtime.client().clone();
+    let result: Result<(), Failure> = async {
+        let mut messages = Vec::new();
+        if let Some(system) = args.system {
+            messages.push(Message::system(system));
         }
-        return Ok(());
-    }
-    let mut stream = client.request_stream(&provider, messages, options).await?;
-    let mut stdout = std::io::stdout();
-    while let Some(event) = stream.next().await {
-        match event? {
-            StreamEvent::Delta(delta) if !args.json => {
-                let _ = write!(stdout, "{}", delta.content);
-                let _ = stdout.flush();
+        messages.push(Message::user(args.prompt));
+        let mut options = RequestOptions::new();
+        options.params.model = args.model;
+        options.params.max_tokens = args.max_tokens;
+        options.params.temperature = args.temperature;
+        if !args.stream {
+            let response = client.request(&provider, messages, options).await?;
+            if args.json {
+                common::out(&serde_json::to_string_pretty(&response).map_err(Failure::usage)?);
+            } else {
+                common::out(response.text());
             }
-            StreamEvent::Delta(_) => {}
-            StreamEvent::Done(response) => {
-                if args.json {
-                    common::out(&serde_json::to_string_pretty(&response).map_err(Failure::usage)?);
-                } else {
-                    let _ = writeln!(stdout);
+            return Ok(());
+        }
+        let mut stream = client.request_stream(&provider, messages, options).await?;
+        let mut stdout = std::io::stdout();
+        while let Some(event) = stream.next().await {
+            match event? {
+                StreamEvent::Delta(delta) if !args.json => {
+                    let _ = write!(stdout, "{}", delta.content);
+                    let _ = stdout.flush();
+                }
+                StreamEvent::Delta(_) => {}
+                StreamEvent::Done(response) => {
+                    if args.json {
+                        common::out(
+                            &serde_json::to_string_pretty(&response).map_err(Failure::usage)?,
+                        );
+                    } else {
+                        let _ = writeln!(stdout);
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
+    .await;
+    common::finish(runtime, result).await
 }

@@ -5,15 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use dspex::core::config::ConfigLoader;
-use dspex::{Client, ClientConfig, ClientError, ClientErrorKind};
-
-/// Every top-level key any DSPex crate reads from `dspex.toml`.
-pub(crate) fn known_keys() -> Vec<&'static str> {
-    let mut keys = dspex::config::CONFIG_KEYS.to_vec();
-    keys.extend_from_slice(dspex::cache::CONFIG_KEYS);
-    keys.extend_from_slice(dspex_analytics::CONFIG_KEYS);
-    keys
-}
+use dspex::{ClientConfig, ClientError, ClientErrorKind, Runtime, RuntimeError};
 
 /// Writes a line to stdout; a closed pipe is not an error worth a panic.
 pub(crate) fn out(text: &str) {
@@ -85,133 +77,63 @@ impl From<ClientError> for Failure {
     }
 }
 
+impl From<RuntimeError> for Failure {
+    fn from(error: RuntimeError) -> Self {
+        match error {
+            RuntimeError::Client(error) => Self::from(error),
+            other => Self::Usage(other.into()),
+        }
+    }
+}
+
 impl From<dspex::core::CoreError> for Failure {
     fn from(error: dspex::core::CoreError) -> Self {
         Self::Usage(error.into())
     }
 }
 
-/// Loads and validates the config the way every command does.
+/// Loads and validates the client config the way every command does.
 pub(crate) fn load_config(path: Option<&Path>) -> Result<(ConfigLoader, ClientConfig), Failure> {
-    let loader = ConfigLoader::builder(&known_keys())
-        .discover(path)
-        .build()?;
+    let loader = Runtime::loader(path)?;
     let config = ClientConfig::load(&loader)?;
     Ok((loader, config))
 }
 
-/// Builds the client for a loaded config, with the response cache when the
-/// config has a `[cache]` section.
-pub(crate) async fn build_client(
-    loader: &ConfigLoader,
-    config: &ClientConfig,
-) -> Result<Client, Failure> {
-    let client = Client::from_config(config).await?;
-    if loader.contains("cache") {
-        let cache_config = dspex::cache::CacheConfig::load(loader)?;
-        let embedder: Option<std::sync::Arc<dyn dspex::cache::Embedder>> = if cache_config.l3
-            && cache_config.embedder == dspex::cache::EmbedderKind::Api
-        {
-            let provider = config.default_provider_id().ok_or_else(|| {
-                    Failure::usage(anyhow::anyhow!(
-                        "cache.embedder = \"api\" embeds with the default provider: set default_provider"
-                    ))
-                })?;
-            let threshold = cache_config.threshold.ok_or_else(|| {
-                    Failure::usage(anyhow::anyhow!(
-                        "cache.embedder = \"api\" needs cache.threshold (measure it with `dspex cache calibrate`)"
-                    ))
-                })?;
-            Some(std::sync::Arc::new(
-                dspex::ApiEmbedder::new(&client, provider, None, threshold).await?,
-            ))
-        } else {
-            None
-        };
-        let cache = dspex::ResponseCache::from_config(&cache_config, embedder)
-            .await
-            .map_err(|e| Failure::usage(anyhow::anyhow!("cache: {e}")))?;
-        client.set_cache(cache)?;
-    }
-    if loader.contains("analytics") {
-        attach_analytics(loader, &client).await?;
-    }
-    Ok(client)
+/// The runtime of the config at `path` (or the one discovered).
+pub(crate) async fn runtime(path: Option<&Path>) -> Result<Runtime, Failure> {
+    Ok(Runtime::discover(path).await?)
 }
 
-/// The recorder of this command's calls, flushed when the command ends.
-static RECORDER: std::sync::Mutex<Option<dspex_analytics::RecorderHandle>> =
-    std::sync::Mutex::new(None);
-
-/// Records every call of this command into the `[analytics]` store, and
-/// installs its budgets as the client's guard.
-async fn attach_analytics(loader: &ConfigLoader, client: &Client) -> Result<(), Failure> {
-    let config = dspex_analytics::AnalyticsConfig::load(loader).map_err(Failure::usage)?;
-    if !config.enabled {
-        return Ok(());
-    }
-    let store = dspex_analytics::Store::open(&config.store, config.schema.as_deref())
-        .await
-        .map_err(Failure::usage)?;
-    if !config.budgets.is_empty() {
-        let budgets = config.budgets();
-        budgets.prime(&store).await.map_err(Failure::usage)?;
-        client.set_guard(std::sync::Arc::new(budgets))?;
-    }
-    let handle = dspex_analytics::Recorder::attach(
-        client.events(),
-        store,
-        std::sync::Arc::clone(&config.prices),
-        config.recorder,
-    );
-    if let Ok(mut slot) = RECORDER.lock() {
-        *slot = Some(handle);
-    }
-    Ok(())
-}
-
-/// Flushes the calls recorded by this command (nothing when no `[analytics]`).
-pub(crate) async fn finish_recording() {
-    let handle = RECORDER.lock().ok().and_then(|mut slot| slot.take());
-    if let Some(handle) = handle {
-        match handle.shutdown().await {
-            Ok(stats) if stats.rows_lost > 0 => err(&format!(
-                "warning: {} call record(s) could not be written to the analytics store",
-                stats.rows_lost
-            )),
-            Ok(_) => {}
-            Err(error) => err(&format!("warning: analytics recorder: {error}")),
-        }
-    }
-}
-
-/// Builds the client and picks the provider: the one named, else the default.
-pub(crate) async fn client_for(
+/// The runtime and the provider to call: the one named, else the default.
+pub(crate) async fn runtime_for(
     path: Option<&Path>,
     provider: Option<&str>,
-) -> Result<(Client, String), Failure> {
-    let (loader, config) = load_config(path)?;
-    let provider = match provider.or(config.default_provider_id()) {
-        Some(provider) => provider.to_owned(),
-        None if config.providers.is_empty() => {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "no provider is configured: write a dspex.toml (see README) or set OPENAI_API_KEY / ANTHROPIC_API_KEY"
-            )));
+) -> Result<(Runtime, String), Failure> {
+    let runtime = runtime(path).await?;
+    let provider = runtime.provider(provider).map_err(|e| match e {
+        RuntimeError::NoProvider { message } if message.contains("several") => {
+            Failure::usage(anyhow::anyhow!("{message} with --provider"))
         }
-        None => {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "several providers are configured ({}); choose one with --provider",
-                config
-                    .providers
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+        other => Failure::from(other),
+    })?;
+    Ok((runtime, provider))
+}
+
+/// Ends a command: flushes what its calls recorded (always, whatever
+/// `result` is), warns about rows the store refused, and returns `result`.
+pub(crate) async fn finish(runtime: Runtime, result: Result<(), Failure>) -> Result<(), Failure> {
+    match runtime.shutdown().await {
+        Ok(report) => {
+            if let Some(stats) = report.recorded
+                && stats.rows_lost > 0
+            {
+                err(&format!(
+                    "warning: {} call record(s) could not be written to the analytics store",
+                    stats.rows_lost
+                ));
+            }
         }
-    };
-    let client = build_client(&loader, &config).await?;
-    // Unknown names fail here with the list of known ones, before any work.
-    client.provider(&provider)?;
-    Ok((client, provider))
+        Err(error) => err(&format!("warning: analytics recorder: {error}")),
+    }
+    result
 }

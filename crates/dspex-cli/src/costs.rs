@@ -12,8 +12,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use dspex::core::config::ConfigLoader;
-use dspex_analytics::{AnalyticsConfig, GroupBy, Store, TimeRange, report};
+use dspex::analytics::{AnalyticsConfig, GroupBy, Store, TimeRange, report};
 
 use crate::common;
 
@@ -59,7 +58,7 @@ impl CostsArgs {
         match (&self.from, &self.until) {
             (Some(from), Some(until)) => Ok(TimeRange::parse(&format!("{from}..{until}"))?),
             (Some(from), None) => {
-                let from = dspex_analytics::time::parse_time(from)?;
+                let from = dspex::analytics::time::parse_time(from)?;
                 Ok(TimeRange::between(from, std::time::SystemTime::now())?)
             }
             _ => Ok(TimeRange::parse("24h")?),
@@ -70,13 +69,7 @@ impl CostsArgs {
 pub(crate) async fn run(args: CostsArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let range = args.time_range()?;
     let group_by = GroupBy::parse_list(&args.group_by)?;
-    let mut keys = common::known_keys();
-    for key in dspex_analytics::CONFIG_KEYS {
-        if !keys.contains(key) {
-            keys.push(key);
-        }
-    }
-    let loader = ConfigLoader::builder(&keys).discover(config).build()?;
+    let loader = dspex::Runtime::loader(config)?;
     let analytics = AnalyticsConfig::load(&loader)?;
     let location = args
         .store

@@ -258,49 +258,54 @@ pub(crate) async fn run(config: Option<&Path>, args: EvalArgs) -> Result<(), Fai
             "--concurrency must be at least 1"
         )));
     }
-    let (client, provider) =
-        common::client_for(config, args.program.module.provider.as_deref()).await?;
-    let built = build_module(&client, &provider, &args.program)?;
-    let metric = metric_from(&args.metric, &built.signature)?;
-    let examples = load_dataset(&args.data, &built.signature).map_err(program_failure)?;
-    let evaluate = Evaluate::new(metric)
-        .with_concurrency(args.concurrency)
-        .with_progress(!args.json);
-    // Spread over the runtime's workers rather than polled from the main
-    // thread (`run`): formatting and parsing then share the cores with the
-    // connections instead of competing with them from a third thread.
-    let report = evaluate
-        .run_shared(std::sync::Arc::new(built.module), examples.into())
-        .await;
-    if args.json {
-        common::out(&serde_json::to_string_pretty(&report).map_err(Failure::usage)?);
-    } else {
-        common::out(&report.to_string());
-        let failed: Vec<_> = report
-            .results
-            .iter()
-            .filter(|r| r.error.is_some())
-            .collect();
-        for result in failed.iter().take(10) {
-            common::out(&format!(
-                "  example #{} failed: {}",
-                result.index + 1,
-                result.error.as_deref().unwrap_or_default()
-            ));
-        }
-        if failed.len() > 10 {
-            common::out(&format!("  ... and {} more", failed.len() - 10));
-        }
-    }
-    if report.total > 0 && report.errors == report.total {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "every example failed; the first: {}",
-            report
+    let (runtime, provider) =
+        common::runtime_for(config, args.program.module.provider.as_deref()).await?;
+    let client = runtime.client().clone();
+    let result: Result<(), Failure> = async {
+        let built = build_module(&client, &provider, &args.program)?;
+        let metric = metric_from(&args.metric, &built.signature)?;
+        let examples = load_dataset(&args.data, &built.signature).map_err(program_failure)?;
+        let evaluate = Evaluate::new(metric)
+            .with_concurrency(args.concurrency)
+            .with_progress(!args.json);
+        // Spread over the runtime's workers rather than polled from the main
+        // thread (`run`): formatting and parsing then share the cores with the
+        // connections instead of competing with them from a third thread.
+        let report = evaluate
+            .run_shared(std::sync::Arc::new(built.module), examples.into())
+            .await;
+        if args.json {
+            common::out(&serde_json::to_string_pretty(&report).map_err(Failure::usage)?);
+        } else {
+            common::out(&report.to_string());
+            let failed: Vec<_> = report
                 .results
-                .first()
-                .and_then(|r| r.error.as_deref())
-                .unwrap_or_default()
-        )));
+                .iter()
+                .filter(|r| r.error.is_some())
+                .collect();
+            for result in failed.iter().take(10) {
+                common::out(&format!(
+                    "  example #{} failed: {}",
+                    result.index + 1,
+                    result.error.as_deref().unwrap_or_default()
+                ));
+            }
+            if failed.len() > 10 {
+                common::out(&format!("  ... and {} more", failed.len() - 10));
+            }
+        }
+        if report.total > 0 && report.errors == report.total {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "every example failed; the first: {}",
+                report
+                    .results
+                    .first()
+                    .and_then(|r| r.error.as_deref())
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    common::finish(runtime, result).await
 }

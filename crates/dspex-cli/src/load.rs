@@ -137,109 +137,115 @@ pub(crate) async fn run(config: Option<&Path>, args: LoadArgs) -> Result<(), Fai
             "--requests and --concurrency must be at least 1"
         )));
     }
-    let (client, provider) = common::client_for(config, args.provider.as_deref()).await?;
-    let driver = if args.bare {
-        Driver::Bare(Bare::new(
-            &*client.provider(&provider)?,
-            &args.prompt,
-            args.max_tokens,
-        )?)
-    } else {
-        Driver::Client(client, provider.clone())
-    };
-    let driver = Arc::new(driver);
-    let issued = Arc::new(AtomicU64::new(0));
-    let bar = if std::io::stderr().is_terminal() && !args.json {
-        let bar = ProgressBar::new(args.requests);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} calls  {per_sec}  eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency.min(args.requests) {
-        let driver = Arc::clone(&driver);
-        let issued = Arc::clone(&issued);
-        let bar = bar.clone();
-        let (requests, prompt, max_tokens) = (args.requests, args.prompt.clone(), args.max_tokens);
-        workers.push(tokio::spawn(async move {
-            // Latencies in microseconds, up to an hour.
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).ok();
-            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            let mut successes = 0u64;
-            while issued.fetch_add(1, Ordering::Relaxed) < requests {
-                let start = Instant::now();
-                let outcome = match &*driver {
-                    Driver::Client(client, provider) => client
-                        .request(
-                            provider,
-                            vec![Message::user(prompt.as_str())],
-                            RequestOptions::new().max_tokens(max_tokens),
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.kind().as_str().to_owned()),
-                    Driver::Bare(bare) => bare.call().await,
-                };
-                let micros = u64::try_from(start.elapsed().as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                if let Some(h) = histogram.as_mut() {
-                    let _ = h.record(micros);
+    let (runtime, provider) = common::runtime_for(config, args.provider.as_deref()).await?;
+    let client = runtime.client().clone();
+    let result: Result<(), Failure> = async {
+        let driver = if args.bare {
+            Driver::Bare(Bare::new(
+                &*client.provider(&provider)?,
+                &args.prompt,
+                args.max_tokens,
+            )?)
+        } else {
+            Driver::Client(client, provider.clone())
+        };
+        let driver = Arc::new(driver);
+        let issued = Arc::new(AtomicU64::new(0));
+        let bar = if std::io::stderr().is_terminal() && !args.json {
+            let bar = ProgressBar::new(args.requests);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} calls  {per_sec}  eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..args.concurrency.min(args.requests) {
+            let driver = Arc::clone(&driver);
+            let issued = Arc::clone(&issued);
+            let bar = bar.clone();
+            let (requests, prompt, max_tokens) =
+                (args.requests, args.prompt.clone(), args.max_tokens);
+            workers.push(tokio::spawn(async move {
+                // Latencies in microseconds, up to an hour.
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).ok();
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                let mut successes = 0u64;
+                while issued.fetch_add(1, Ordering::Relaxed) < requests {
+                    let start = Instant::now();
+                    let outcome = match &*driver {
+                        Driver::Client(client, provider) => client
+                            .request(
+                                provider,
+                                vec![Message::user(prompt.as_str())],
+                                RequestOptions::new().max_tokens(max_tokens),
+                            )
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.kind().as_str().to_owned()),
+                        Driver::Bare(bare) => bare.call().await,
+                    };
+                    let micros = u64::try_from(start.elapsed().as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    if let Some(h) = histogram.as_mut() {
+                        let _ = h.record(micros);
+                    }
+                    match outcome {
+                        Ok(()) => successes += 1,
+                        Err(kind) => *errors.entry(kind).or_default() += 1,
+                    }
+                    bar.inc(1);
                 }
-                match outcome {
-                    Ok(()) => successes += 1,
-                    Err(kind) => *errors.entry(kind).or_default() += 1,
-                }
-                bar.inc(1);
+                (histogram, successes, errors)
+            }));
+        }
+        let mut histogram =
+            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(Failure::usage)?;
+        let mut successes = 0;
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for worker in workers {
+            let (h, s, e) = worker.await.map_err(Failure::usage)?;
+            if let Some(h) = h {
+                histogram.add(h).map_err(Failure::usage)?;
             }
-            (histogram, successes, errors)
-        }));
-    }
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(Failure::usage)?;
-    let mut successes = 0;
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for worker in workers {
-        let (h, s, e) = worker.await.map_err(Failure::usage)?;
-        if let Some(h) = h {
-            histogram.add(h).map_err(Failure::usage)?;
+            successes += s;
+            for (kind, n) in e {
+                *errors.entry(kind).or_default() += n;
+            }
         }
-        successes += s;
-        for (kind, n) in e {
-            *errors.entry(kind).or_default() += n;
+        let wall = started.elapsed();
+        bar.finish_and_clear();
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
+        let report = Report {
+            mode: if args.bare { "bare" } else { "client" },
+            provider,
+            requests: args.requests,
+            concurrency: args.concurrency,
+            successes,
+            errors,
+            latency_ms: Percentiles {
+                p50: ms(0.50),
+                p90: ms(0.90),
+                p99: ms(0.99),
+                max: histogram.max() as f64 / 1_000.0,
+                mean: histogram.mean() / 1_000.0,
+            },
+            throughput_per_s: args.requests as f64 / wall.as_secs_f64().max(f64::EPSILON),
+            wall_s: wall.as_secs_f64(),
+        };
+        if args.json {
+            common::out(&serde_json::to_string_pretty(&report).map_err(Failure::usage)?);
+        } else {
+            print_report(&report);
         }
+        Ok(())
     }
-    let wall = started.elapsed();
-    bar.finish_and_clear();
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
-    let report = Report {
-        mode: if args.bare { "bare" } else { "client" },
-        provider,
-        requests: args.requests,
-        concurrency: args.concurrency,
-        successes,
-        errors,
-        latency_ms: Percentiles {
-            p50: ms(0.50),
-            p90: ms(0.90),
-            p99: ms(0.99),
-            max: histogram.max() as f64 / 1_000.0,
-            mean: histogram.mean() / 1_000.0,
-        },
-        throughput_per_s: args.requests as f64 / wall.as_secs_f64().max(f64::EPSILON),
-        wall_s: wall.as_secs_f64(),
-    };
-    if args.json {
-        common::out(&serde_json::to_string_pretty(&report).map_err(Failure::usage)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    .await;
+    common::finish(runtime, result).await
 }
 
 fn print_report(report: &Report) {

@@ -163,11 +163,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(async {
-        let result = run(cli).await;
-        common::finish_recording().await;
-        result
-    });
+    let result = runtime.block_on(run(cli));
     if let Some(metrics) = metrics {
         common::err(&metrics.render());
     }

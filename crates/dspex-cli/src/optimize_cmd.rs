@@ -56,57 +56,62 @@ pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(),
             "--concurrency and --max-rounds must be at least 1"
         )));
     }
-    let (client, provider) =
-        common::client_for(config, args.program.module.provider.as_deref()).await?;
-    let built = build_module(&client, &provider, &args.program)?;
-    let trainset = load_dataset(&args.train, &built.signature).map_err(program_failure)?;
-    let (compiled, report) = if args.labeled_only {
-        let mut labeled = LabeledFewShot::new(args.max_labeled);
-        labeled.seed = args.seed;
-        (labeled.compile(&built.module, &trainset), None)
-    } else {
-        let metric = metric_from(&args.metric, &built.signature)?;
-        let optimizer = BootstrapFewShot {
-            max_errors: (args.max_errors > 0).then_some(args.max_errors),
-            seed: args.seed,
-            progress: !args.json,
-            ..BootstrapFewShot::new(metric)
-                .max_bootstrapped_demos(args.max_bootstrapped)
-                .max_labeled_demos(args.max_labeled)
-                .max_rounds(args.max_rounds)
-                .with_concurrency(args.concurrency)
+    let (runtime, provider) =
+        common::runtime_for(config, args.program.module.provider.as_deref()).await?;
+    let client = runtime.client().clone();
+    let result: Result<(), Failure> = async {
+        let built = build_module(&client, &provider, &args.program)?;
+        let trainset = load_dataset(&args.train, &built.signature).map_err(program_failure)?;
+        let (compiled, report) = if args.labeled_only {
+            let mut labeled = LabeledFewShot::new(args.max_labeled);
+            labeled.seed = args.seed;
+            (labeled.compile(&built.module, &trainset), None)
+        } else {
+            let metric = metric_from(&args.metric, &built.signature)?;
+            let optimizer = BootstrapFewShot {
+                max_errors: (args.max_errors > 0).then_some(args.max_errors),
+                seed: args.seed,
+                progress: !args.json,
+                ..BootstrapFewShot::new(metric)
+                    .max_bootstrapped_demos(args.max_bootstrapped)
+                    .max_labeled_demos(args.max_labeled)
+                    .max_rounds(args.max_rounds)
+                    .with_concurrency(args.concurrency)
+            };
+            let (compiled, report) = optimizer
+                .compile(&built.module, None, &trainset)
+                .await
+                .map_err(program_failure)?;
+            (compiled, Some(report))
         };
-        let (compiled, report) = optimizer
-            .compile(&built.module, None, &trainset)
-            .await
-            .map_err(program_failure)?;
-        (compiled, Some(report))
-    };
-    save_program(&compiled, &args.out).map_err(program_failure)?;
-    if args.json {
-        let value = serde_json::json!({
-            "out": args.out.display().to_string(),
-            "demos": compiled
-                .predictors()
-                .into_iter()
-                .map(|(name, predict)| (name, predict.demos().len()))
-                .collect::<std::collections::BTreeMap<_, _>>(),
-            "report": report,
-        });
-        common::out(&serde_json::to_string_pretty(&value).map_err(Failure::usage)?);
-    } else {
-        if let Some(report) = &report {
-            print_report(report);
+        save_program(&compiled, &args.out).map_err(program_failure)?;
+        if args.json {
+            let value = serde_json::json!({
+                "out": args.out.display().to_string(),
+                "demos": compiled
+                    .predictors()
+                    .into_iter()
+                    .map(|(name, predict)| (name, predict.demos().len()))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+                "report": report,
+            });
+            common::out(&serde_json::to_string_pretty(&value).map_err(Failure::usage)?);
+        } else {
+            if let Some(report) = &report {
+                print_report(report);
+            }
+            for (name, predict) in compiled.predictors() {
+                common::out(&format!(
+                    "predictor `{name}`: {} demos",
+                    predict.demos().len()
+                ));
+            }
+            common::out(&format!("wrote {}", args.out.display()));
         }
-        for (name, predict) in compiled.predictors() {
-            common::out(&format!(
-                "predictor `{name}`: {} demos",
-                predict.demos().len()
-            ));
-        }
-        common::out(&format!("wrote {}", args.out.display()));
+        Ok(())
     }
-    Ok(())
+    .await;
+    common::finish(runtime, result).await
 }
 
 fn print_report(report: &CompileReport) {

@@ -116,8 +116,9 @@ fn parse_inputs(signature: &Signature, pairs: &[String]) -> Result<Inputs, Failu
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: PredictArgs) -> Result<(), Failure> {
-    let (client, provider) = common::client_for(config, args.module.provider.as_deref()).await?;
-    run_with(&client, &provider, args).await
+    let (runtime, provider) = common::runtime_for(config, args.module.provider.as_deref()).await?;
+    let result = run_with(runtime.client(), &provider, args).await;
+    common::finish(runtime, result).await
 }
 
 /// Runs the program against `provider` of an existing client (the demo uses it).

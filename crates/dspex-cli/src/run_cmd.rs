@@ -47,11 +47,13 @@ pub(crate) fn parse_inputs(pairs: &[String]) -> Result<Context, Failure> {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
-    let (loader, client_config) = common::load_config(config)?;
-    let client = common::build_client(&loader, &client_config).await?;
-    let workflow = declarative::load_file(&args.file, &client, args.provider.as_deref())
-        .map_err(Failure::usage)?;
-    run_loaded(&workflow, &args.inputs, args.json).await
+    let runtime = common::runtime(config).await?;
+    let result =
+        match declarative::load_file(&args.file, runtime.client(), args.provider.as_deref()) {
+            Ok(workflow) => run_loaded(&workflow, &args.inputs, args.json).await,
+            Err(error) => Err(Failure::usage(error)),
+        };
+    common::finish(runtime, result).await
 }
 
 /// Runs a loaded workflow and prints its outputs (the demo uses it too).

@@ -463,15 +463,25 @@ impl ClientConfig {
     /// the environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`) when no provider is
     /// configured.
     pub fn load(loader: &ConfigLoader) -> Result<Self> {
+        Self::load_with_env(loader, &|name| std::env::var(name).ok())
+    }
+
+    /// [`ClientConfig::load`], reading API keys (and the SDK fallback
+    /// variables) through `env` instead of the process environment: for a
+    /// secret store, or a test.
+    pub fn load_with_env(
+        loader: &ConfigLoader,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
         let raw = RawClientConfig::from_loader(loader)?;
         if raw.providers.is_empty() {
-            let mut config = Self::from_env(&|name| std::env::var(name).ok())?;
+            let mut config = Self::from_env(env)?;
             if let Some(default) = raw.default_provider {
                 config.default_provider = Some(default);
             }
             return Ok(config);
         }
-        Self::validate(&raw, &|name| std::env::var(name).ok())
+        Self::validate(&raw, env)
     }
 
     /// Phase two: checks every value and reads the API keys from the environment

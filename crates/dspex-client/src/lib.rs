@@ -10,6 +10,10 @@
 //! usage, records a tracing span with the OpenTelemetry GenAI attributes, and
 //! updates metrics.
 //!
+//! Applications build it with `dspex::Runtime`, which reads the whole
+//! `dspex.toml` (cache, analytics and budgets too). On its own, this crate
+//! reads only its keys ([`config::CONFIG_KEYS`]):
+//!
 //! ```no_run
 //! use dspex_client::{Client, ClientConfig, Message, RequestOptions};
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,6 +7,9 @@
 //!   [`ChatResponse`], [`ChatStream`], [`ClientError`]...), from `dspex-client`;
 //! - prompts and modules ([`Signature`], [`Predict`], [`ChainOfThought`],
 //!   adapters, templates), from `dspex-prompt`, also as [`prompt`];
+//! - the composition root [`Runtime`]: the client, response cache, analytics
+//!   recorder and budgets built from one `dspex.toml`, flushed on shutdown;
+//! - cost analytics and budgets as [`analytics`], from `dspex-analytics`;
 //! - the generic layer as [`core`]: config, registry, events, telemetry, error
 //!   context and protection, from `dspex-core`;
 //! - with the default `mock` feature, the deterministic mock upstream as
@@ -29,6 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+mod runtime;
+
+pub use dspex_analytics as analytics;
 pub use dspex_cache as cache;
 pub use dspex_client::*;
 pub use dspex_core as core;
@@ -40,3 +46,10 @@ pub use dspex_prompt::{
     batch,
 };
 pub use dspex_workflow as workflow;
+pub use runtime::{Runtime, RuntimeError, ShutdownReport, config_keys};
+
+/// The README's Rust examples, compiled as doc tests so they stay true to
+/// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExamples;
