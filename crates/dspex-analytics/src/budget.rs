@@ -794,12 +794,17 @@ impl dspex_client::CallGuard for Budgets {
         correlation_id: &CorrelationId,
         estimate: &dspex_client::Usage,
     ) -> std::result::Result<(), String> {
-        let estimated = self.estimate(
-            &call.provider,
-            &call.model,
-            estimate.input_tokens,
-            estimate.output_tokens,
-        );
+        // A local model costs nothing: admitted at zero, never as unpriced.
+        let estimated = if call.system == crate::prices::LOCAL_SYSTEM {
+            Some(0)
+        } else {
+            self.estimate(
+                &call.provider,
+                &call.model,
+                estimate.input_tokens,
+                estimate.output_tokens,
+            )
+        };
         self.check(call, correlation_id, estimated)
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -808,7 +813,8 @@ impl dspex_client::CallGuard for Budgets {
     fn settle(&self, call: &CallInfo, correlation_id: &CorrelationId, usage: &dspex_client::Usage) {
         let actual = self
             .prices
-            .cost(
+            .cost_of_call(
+                call.system,
                 &call.provider,
                 &call.model,
                 None,

@@ -245,6 +245,41 @@ pub struct Cost {
     pub version: String,
 }
 
+impl Cost {
+    /// A call that ran on this machine (a local model): it costs nothing,
+    /// and is priced, not unpriced.
+    pub fn local(model: &str) -> Self {
+        Self {
+            nanos: 0,
+            key: format!("{LOCAL_SYSTEM}/{model}"),
+            version: LOCAL_SYSTEM.to_owned(),
+        }
+    }
+}
+
+/// The `gen_ai.system` of providers that run on this machine; their calls
+/// cost zero.
+pub const LOCAL_SYSTEM: &str = "local";
+
+impl PriceTable {
+    /// [`PriceTable::cost`] for a call of `system`: zero for a local model,
+    /// the table's price otherwise.
+    pub fn cost_of_call(
+        &self,
+        system: &str,
+        provider: &str,
+        model: &str,
+        response_model: Option<&str>,
+        at_ms: i64,
+        usage: &TokenUsage,
+    ) -> Option<Cost> {
+        if system == LOCAL_SYSTEM {
+            return Some(Cost::local(model));
+        }
+        self.cost(provider, model, response_model, at_ms, usage)
+    }
+}
+
 #[derive(Deserialize)]
 struct BundledFile {
     effective: String,

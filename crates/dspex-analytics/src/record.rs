@@ -85,7 +85,14 @@ impl CallRecord {
         let call = &completion.call;
         let usage = TokenUsage::from(&completion.usage);
         let response_model = completion.response_model.as_deref();
-        let cost = prices.cost(&call.provider, &call.model, response_model, at_ms, &usage);
+        let cost = prices.cost_of_call(
+            call.system,
+            &call.provider,
+            &call.model,
+            response_model,
+            at_ms,
+            &usage,
+        );
         let (error_kind, http_status) = match &completion.outcome {
             Outcome::Failed {
                 error_kind,
@@ -102,7 +109,8 @@ impl CallRecord {
         };
         let saved_cost_nanos = if cache_tier.is_some() {
             prices
-                .cost(
+                .cost_of_call(
+                    call.system,
                     &call.provider,
                     &call.model,
                     response_model,

@@ -237,3 +237,23 @@ fn bundled_table_has_the_main_providers() {
         );
     }
 }
+
+#[test]
+fn local_models_cost_zero_and_are_priced() {
+    // A call to a GGUF model run in process (`gen_ai.system` "local") is
+    // free: priced at zero, its tokens real, never flagged unpriced.
+    let table = prices();
+    let mut completion =
+        Spec::new("smol", "SmolLM2-135M-Instruct", usage(300, 20, 280, 0)).completion();
+    completion.call.system = dspex_analytics::prices::LOCAL_SYSTEM;
+    let record = CallRecord::from_completion(0, None, &completion, &table);
+    assert!(!record.is_unpriced());
+    assert_eq!(record.cost_nanos, Some(0));
+    assert_eq!(record.price_version.as_deref(), Some("local"));
+    assert_eq!(record.usage.input, 300);
+    assert_eq!(record.usage.output, 20);
+    // The same model name under another system is unpriced, not free.
+    let remote = Spec::new("smol", "SmolLM2-135M-Instruct", usage(300, 20, 0, 0))
+        .record("2026-11-24T10:00:00Z", &table);
+    assert!(remote.is_unpriced());
+}

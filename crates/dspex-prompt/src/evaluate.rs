@@ -706,6 +706,10 @@ pub struct EvalReport {
     pub passed: usize,
     /// Examples run.
     pub total: usize,
+    /// The 95% Wilson score interval of the pass rate `passed / total`, so a
+    /// gain can be told from noise: `[low, high]`, both in `0..=1`.
+    #[serde(default)]
+    pub pass_rate_ci95: [f64; 2],
     /// Examples that failed with an error.
     pub errors: usize,
     /// Every example's result, in dataset order.
@@ -737,6 +741,7 @@ impl EvalReport {
             score: if total == 0 { 0.0 } else { sum / total as f64 },
             passed,
             total,
+            pass_rate_ci95: wilson_interval(passed, total),
             errors,
             results,
             usage,
@@ -747,16 +752,35 @@ impl EvalReport {
     }
 }
 
+/// The 95% Wilson score interval of `passed` successes in `total` trials.
+/// Unlike the normal approximation it stays inside `[0, 1]` and is honest
+/// for small samples and rates near 0 or 1 (the usual case for small
+/// evaluation sets).
+pub fn wilson_interval(passed: usize, total: usize) -> [f64; 2] {
+    if total == 0 {
+        return [0.0, 1.0];
+    }
+    const Z: f64 = 1.959_963_984_540_054; // the 97.5th percentile of N(0, 1)
+    let n = total as f64;
+    let p = passed as f64 / n;
+    let z2 = Z * Z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
+}
+
 impl fmt::Display for EvalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {:.1}% ({}/{} passed, {} errors) in {:.2}s; {} calls ({:.0}/s), {} tokens",
+            "{}: {:.1}% ({}/{} passed, {} errors) [95% CI {:.1}-{:.1}%] in {:.2}s; {} calls ({:.0}/s), {} tokens",
             self.metric,
             100.0 * self.score,
             self.passed,
             self.total,
             self.errors,
+            100.0 * self.pass_rate_ci95[0],
+            100.0 * self.pass_rate_ci95[1],
             self.duration.as_secs_f64(),
             self.calls,
             self.calls_per_second,

@@ -539,3 +539,22 @@ async fn run_shared_holds_the_concurrency_bound_across_threads() {
         assert_eq!(most, concurrency.min(40), "concurrency {concurrency}");
     }
 }
+
+#[test]
+fn pass_rates_carry_a_wilson_interval() {
+    use dspex_prompt::evaluate::wilson_interval;
+    // Reference values of the 95% Wilson score interval (z = 1.96).
+    for (passed, total, low, high) in [
+        (2, 4, 0.1500, 0.8500),
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (81, 100, 0.7222, 0.8749),
+    ] {
+        let [l, h] = wilson_interval(passed, total);
+        assert!(
+            (l - low).abs() < 5e-4 && (h - high).abs() < 5e-4,
+            "{passed}/{total}: [{l}, {h}]"
+        );
+    }
+    assert_eq!(wilson_interval(0, 0), [0.0, 1.0]);
+}
