@@ -25,7 +25,7 @@ use crate::events::{
     RateLimitEvent, RetryEvent,
 };
 use crate::guard::CallGuard;
-use crate::provider::{Capabilities, ProviderApi, Sent, Transport, api_for};
+use crate::provider::{Capabilities, PrefixCacheStats, ProviderApi, Sent, Transport, api_for};
 use crate::scripted::{ScriptedLm, ScriptedTransport};
 use crate::stream::{ChatStream, StreamParts};
 use crate::telemetry::{CallMetrics, Ending, Recorder};
@@ -113,6 +113,7 @@ impl tower::Service<Call> for AttemptService {
 /// attempt the circuit breaker, rate-limit admission, a pool slot and a timeout.
 pub struct Provider {
     shared: Arc<ProviderShared>,
+    transport: Arc<dyn Transport>,
     stack: Stack,
     breaker: Arc<CircuitBreaker>,
     pool: ConcurrencyLimitLayer,
@@ -146,7 +147,7 @@ impl Provider {
             None => Arc::new(LocalLimiter::new(config.limits.clone())),
         };
         let shared = Self::shared(config, events, limiter);
-        let transport = shared.api.transport(&shared)?;
+        let transport = shared.api.transport(&shared).await?;
         Ok(Self::assemble(shared, transport))
     }
 
@@ -235,8 +236,11 @@ impl Provider {
             )
             .layer(pool.clone())
             .layer(TimeoutLayer::new(config.timeouts.total))
-            .service(AttemptService { transport });
+            .service(AttemptService {
+                transport: Arc::clone(&transport),
+            });
         Self {
+            transport,
             stack,
             shared,
             breaker,
@@ -295,6 +299,12 @@ impl Provider {
     /// Its circuit breaker's state.
     pub fn circuit_state(&self) -> CircuitState {
         self.breaker.state()
+    }
+
+    /// A local model's prompt-prefix cache counters (`None` for providers
+    /// reached over HTTP).
+    pub fn prefix_cache(&self) -> Option<PrefixCacheStats> {
+        self.transport.prefix_cache()
     }
 
     /// Free pool slots now.

@@ -962,6 +962,62 @@ mod tests {
     }
 
     #[test]
+    fn local_providers_validate_their_own_keys() {
+        let config = validate(
+            "[providers.smol]\nkind = \"local\"\nmodel_path = \"models/SmolLM2.Q4_1.gguf\"\ncontext_length = 4096\ntemperature = 0.7\nseed = 3\n",
+        )
+        .unwrap();
+        let smol = &config.providers["smol"];
+        assert_eq!(smol.kind, ProviderKind::Local);
+        assert_eq!(
+            smol.model, "SmolLM2.Q4_1",
+            "the file name when no model is set"
+        );
+        assert_eq!(smol.pool_size, 1, "one generation at a time by default");
+        let local = smol.local.as_ref().unwrap();
+        assert_eq!(local.context_length, Some(4096));
+        assert_eq!(local.seed, Some(3));
+        assert_eq!(local.prefix_cache_bytes, 256 << 20);
+        for (toml, key, words) in [
+            (
+                "[providers.a]\nkind = \"local\"",
+                "providers.a.model_path",
+                "missing",
+            ),
+            (
+                "[providers.a]\nkind = \"local\"\nmodel_path = \"m.gguf\"\nsha256 = \"abc\"",
+                "providers.a.sha256",
+                "64 hexadecimal",
+            ),
+            (
+                "[providers.a]\nkind = \"local\"\nmodel_path = \"m.gguf\"\ntemperature = 3.0",
+                "providers.a.temperature",
+                "out of range",
+            ),
+            (
+                "[providers.a]\nkind = \"local\"\nmodel_path = \"m.gguf\"\nbase_url = \"http://x\"",
+                "providers.a.base_url",
+                "not reached over HTTP",
+            ),
+            (
+                "[providers.a]\nkind = \"openai\"\nmodel_path = \"m.gguf\"",
+                "providers.a.model_path",
+                "only to `kind = \"local\"`",
+            ),
+        ] {
+            let err = validate(toml).unwrap_err();
+            let CoreError::Config {
+                key: got, message, ..
+            } = &err
+            else {
+                panic!("{err:?}")
+            };
+            assert_eq!(got, key, "{toml}");
+            assert!(message.contains(words), "{toml}: {message}");
+        }
+    }
+
+    #[test]
     fn environment_fallback_reads_the_sdk_variables() {
         let config = ClientConfig::from_env(&|name| match name {
             "OPENAI_API_KEY" => Some("sk-1".into()),

@@ -108,3 +108,26 @@ async fn functions_see_the_request_and_streams_work() {
     assert_eq!(text, "1 messages, n=None");
     assert!(done.unwrap().usage.output_tokens > 0);
 }
+
+#[cfg(not(feature = "local-lm"))]
+#[tokio::test]
+async fn a_local_provider_without_the_feature_says_how_to_build_it() {
+    let config = dspex_client::ProviderConfig::validate(
+        "smol",
+        &dspex_client::config::RawProvider {
+            kind: Some("local".into()),
+            model_path: Some("m.gguf".into()),
+            ..Default::default()
+        },
+        None,
+        &|_| None,
+    )
+    .unwrap();
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    let error = client.add_provider(config).await.unwrap_err();
+    assert!(
+        matches!(error.kind(), ClientErrorKind::Config(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("local-lm"), "{error}");
+}

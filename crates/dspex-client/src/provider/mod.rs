@@ -18,6 +18,8 @@
 
 pub(crate) mod anthropic;
 mod json_text;
+#[cfg(feature = "local-lm")]
+pub(crate) mod local;
 pub(crate) mod openai;
 mod tool_calls;
 mod transport;
@@ -95,15 +97,21 @@ pub(crate) trait ProviderApi: Send + Sync + 'static {
     }
 
     /// The transport of one provider instance: HTTP in the provider's dialect
-    /// unless the provider runs in process.
-    fn transport(&self, shared: &Arc<ProviderShared>) -> Result<Arc<dyn Transport>, ClientError> {
-        match self.dialect() {
-            Some(dialect) => Ok(Arc::new(HttpTransport::new(Arc::clone(shared), dialect)?)),
+    /// unless the provider runs in process. A future, because building one
+    /// may be slow (loading a model file) and must not block the runtime.
+    fn transport(
+        &self,
+        shared: &Arc<ProviderShared>,
+    ) -> BoxFuture<'static, Result<Arc<dyn Transport>, ClientError>> {
+        let built: Result<Arc<dyn Transport>, ClientError> = match self.dialect() {
+            Some(dialect) => HttpTransport::new(Arc::clone(shared), dialect)
+                .map(|transport| Arc::new(transport) as Arc<dyn Transport>),
             None => Err(ClientError::config(dspex_core::CoreError::config(
                 format!("providers.{}.kind", shared.config.id),
                 format!("`{}` providers cannot be built from config", self.system()),
             ))),
-        }
+        };
+        Box::pin(std::future::ready(built))
     }
 }
 
@@ -115,6 +123,11 @@ pub(crate) fn api_for(kind: ProviderKind) -> &'static dyn ProviderApi {
         ProviderKind::Scripted => &crate::scripted::Scripted,
         ProviderKind::Local => local_api(),
     }
+}
+
+#[cfg(feature = "local-lm")]
+fn local_api() -> &'static dyn ProviderApi {
+    &local::Local
 }
 
 #[cfg(not(feature = "local-lm"))]
@@ -145,11 +158,15 @@ impl ProviderApi for NotBuilt {
         Capabilities::default()
     }
 
-    fn transport(&self, shared: &Arc<ProviderShared>) -> Result<Arc<dyn Transport>, ClientError> {
-        Err(ClientError::config(dspex_core::CoreError::config(
+    fn transport(
+        &self,
+        shared: &Arc<ProviderShared>,
+    ) -> BoxFuture<'static, Result<Arc<dyn Transport>, ClientError>> {
+        let error = ClientError::config(dspex_core::CoreError::config(
             format!("providers.{}.kind", shared.config.id),
             "`local` needs dspex built with the `local-lm` feature (cargo build --features local-lm)",
-        )))
+        ));
+        Box::pin(std::future::ready(Err(error)))
     }
 }
 
@@ -301,6 +318,43 @@ pub(crate) type Chunks = Pin<Box<dyn Stream<Item = Result<Vec<Chunk>, ClientErro
 /// Sends one attempt of a call: over HTTP, or answered in process.
 pub(crate) trait Transport: Send + Sync + 'static {
     fn send(&self, call: Call) -> Sent;
+
+    /// The prompt-prefix cache's counters, for a local model.
+    fn prefix_cache(&self) -> Option<PrefixCacheStats> {
+        None
+    }
+}
+
+/// How a local model's prompt-prefix cache has done: calls whose prompt
+/// began with tokens an earlier call had processed reuse their KV cache and
+/// process only the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PrefixCacheStats {
+    /// Generations that reused a cached prefix.
+    pub hits: u64,
+    /// Generations that found none.
+    pub misses: u64,
+    /// Prompt tokens not processed again thanks to the cache.
+    pub reused_tokens: u64,
+    /// Prefixes held.
+    pub entries: usize,
+    /// Memory they hold, in bytes.
+    pub bytes: usize,
+    /// The memory bound, in bytes.
+    pub capacity_bytes: usize,
+}
+
+impl PrefixCacheStats {
+    /// Hits over all generations (0 before the first).
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
 }
 
 /// An attempt's future: already answered (an in-process transport, which then

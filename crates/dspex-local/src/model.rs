@@ -1,0 +1,939 @@
+//! The transformer: weights and a forward pass for the `llama` and `gemma3`
+//! GGUF architectures, with the KV state kept outside the weights so that
+//! concurrent generations share one copy of the model.
+//!
+//! Adapted from candle-transformers' `quantized_llama.rs` and
+//! `quantized_gemma3.rs`, with these differences (each checked against
+//! llama.cpp's `build_llama` / `build_gemma3`):
+//!
+//! * RoPE angles are computed for the positions being processed instead of
+//!   a table over the whole training context (candle's gemma3 builds one
+//!   over 131,072 positions: ~2.4 GB).
+//! * Gemma 3's MLP uses GELU (tanh approximation) as llama.cpp does;
+//!   candle's quantized gemma3 uses SiLU.
+//! * Gemma 3's sliding-window mask follows llama.cpp (`p_q - p_k <
+//!   window`), including for decode steps and for prompt chunks after a
+//!   cached prefix (candle masks the cached part out entirely).
+//! * Grouped-query attention reshapes the queries to the KV heads instead
+//!   of copying K/V `n_rep` times.
+//! * Prompt tokens go through dense f32 GEMM on weights dequantized on the
+//!   fly: candle's quantized matmul runs one matrix-vector product per row,
+//!   about 7x slower than GEMM for a 300-token prompt. Generated tokens
+//!   (one row) use the quantized kernels, which read 4-8x fewer bytes.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
+use candle_core::{DType, Device, Module, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{CandleContext, LocalError};
+use crate::gguf::GgufFile;
+use crate::kernels;
+
+/// What to do at load time with quantized types whose candle CPU kernels
+/// are slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Requantize {
+    /// Keep every tensor in the type it is stored in.
+    Keep,
+    /// Re-quantize Q5_0 and Q5_1 matrices to Q8_0: candle has no AVX2
+    /// `vec_dot` for them, Q8_0's is hand-written. Costs memory (8.5 bits
+    /// per weight instead of 5-6). Q4_1 is kept: `kernels` has a fast
+    /// matrix-vector product for it (decode 69-71 tok/s on SmolLM2 against
+    /// 54-55 with Q8_0, measured on 2 cores).
+    #[default]
+    SlowTypes,
+    /// Re-quantize every quantized matrix that is not Q8_0 to Q8_0: faster
+    /// prompt processing (Q8_0 has a parallel dequantizer here), more
+    /// memory.
+    AllToQ8_0,
+}
+
+/// The architectures this crate implements.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arch {
+    Llama,
+    Gemma3,
+}
+
+/// Hyper-parameters read from the GGUF.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) n_layer: usize,
+    pub(crate) n_embd: usize,
+    pub(crate) n_head: usize,
+    pub(crate) n_kv_head: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) eps: f32,
+    pub(crate) train_context: usize,
+}
+
+/// A weight matrix, `(out, in)`.
+struct Linear {
+    qt: Arc<QTensor>,
+    mm: QMatMul,
+}
+
+impl Linear {
+    fn new(qt: QTensor) -> Result<Self, LocalError> {
+        let qt = Arc::new(qt);
+        let mm = QMatMul::from_arc(Arc::clone(&qt)).ctx("preparing a matmul")?;
+        Ok(Self { qt, mm })
+    }
+
+    /// `x` is `(rows, in)`. `dense` selects GEMM on dequantized weights.
+    fn forward(&self, x: &Tensor, dense: bool) -> candle_core::Result<Tensor> {
+        match &self.mm {
+            QMatMul::QTensor(_) if dense => {
+                let w = dequantize(&self.qt)?.t()?;
+                if x.dim(0)? == 1 {
+                    // gemm takes a GEMV path for one row whose rounding
+                    // differs from its GEMM rows (which do not depend on
+                    // the row count): doubling the row keeps a prompt
+                    // token's arithmetic identical whether it is processed
+                    // alone (after a cached prefix) or with others.
+                    Tensor::cat(&[x, x], 0)?.matmul(&w)?.narrow(0, 0, 1)
+                } else {
+                    x.matmul(&w)
+                }
+            }
+            QMatMul::QTensor(_) if self.qt.dtype() == GgmlDType::Q4_1 && x.dim(0)? == 1 => {
+                // One row (a generated token): the hand-written kernel reads
+                // the 4.5-bit blocks as stored (see `kernels`).
+                let (rows, k) = self.qt.shape().dims2()?;
+                let input = x.flatten_all()?.to_vec1::<f32>()?;
+                if input.len() != k || k % kernels::BLOCK != 0 {
+                    candle_core::bail!(
+                        "a Q4_1 matrix of width {k} times a vector of {}",
+                        input.len()
+                    );
+                }
+                let data = self.qt.data()?;
+                let mut out = vec![0f32; rows];
+                kernels::q4_1_matvec(&data, &kernels::QuantizedVector::new(&input), &mut out);
+                Tensor::from_vec(out, (1, rows), &Device::Cpu)
+            }
+            mm => mm.forward(x),
+        }
+    }
+}
+
+/// Q8_0 block: f16 scale + 32 signed bytes.
+const Q8_0_BLOCK_BYTES: usize = 34;
+const Q8_0_BLOCK: usize = 32;
+
+/// Decodes Q8_0 blocks (`src`) into `dst` (32 values per block). Plain
+/// loops on bytes: safe, and LLVM vectorises the inner one.
+fn q8_0_decode(src: &[u8], dst: &mut [f32]) {
+    for (block, out) in src
+        .chunks_exact(Q8_0_BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(Q8_0_BLOCK))
+    {
+        if let [lo, hi, qs @ ..] = block {
+            let d = half::f16::from_le_bytes([*lo, *hi]).to_f32();
+            for (o, &q) in out.iter_mut().zip(qs) {
+                *o = f32::from(i8::from_le_bytes([q])) * d;
+            }
+        }
+    }
+}
+
+/// Dequantizes a matrix to f32. Q8_0 (the common case after
+/// re-quantization) is decoded in parallel on the current rayon pool;
+/// other types use candle's single-threaded dequantizer.
+fn dequantize(qt: &QTensor) -> candle_core::Result<Tensor> {
+    type Decoder = fn(&[u8], &mut [f32]);
+    let (decode, block_bytes): (Decoder, usize) = match qt.dtype() {
+        GgmlDType::Q8_0 => (q8_0_decode, Q8_0_BLOCK_BYTES),
+        GgmlDType::Q4_1 => (kernels::q4_1_decode, kernels::Q4_1_BLOCK_BYTES),
+        _ => return qt.dequantize(&Device::Cpu),
+    };
+    let (n, k) = qt.shape().dims2()?;
+    let data = qt.data()?;
+    let row_bytes = k / Q8_0_BLOCK * block_bytes;
+    let mut out = vec![0f32; n * k];
+    const ROWS: usize = 32;
+    out.par_chunks_mut(ROWS * k)
+        .zip(data.par_chunks(ROWS * row_bytes))
+        .for_each(|(dst, src)| decode(src, dst));
+    Tensor::from_vec(out, (n, k), &Device::Cpu)
+}
+
+/// RoPE frequencies for one group of layers.
+struct Rope {
+    /// `1 / base^(2i/d)` for `i < d/2`.
+    inv_freq: Vec<f64>,
+    /// Linear position scaling (1 / factor).
+    pos_scale: f64,
+    /// Interleaved pairs (llama, GGML "NORM") or halves (gemma, "NEOX").
+    interleaved: bool,
+}
+
+impl Rope {
+    fn new(dim: usize, base: f32, factor: f32, interleaved: bool) -> Self {
+        let inv_freq = (0..dim / 2)
+            .map(|i| 1.0 / f64::from(base).powf(2.0 * i as f64 / dim as f64))
+            .collect();
+        Self {
+            inv_freq,
+            pos_scale: 1.0 / f64::from(factor),
+            interleaved,
+        }
+    }
+
+    /// cos and sin, `(len, dim/2)`, for positions `pos..pos+len`.
+    #[allow(clippy::cast_possible_truncation)]
+    fn tables(&self, pos: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in pos..pos + len {
+            let p = p as f64 * self.pos_scale;
+            for f in &self.inv_freq {
+                let (s, c) = (p * f).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (len, half), &Device::Cpu)?,
+            Tensor::from_vec(sin, (len, half), &Device::Cpu)?,
+        ))
+    }
+
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        // (heads, len, dim) -> (1, heads, len, dim), as candle's kernels want.
+        let x = x.unsqueeze(0)?;
+        let y = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x, cos, sin)?
+        };
+        y.squeeze(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Silu,
+    /// tanh approximation (ggml_gelu, HF `gelu_pytorch_tanh`).
+    Gelu,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<Tensor>,
+    /// Index into `Model::ropes`.
+    rope: usize,
+    /// Sliding-window size for local-attention layers.
+    window: Option<usize>,
+}
+
+/// Shared, immutable weights.
+pub(crate) struct Model {
+    pub(crate) cfg: Config,
+    embed: Arc<QTensor>,
+    embed_scale: Option<f64>,
+    output_norm: Tensor,
+    output: Linear,
+    layers: Vec<Layer>,
+    ropes: Vec<Rope>,
+    activation: Activation,
+    attn_scale: f64,
+    /// Bytes of weight storage (quantized blocks and f32 norms).
+    pub(crate) weight_bytes: usize,
+}
+
+fn requantize(qt: QTensor, policy: Requantize) -> candle_core::Result<QTensor> {
+    let dtype = qt.dtype();
+    let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+    let convert = match policy {
+        Requantize::Keep => false,
+        Requantize::SlowTypes => {
+            matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1)
+        }
+        Requantize::AllToQ8_0 => !float && dtype != GgmlDType::Q8_0,
+    };
+    let fits = qt
+        .shape()
+        .dims()
+        .last()
+        .is_some_and(|d| d % Q8_0_BLOCK == 0);
+    if convert && fits {
+        let f = qt.dequantize(&Device::Cpu)?;
+        QTensor::quantize(&f, GgmlDType::Q8_0)
+    } else {
+        Ok(qt)
+    }
+}
+
+/// A 1-D f32 tensor (norm weights).
+fn vector(g: &mut GgufFile, name: &str) -> Result<Tensor, LocalError> {
+    g.tensor(name)?
+        .dequantize(&Device::Cpu)
+        .ctx(&format!("dequantizing {name}"))
+}
+
+fn check_dims(g: &GgufFile, name: &str, want: &[usize]) -> Result<(), LocalError> {
+    let got = g.tensors.get(name).map(|t| t.dims.clone());
+    if got.as_deref() == Some(want) {
+        Ok(())
+    } else {
+        Err(LocalError::Corrupt {
+            path: g.path().to_path_buf(),
+            reason: format!("tensor {name} has shape {got:?}, expected {want:?}"),
+        })
+    }
+}
+
+impl Model {
+    /// Reads the hyper-parameters and all weights.
+    pub(crate) fn load(
+        g: &mut GgufFile,
+        arch: Arch,
+        policy: Requantize,
+    ) -> Result<Self, LocalError> {
+        let p = match arch {
+            Arch::Llama => "llama",
+            Arch::Gemma3 => "gemma3",
+        };
+        let n_layer = g.usize(&format!("{p}.block_count"))?;
+        let n_embd = g.usize(&format!("{p}.embedding_length"))?;
+        let n_head = g.usize(&format!("{p}.attention.head_count"))?;
+        let n_kv_head = g.usize(&format!("{p}.attention.head_count_kv"))?;
+        let eps = g.f32(&format!("{p}.attention.layer_norm_rms_epsilon"))?;
+        let train_context = g.usize(&format!("{p}.context_length"))?;
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || n_layer == 0 {
+            return Err(LocalError::Corrupt {
+                path: g.path().to_path_buf(),
+                reason: format!("{n_head} heads, {n_kv_head} KV heads, {n_layer} layers"),
+            });
+        }
+        let head_dim = match g.usize(&format!("{p}.attention.key_length")) {
+            Ok(d) => d,
+            Err(_) => n_embd / n_head,
+        };
+        let unsupported = |feature: String| LocalError::Unsupported {
+            path: g.path().to_path_buf(),
+            feature,
+        };
+        if let Ok(v) = g.usize(&format!("{p}.attention.value_length"))
+            && v != head_dim
+        {
+            return Err(unsupported(format!(
+                "value_length {v} != key_length {head_dim}"
+            )));
+        }
+        let rope_dim = g
+            .usize(&format!("{p}.rope.dimension_count"))
+            .unwrap_or(head_dim);
+        if rope_dim != head_dim || head_dim % 2 != 0 {
+            return Err(unsupported(format!(
+                "partial rotary embedding ({rope_dim} of {head_dim} dimensions)"
+            )));
+        }
+        if g.has_tensor("rope_freqs.weight") {
+            return Err(unsupported(
+                "per-dimension RoPE frequency factors (rope_freqs)".into(),
+            ));
+        }
+        let rope_factor = match g.str(&format!("{p}.rope.scaling.type")) {
+            None | Some("none") => 1.0,
+            Some("linear") => g.f32(&format!("{p}.rope.scaling.factor")).unwrap_or(1.0),
+            Some(other) => return Err(unsupported(format!("RoPE scaling {other:?}"))),
+        };
+        if !(rope_factor.is_finite() && rope_factor > 0.0) {
+            return Err(unsupported(format!("RoPE scaling factor {rope_factor}")));
+        }
+
+        let cfg = Config {
+            n_layer,
+            n_embd,
+            n_head,
+            n_kv_head,
+            head_dim,
+            eps,
+            train_context,
+        };
+
+        let (ropes, activation, embed_scale, window, pattern) = match arch {
+            Arch::Llama => {
+                let base = g.f32("llama.rope.freq_base").unwrap_or(10_000.0);
+                (
+                    vec![Rope::new(head_dim, base, rope_factor, true)],
+                    Activation::Silu,
+                    None,
+                    None,
+                    1,
+                )
+            }
+            Arch::Gemma3 => {
+                let base = g.f32("gemma3.rope.freq_base").unwrap_or(1_000_000.0);
+                // llama.cpp hard-codes the local layers' base and the
+                // 5-local-1-global pattern for Gemma 3; scaling applies to
+                // the global layers only.
+                let local_base = g.f32("gemma3.rope.local_freq_base").unwrap_or(10_000.0);
+                let window = g.usize("gemma3.attention.sliding_window")?;
+                let pattern = g
+                    .usize("gemma3.attention.sliding_window_pattern")
+                    .unwrap_or(6)
+                    .max(1);
+                (
+                    vec![
+                        Rope::new(head_dim, base, rope_factor, false),
+                        Rope::new(head_dim, local_base, 1.0, false),
+                    ],
+                    Activation::Gelu,
+                    Some((n_embd as f64).sqrt()),
+                    Some(window),
+                    pattern,
+                )
+            }
+        };
+
+        let vocab_rows = g
+            .tensors
+            .get("token_embd.weight")
+            .and_then(|t| t.dims.first().copied())
+            .unwrap_or(0);
+        check_dims(g, "token_embd.weight", &[vocab_rows, n_embd])?;
+        let mut weight_bytes = 0usize;
+        let embed =
+            requantize(g.tensor("token_embd.weight")?, policy).ctx("requantizing token_embd")?;
+        weight_bytes += embed.storage_size_in_bytes();
+        let embed = Arc::new(embed);
+        let output = if g.has_tensor("output.weight") {
+            let qt = requantize(g.tensor("output.weight")?, policy).ctx("requantizing output")?;
+            weight_bytes += qt.storage_size_in_bytes();
+            Linear::new(qt)?
+        } else {
+            // Tied embeddings: the output projection is the embedding.
+            let mm = QMatMul::from_arc(Arc::clone(&embed)).ctx("preparing the output matmul")?;
+            Linear {
+                qt: Arc::clone(&embed),
+                mm,
+            }
+        };
+        let output_norm = vector(g, "output_norm.weight")?;
+
+        let q_dim = n_head * head_dim;
+        let kv_dim = n_kv_head * head_dim;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let b = |s: &str| format!("blk.{i}.{s}.weight");
+            let ff = g
+                .tensors
+                .get(&b("ffn_gate"))
+                .and_then(|t| t.dims.first().copied())
+                .unwrap_or(0);
+            for (name, dims) in [
+                ("attn_q", [q_dim, n_embd]),
+                ("attn_k", [kv_dim, n_embd]),
+                ("attn_v", [kv_dim, n_embd]),
+                ("attn_output", [n_embd, q_dim]),
+                ("ffn_gate", [ff, n_embd]),
+                ("ffn_up", [ff, n_embd]),
+                ("ffn_down", [n_embd, ff]),
+            ] {
+                check_dims(g, &b(name), &dims)?;
+            }
+            let raw = [
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ]
+            .iter()
+            .map(|name| g.tensor(&b(name)))
+            .collect::<Result<Vec<_>, _>>()?;
+            // Requantizing is CPU-bound: do a layer's matrices in parallel.
+            let mats = raw
+                .into_par_iter()
+                .map(|qt| requantize(qt, policy))
+                .collect::<candle_core::Result<Vec<_>>>()
+                .ctx("requantizing a layer")?;
+            weight_bytes += mats
+                .iter()
+                .map(QTensor::storage_size_in_bytes)
+                .sum::<usize>();
+            let mut mats = mats.into_iter().map(Linear::new);
+            let mut next = || {
+                mats.next().unwrap_or_else(|| {
+                    Err(LocalError::Corrupt {
+                        path: g.path().to_path_buf(),
+                        reason: "internal: missing matrix".into(),
+                    })
+                })
+            };
+            let (wq, wk, wv, wo, gate, up, down) = (
+                next()?,
+                next()?,
+                next()?,
+                next()?,
+                next()?,
+                next()?,
+                next()?,
+            );
+            let attn_norm = vector(g, &b("attn_norm"))?;
+            let ffn_norm = vector(g, &b("ffn_norm"))?;
+            let (q_norm, k_norm, post_attn_norm, post_ffn_norm, rope, layer_window) = match arch {
+                Arch::Llama => (None, None, None, None, 0, None),
+                Arch::Gemma3 => {
+                    let local = (i + 1) % pattern != 0;
+                    (
+                        Some(vector(g, &b("attn_q_norm"))?),
+                        Some(vector(g, &b("attn_k_norm"))?),
+                        Some(vector(g, &b("post_attention_norm"))?),
+                        Some(vector(g, &b("post_ffw_norm"))?),
+                        usize::from(local),
+                        if local { window } else { None },
+                    )
+                }
+            };
+            weight_bytes += 4 * n_embd * 2;
+            layers.push(Layer {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                wo,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                ffn_norm,
+                gate,
+                up,
+                down,
+                post_ffn_norm,
+                rope,
+                window: layer_window,
+            });
+        }
+
+        Ok(Self {
+            attn_scale: 1.0 / (head_dim as f64).sqrt(),
+            cfg,
+            embed,
+            embed_scale,
+            output_norm,
+            output,
+            layers,
+            ropes,
+            activation,
+            weight_bytes,
+        })
+    }
+
+    pub(crate) fn vocab_rows(&self) -> usize {
+        self.embed.shape().dims().first().copied().unwrap_or(0)
+    }
+
+    /// Embedding rows for `tokens`, `(len, n_embd)`, dequantizing only the
+    /// rows needed (a full f32 copy of Gemma's table would be 671 MB).
+    fn embed(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
+        let d = self.cfg.n_embd;
+        let dtype = self.embed.dtype();
+        let row_bytes = d / dtype.block_size() * dtype.type_size();
+        let data = self.embed.data()?;
+        let row = |t: u32| -> candle_core::Result<&[u8]> {
+            let start = usize::try_from(t).map_err(candle_core::Error::wrap)? * row_bytes;
+            data.get(start..start + row_bytes)
+                .ok_or_else(|| candle_core::Error::Msg(format!("token {t} outside the embedding")))
+        };
+        if dtype == GgmlDType::Q8_0 {
+            let mut out = vec![0f32; tokens.len() * d];
+            for (&t, dst) in tokens.iter().zip(out.chunks_exact_mut(d)) {
+                q8_0_decode(row(t)?, dst);
+            }
+            return Tensor::from_vec(out, (tokens.len(), d), &Device::Cpu);
+        }
+        // Other types: gather the rows' blocks into an aligned buffer and
+        // let candle decode them.
+        let mut words = vec![0u64; (tokens.len() * row_bytes).div_ceil(8)];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        for (&t, dst) in tokens.iter().zip(bytes.chunks_exact_mut(row_bytes)) {
+            dst.copy_from_slice(row(t)?);
+        }
+        let bytes = bytes
+            .get(..tokens.len() * row_bytes)
+            .ok_or_else(|| candle_core::Error::Msg("embedding buffer".into()))?;
+        ggml_file::qtensor_from_ggml(dtype, bytes, vec![tokens.len(), d], &Device::Cpu)?
+            .dequantize(&Device::Cpu)
+    }
+
+    /// Runs `tokens` at positions `kv.len()..`, appends their keys and
+    /// values to `kv`, and returns the logits of the last one. `prompt`
+    /// selects the dense-GEMM path (see the module doc); it is used for
+    /// every prompt token, however few, so that a prompt processed after a
+    /// cached prefix goes through the same arithmetic as a cold one.
+    pub(crate) fn forward(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvState,
+        prompt: bool,
+    ) -> Result<Vec<f32>, LocalError> {
+        self.forward_inner(tokens, kv, prompt)
+            .ctx("running the model")
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvState,
+        dense: bool,
+    ) -> candle_core::Result<Vec<f32>> {
+        let len = tokens.len();
+        if len == 0 {
+            candle_core::bail!("no tokens to process");
+        }
+        let pos = kv.len;
+        kv.reserve(pos + len)?;
+        let total = pos + len;
+
+        let mut x = self.embed(tokens)?;
+        if let Some(s) = self.embed_scale {
+            x = (x * s)?;
+        }
+        let tables = self
+            .ropes
+            .iter()
+            .map(|r| r.tables(pos, len))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (layer, (k_buf, v_buf)) in self.layers.iter().zip(kv.layers.iter()) {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.eps)?;
+            let (cos, sin) = tables
+                .get(layer.rope)
+                .ok_or_else(|| candle_core::Error::Msg("rope table".into()))?;
+            let attn = self.attention(layer, &h, (k_buf, v_buf), pos, (cos, sin), dense)?;
+            let attn = match &layer.post_attn_norm {
+                Some(w) => candle_nn::ops::rms_norm(&attn, w, self.cfg.eps)?,
+                None => attn,
+            };
+            x = (x + attn)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.eps)?;
+            let gate = layer.gate.forward(&h, dense)?;
+            let up = layer.up.forward(&h, dense)?;
+            let act = match self.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::Gelu => gate.gelu()?,
+            };
+            let mlp = layer.down.forward(&(act * up)?, dense)?;
+            let mlp = match &layer.post_ffn_norm {
+                Some(w) => candle_nn::ops::rms_norm(&mlp, w, self.cfg.eps)?,
+                None => mlp,
+            };
+            x = (x + mlp)?;
+        }
+        kv.len = total;
+
+        let last = x.narrow(0, len - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.cfg.eps)?;
+        // One row: the quantized kernel is the fast path here.
+        let logits = self.output.forward(&last, false)?;
+        logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        (k_buf, v_buf): (&Tensor, &Tensor),
+        pos: usize,
+        (cos, sin): (&Tensor, &Tensor),
+        dense: bool,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let (len, _) = h.dims2()?;
+        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            t.reshape((len, n, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()
+        };
+        let mut q = heads(layer.wq.forward(h, dense)?, c.n_head)?;
+        let mut k = heads(layer.wk.forward(h, dense)?, c.n_kv_head)?;
+        let v = heads(layer.wv.forward(h, dense)?, c.n_kv_head)?;
+        if let Some(w) = &layer.q_norm {
+            q = candle_nn::ops::rms_norm(&q, w, c.eps)?;
+        }
+        if let Some(w) = &layer.k_norm {
+            k = candle_nn::ops::rms_norm(&k, w, c.eps)?;
+        }
+        let rope = self
+            .ropes
+            .get(layer.rope)
+            .ok_or_else(|| candle_core::Error::Msg("rope".into()))?;
+        let q = (rope.apply(&q, cos, sin)? * self.attn_scale)?;
+        let k = rope.apply(&k, cos, sin)?;
+
+        // Append to the cache; attend over everything up to here.
+        k_buf.slice_set(&k, 1, pos)?;
+        v_buf.slice_set(&v, 1, pos)?;
+        let n_rep = c.n_head / c.n_kv_head;
+
+        let out = if len == 1 {
+            // A single query needs no mask: restrict it to its window.
+            let total = pos + 1;
+            let start = layer.window.map_or(0, |w| total.saturating_sub(w));
+            let keys = k_buf.narrow(1, start, total - start)?;
+            let values = v_buf.narrow(1, start, total - start)?;
+            attend(&q, &keys, &values, None, c.n_kv_head, n_rep)?
+        } else {
+            // Several queries: in blocks aligned to absolute positions,
+            // each against keys 0..block end. A block's shapes then depend
+            // only on where it sits, not on how the prompt was split, so a
+            // prompt continued after a cached prefix (which ends on a block
+            // boundary) computes bit-for-bit what a cold run computes: gemm
+            // rounds differently for different matrix shapes.
+            let mut outs = Vec::new();
+            let mut s = pos;
+            while s < pos + len {
+                let e = ((s / ATTN_BLOCK + 1) * ATTN_BLOCK).min(pos + len);
+                let qb = q.narrow(1, s - pos, e - s)?.contiguous()?;
+                let keys = k_buf.narrow(1, 0, e)?;
+                let values = v_buf.narrow(1, 0, e)?;
+                let mask = causal_mask(s, e - s, layer.window)?;
+                outs.push(attend(
+                    &qb,
+                    &keys,
+                    &values,
+                    Some(&mask),
+                    c.n_kv_head,
+                    n_rep,
+                )?);
+                s = e;
+            }
+            Tensor::cat(&outs, 1)?
+        };
+        // (heads, len, dim) -> (len, heads * dim)
+        let out = out.transpose(0, 1)?.reshape((len, c.n_head * c.head_dim))?;
+        layer.wo.forward(&out, dense)
+    }
+}
+
+/// Scaled-dot-product attention of queries `(heads, rows, dim)` over keys
+/// and values `(kv_heads, span, dim)`, with an optional additive mask
+/// `(rows, span)`. Returns `(heads, rows, dim)`.
+///
+/// GQA: query heads h*n_rep..(h+1)*n_rep share KV head h, so the queries
+/// are viewed as `(kv_heads, n_rep * rows, dim)` instead of repeating K/V.
+fn attend(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+    kv_heads: usize,
+    n_rep: usize,
+) -> candle_core::Result<Tensor> {
+    let (heads, rows, dim) = q.dims3()?;
+    let span = keys.dim(1)?;
+    let q = q.reshape((kv_heads, n_rep * rows, dim))?;
+    let mut att = q.matmul(&keys.t()?)?;
+    if let Some(mask) = mask {
+        att = att
+            .reshape((kv_heads, n_rep, rows, span))?
+            .broadcast_add(mask)?
+            .reshape((kv_heads, n_rep * rows, span))?;
+    }
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    att.matmul(values)?.reshape((heads, rows, dim))
+}
+
+/// Additive mask `(len, pos + len)` for queries at `pos..pos+len`: 0 where
+/// key `j` is visible (`j <= p`, and `p - j < window` for local layers, as
+/// in llama.cpp), -inf elsewhere.
+fn causal_mask(pos: usize, len: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
+    let total = pos + len;
+    let mut m = Vec::with_capacity(len * total);
+    for i in 0..len {
+        let p = pos + i;
+        for j in 0..total {
+            let visible = j <= p && window.is_none_or(|w| p - j < w);
+            m.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+        }
+    }
+    Tensor::from_vec(m, (len, total), &Device::Cpu)
+}
+
+/// One generation's keys and values: per layer, `(kv_heads, capacity,
+/// head_dim)` buffers of which the first `len` positions are filled.
+pub(crate) struct KvState {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+    max: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Prompt queries are attended in blocks aligned to multiples of this;
+/// cached prefixes are reused in multiples of it (see `attention`).
+pub(crate) const ATTN_BLOCK: usize = 32;
+
+/// Round buffer sizes up so that growing is rare.
+const KV_CHUNK: usize = 256;
+
+impl KvState {
+    /// An empty state that may grow to `max` positions; `hint` positions
+    /// are allocated up front (zeroed pages are only backed by memory once
+    /// written).
+    pub(crate) fn new(cfg: &Config, hint: usize, max: usize) -> candle_core::Result<Self> {
+        let capacity = hint
+            .div_ceil(KV_CHUNK)
+            .saturating_mul(KV_CHUNK)
+            .clamp(1, max.max(1));
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for _ in 0..cfg.n_layer {
+            let shape = (cfg.n_kv_head, capacity, cfg.head_dim);
+            layers.push((
+                Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
+                Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
+            ));
+        }
+        Ok(Self {
+            layers,
+            len: 0,
+            capacity,
+            max,
+            kv_heads: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// A state holding the first `reuse` positions of `snapshot`.
+    pub(crate) fn from_snapshot(
+        cfg: &Config,
+        snapshot: &[(Tensor, Tensor)],
+        reuse: usize,
+        hint: usize,
+        max: usize,
+    ) -> candle_core::Result<Self> {
+        let capacity = hint
+            .max(reuse)
+            .div_ceil(KV_CHUNK)
+            .saturating_mul(KV_CHUNK)
+            .clamp(1, max.max(1));
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for (k, v) in snapshot {
+            let pad = Tensor::zeros(
+                (cfg.n_kv_head, capacity - reuse, cfg.head_dim),
+                DType::F32,
+                &Device::Cpu,
+            )?;
+            // cat along a non-leading dim of a strided view may return a
+            // strided result; slice_set needs contiguous buffers.
+            layers.push((
+                Tensor::cat(&[&k.narrow(1, 0, reuse)?, &pad], 1)?.contiguous()?,
+                Tensor::cat(&[&v.narrow(1, 0, reuse)?, &pad], 1)?.contiguous()?,
+            ));
+        }
+        if layers.len() != cfg.n_layer {
+            candle_core::bail!("snapshot has {} layers", layers.len());
+        }
+        Ok(Self {
+            layers,
+            len: reuse,
+            capacity,
+            max,
+            kv_heads: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// Largest difference between the filled K/V of two states.
+    #[cfg(test)]
+    pub(crate) fn max_abs_diff(&self, other: &Self) -> f32 {
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            let a = a
+                .narrow(1, 0, self.len)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>());
+            let b = b
+                .narrow(1, 0, self.len)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>());
+            match (a, b) {
+                (Ok(a), Ok(b)) => a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max),
+                _ => f32::INFINITY,
+            }
+        };
+        if self.len != other.len {
+            return f32::INFINITY;
+        }
+        self.layers
+            .iter()
+            .zip(&other.layers)
+            .map(|((k1, v1), (k2, v2))| diff(k1, k2).max(diff(v1, v2)))
+            .fold(0.0, f32::max)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Makes room for `needed` positions.
+    fn reserve(&mut self, needed: usize) -> candle_core::Result<()> {
+        if needed <= self.capacity {
+            return Ok(());
+        }
+        if needed > self.max {
+            candle_core::bail!("{needed} positions exceed the context of {}", self.max);
+        }
+        let new_cap = needed
+            .max(self.capacity * 2)
+            .div_ceil(KV_CHUNK)
+            .saturating_mul(KV_CHUNK)
+            .min(self.max);
+        let pad = Tensor::zeros(
+            (self.kv_heads, new_cap - self.capacity, self.head_dim),
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        for (k, v) in &mut self.layers {
+            *k = Tensor::cat(&[&*k, &pad], 1)?.contiguous()?;
+            *v = Tensor::cat(&[&*v, &pad], 1)?.contiguous()?;
+        }
+        self.capacity = new_cap;
+        Ok(())
+    }
+
+    /// A compact copy of the filled positions, for the prefix cache.
+    pub(crate) fn snapshot(&self) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        self.layers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.narrow(1, 0, self.len)?.force_contiguous()?,
+                    v.narrow(1, 0, self.len)?.force_contiguous()?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Bytes a snapshot of `len` positions takes.
+pub(crate) fn kv_bytes(cfg: &Config, len: usize) -> usize {
+    2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * len * size_of::<f32>()
+}
