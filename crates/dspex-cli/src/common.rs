@@ -46,6 +46,9 @@ impl Failure {
             }
             Self::Program(error) => {
                 err(&format!("error: {error}"));
+                if let dspex::PromptError::Parse { reply, .. } = &error {
+                    err(&format!("  the reply was: {}", excerpt(reply, 600)));
+                }
                 ExitCode::from(3)
             }
             Self::Workflow(error) => {
@@ -63,6 +66,15 @@ impl Failure {
                 ExitCode::from(3)
             }
         }
+    }
+}
+
+/// `text` cut to at most `max` characters (on a character boundary), with
+/// an ellipsis when cut, quoted so whitespace shows.
+pub(crate) fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{:?}...", &text[..end]),
+        None => format!("{text:?}"),
     }
 }
 

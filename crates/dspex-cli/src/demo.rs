@@ -1,7 +1,18 @@
-//! `dspex demo`: the main job on embedded defaults. Starts the mock upstream in
-//! process and makes calls through the full client stack (circuit breaker, rate
-//! limits, pool, retries, timeouts), then runs a ChainOfThought program the way
-//! `dspex predict --cot` does, with no key and no config file.
+//! `dspex demo`: the main job on embedded defaults, with no key and no config
+//! file.
+//!
+//! On a real model when it can: SmolLM2-135M-Instruct, run in process
+//! (`kind = "local"`), from `$DSPEX_MODEL` or `.models/` (fetched with
+//! `scripts/fetch-model` when missing and the registry is reachable). It
+//! answers a `Predict` and a `ChainOfThought` program, streams a reply, runs
+//! the example workflow, answers a repeat from the response cache and prints
+//! the costs table of its calls (local calls cost nothing; the tokens are
+//! real).
+//!
+//! Otherwise (or with `--mock`) on the mock upstream, started in process:
+//! calls through the full client stack (circuit breaker, rate limits, pool,
+//! retries, timeouts), a ChainOfThought program the way `dspex predict --cot`
+//! runs one, and the workflow.
 
 use std::collections::BTreeMap;
 
@@ -15,13 +26,16 @@ use futures::StreamExt;
 use crate::common::{self, Failure};
 
 /// The example workflow, compiled in so the demo runs from any directory.
-const MULTI_HOP_QA: &str = include_str!("../../../examples/multi_hop_qa.toml");
+pub(crate) const MULTI_HOP_QA: &str = include_str!("../../../examples/multi_hop_qa.toml");
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
     /// Print each response as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// Use the mock upstream even when a local model is available.
+    #[arg(long)]
+    mock: bool,
 }
 
 fn provider(id: &str, kind: &str, base_url: &str, model: &str) -> Result<ProviderConfig, Failure> {
@@ -39,6 +53,19 @@ fn provider(id: &str, kind: &str, base_url: &str, model: &str) -> Result<Provide
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
+    if !args.mock {
+        match crate::demo_local::find_model() {
+            Ok(path) => return crate::demo_local::run(&args, &path).await,
+            Err(reason) => common::out(&format!(
+                "note: {reason}; running the demo on the mock upstream instead"
+            )),
+        }
+    }
+    run_mock(&args).await
+}
+
+/// The demo on the mock upstream.
+async fn run_mock(args: &DemoArgs) -> Result<(), Failure> {
     let upstream = MockServer::start(MockConfig::default())
         .await
         .map_err(|e| Failure::usage(anyhow::anyhow!("cannot start the mock upstream: {e}")))?;
@@ -71,7 +98,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             RequestOptions::new().max_tokens(64).tag("demo", "plain"),
         )
         .await?;
-    show(&args, "openai-mock", &response)?;
+    show(args, "openai-mock", &response)?;
 
     // 2. The upstream fails once with a 503; the retry layer recovers.
     upstream.enqueue([Fault::Status {
@@ -86,7 +113,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             RequestOptions::new(),
         )
         .await?;
-    show(&args, "openai-mock after a 503", &response)?;
+    show(args, "openai-mock after a 503", &response)?;
 
     // 3. Anthropic's Messages API, streamed.
     let mut stream = client
@@ -102,7 +129,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             StreamEvent::Delta(_) => deltas += 1,
             StreamEvent::Done(response) => {
                 common::out(&format!("streamed in {deltas} deltas:"));
-                show(&args, "anthropic-mock (stream)", &response)?;
+                show(args, "anthropic-mock (stream)", &response)?;
             }
         }
     }
@@ -175,7 +202,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn show(args: &DemoArgs, label: &str, response: &dspex::ChatResponse) -> Result<(), Failure> {
+pub(crate) fn show(
+    args: &DemoArgs,
+    label: &str,
+    response: &dspex::ChatResponse,
+) -> Result<(), Failure> {
     if args.json {
         common::out(&serde_json::to_string_pretty(response).map_err(Failure::usage)?);
     } else {

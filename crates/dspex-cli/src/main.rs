@@ -18,6 +18,7 @@ mod common;
 mod config_cmd;
 mod costs;
 mod demo;
+mod demo_local;
 mod eval_cmd;
 mod load;
 mod optimize_cmd;

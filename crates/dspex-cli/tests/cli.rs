@@ -296,7 +296,7 @@ async fn load_reports_successes_errors_and_percentiles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_main_job_on_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dspex(dir.path(), &["demo"], &[]).await;
+    let run = dspex(dir.path(), &["demo", "--mock"], &[]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout.contains("\"echo: What is DSPex?\""),

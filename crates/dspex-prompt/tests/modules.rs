@@ -463,3 +463,31 @@ fn a_prediction_totals_every_usage_field() {
         }
     );
 }
+
+#[tokio::test]
+async fn the_chat_adapter_stops_the_reply_at_its_completed_marker() {
+    let upstream = MockServer::start(MockConfig {
+        record_requests: 10,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    client
+        .add_provider(
+            ProviderConfig::openai_compatible("oa", &upstream.base_url(), "gpt-4o-mini").unwrap(),
+        )
+        .await
+        .unwrap();
+    let signature = Signature::parse("question -> answer").unwrap();
+    for adapter in [Adapter::Chat, Adapter::Json] {
+        let predict = Predict::new(signature.clone(), Lm::new(&client, "oa")).with_adapter(adapter);
+        let _ = predict.forward(&inputs(json!({"question": "q"}))).await;
+    }
+    let recorded = upstream.recorded();
+    assert_eq!(recorded[0].body["stop"], json!(["[[ ## completed ## ]]"]));
+    assert!(
+        recorded.last().unwrap().body.get("stop").is_none(),
+        "the JSON adapter has no marker"
+    );
+}

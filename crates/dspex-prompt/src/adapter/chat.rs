@@ -9,6 +9,9 @@ use super::coerce::coerce_text;
 use super::{Parsed, format_value, section, strip_fences, type_hint};
 use crate::signature::{Field, Signature};
 
+/// The marker that ends a reply.
+pub(super) const COMPLETED: &str = "[[ ## completed ## ]]";
+
 /// The system message's description of the structure.
 pub(super) fn structure(out: &mut String, signature: &Signature) {
     out.push_str("All interactions will be structured in the following way, with the appropriate values filled in.\n\n");
@@ -51,7 +54,7 @@ pub(super) fn outputs(out: &mut String, signature: &Signature, outputs: &Map<Str
         }
         out.push_str("\n\n");
     }
-    out.push_str("[[ ## completed ## ]]");
+    out.push_str(COMPLETED);
 }
 
 /// Finds every `[[ ## name ## ]]` marker, tolerating missing spaces and `#`s:

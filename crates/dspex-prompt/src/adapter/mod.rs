@@ -205,6 +205,17 @@ impl Adapter {
         messages
     }
 
+    /// Where a reply ends: the chat format's `[[ ## completed ## ]]` marker.
+    /// Sent as a stop sequence, so a model that keeps writing after its
+    /// answer (small ones often do) is not paid for the rest; the parser
+    /// never needs the marker itself.
+    pub fn stop_sequences(&self) -> Vec<String> {
+        match self {
+            Self::Chat => vec![chat::COMPLETED.to_owned()],
+            Self::Json => Vec::new(),
+        }
+    }
+
     /// The follow-up that re-asks for the fields that failed to parse, and
     /// only those.
     pub fn reask_message(&self, signature: &Signature, failures: &[(String, String)]) -> Message {

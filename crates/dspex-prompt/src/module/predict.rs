@@ -189,6 +189,7 @@ impl Predict {
                 max_tokens: self.settings.max_tokens,
                 n: self.settings.n,
                 response_format: self.adapter.response_format(&self.signature, structured),
+                stop: self.adapter.stop_sequences(),
                 ..ChatParams::default()
             },
             correlation_id: run.correlation_id.clone(),
