@@ -209,10 +209,11 @@ async fn a_shared_prompt_prefix_is_processed_once() {
 #[ignore = "needs DSPEX_TEST_GGUF_SMOLLM2"]
 async fn a_timeout_cancels_the_generation_and_frees_its_slot() {
     let mut config = raw(&model_path());
-    config.timeout_ms = Some(400);
+    // 2000 tokens take about 30 s here: the call must time out. The bound
+    // leaves the short call below room on a loaded machine.
+    config.timeout_ms = Some(2_000);
     config.max_retries = Some(0);
     let client = client_with(config).await.unwrap();
-    let started = std::time::Instant::now();
     let error = client
         .request(
             "smol",
@@ -225,10 +226,11 @@ async fn a_timeout_cancels_the_generation_and_frees_its_slot() {
         matches!(error.kind(), ClientErrorKind::Timeout { .. }),
         "{error:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
     let provider = client.provider("smol").unwrap();
     assert_eq!(provider.available_slots(), 1, "the slot is free again");
-    // The next call gets the model (the cancelled generation stopped).
+    // The next call gets the model within its own 2 s: the cancelled
+    // generation stopped (had it gone on, this call would wait ~30 s for
+    // the model and time out too).
     let next = client
         .request("smol", ask("Say hi."), greedy(5))
         .await

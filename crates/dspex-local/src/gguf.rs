@@ -209,6 +209,11 @@ impl Cursor<'_> {
         if len > self.remaining() {
             return Err(self.truncated(what));
         }
+        // Real strings (token texts, chat templates) are at most kilobytes;
+        // a sparse file could otherwise claim terabytes.
+        if len > MAX_STRING_BYTES {
+            return Err(self.corrupt(format!("{what} of {len} bytes")));
+        }
         let len = usize::try_from(len).map_err(|_| self.corrupt("string length overflows"))?;
         let mut buf = vec![0u8; len];
         self.inner
@@ -245,15 +250,24 @@ impl Cursor<'_> {
                 }
                 let elem_ty = self.u32("an array type")?;
                 let count = self.u64("an array length")?;
-                // Every element takes at least one byte: a count larger than
-                // the rest of the file is corruption, not a reason to
-                // allocate.
-                if count > self.remaining() {
+                // Every element takes at least its encoded size: a count the
+                // rest of the file cannot hold is corruption, not a reason
+                // to allocate. The capacity is capped as well (a parsed
+                // value is larger than its encoding), letting a real
+                // vocabulary grow the vector as it is read.
+                let min_size = match elem_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    9 => 12,
+                    _ => 8,
+                };
+                if count.saturating_mul(min_size) > self.remaining() {
                     return Err(self.truncated("an array"));
                 }
                 let count =
                     usize::try_from(count).map_err(|_| self.corrupt("array length overflows"))?;
-                let mut items = Vec::with_capacity(count);
+                let mut items = Vec::with_capacity(count.min(1 << 16));
                 for _ in 0..count {
                     items.push(self.value(elem_ty, depth + 1)?);
                 }
@@ -266,6 +280,9 @@ impl Cursor<'_> {
         })
     }
 }
+
+/// The longest metadata string accepted (16 MiB).
+const MAX_STRING_BYTES: u64 = 16 << 20;
 
 /// Hashes a whole file with SHA-256, streaming (the file may be large).
 pub(crate) fn sha256_file(path: &Path) -> Result<String, LocalError> {

@@ -206,22 +206,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod timing {
-    #[test]
-    #[ignore]
-    #[allow(clippy::print_stderr)]
-    fn decode_speed() {
-        let blocks = 1_000_000;
-        let src = vec![0x5Au8; blocks * super::Q4_1_BLOCK_BYTES];
-        let mut dst = vec![0f32; blocks * 32];
-        let t = std::time::Instant::now();
-        for _ in 0..5 {
-            super::q4_1_decode(&src, &mut dst);
-        }
-        eprintln!(
-            "q4_1 decode: {:.1} Mvalues/s",
-            5.0 * 32.0 * blocks as f64 / t.elapsed().as_secs_f64() / 1e6
-        );
-    }
-}

@@ -71,6 +71,9 @@ use sampling::Rng;
 use stream::{Pushed, TextStream};
 use tokenizer::GgufTokenizer;
 
+/// Reply tokens the KV state is sized for before it has to grow.
+const KV_HINT_TOKENS: usize = 512;
+
 /// Prompt tokens processed per forward pass: bounds the attention scores
 /// (`heads x chunk x context` floats) and the activations.
 const PROMPT_CHUNK: usize = 512;
@@ -557,7 +560,13 @@ impl Inner {
 
         // KV sized for this request; it grows if needed (it cannot exceed
         // the context anyway).
-        let hint = (prompt.len() + params.max_tokens).min(ctx);
+        // Room for the prompt and a typical reply up front; the KV state grows
+        // (doubling) past it, so a huge `max_tokens` on a long-context model
+        // does not reserve gigabytes a short reply never uses.
+        let hint = prompt
+            .len()
+            .saturating_add(params.max_tokens.min(KV_HINT_TOKENS))
+            .min(ctx);
         let cached = self.cache.lock().lookup(prompt, model::ATTN_BLOCK);
         let mut kv = match &cached {
             Some((entry, reuse)) => self

@@ -288,6 +288,24 @@ fn vector(g: &mut GgufFile, name: &str) -> Result<Tensor, LocalError> {
         .ctx(&format!("dequantizing {name}"))
 }
 
+/// The largest model width (embedding, feed-forward, attention) accepted: far
+/// above any model this crate can run on a CPU, far below an allocation that
+/// would abort the process.
+const MAX_DIM: usize = 1 << 18;
+
+/// The largest attention head dimension accepted (real models use 64-256).
+const MAX_HEAD_DIM: usize = 1 << 12;
+
+/// A RoPE frequency base must be a positive finite number, or every logit is
+/// NaN and greedy decoding silently picks token 0.
+fn check_base(base: f32) -> Result<(), String> {
+    if base.is_finite() && base > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("RoPE frequency base {base}"))
+    }
+}
+
 fn check_dims(g: &GgufFile, name: &str, want: &[usize]) -> Result<(), LocalError> {
     let got = g.tensors.get(name).map(|t| t.dims.clone());
     if got.as_deref() == Some(want) {
@@ -327,6 +345,33 @@ impl Model {
             Ok(d) => d,
             Err(_) => n_embd / n_head,
         };
+        // Bounds before anything is sized from them: a crafted file must
+        // not make the loader allocate (or divide, or chunk) by a wild or
+        // zero dimension. Each layer needs its own tensors, so the tensor
+        // count bounds the layer count.
+        let file = g.path().to_path_buf();
+        let corrupt = |reason: String| LocalError::Corrupt {
+            path: file.clone(),
+            reason,
+        };
+        let q_dim = n_head.checked_mul(head_dim);
+        let kv_dim = n_kv_head.checked_mul(head_dim);
+        if n_layer > g.tensors.len()
+            || !(1..=MAX_DIM).contains(&n_embd)
+            || !(1..=MAX_HEAD_DIM).contains(&head_dim)
+            || q_dim.is_none_or(|d| d > MAX_DIM)
+            || kv_dim.is_none_or(|d| d > MAX_DIM)
+            || train_context == 0
+            || !(eps.is_finite() && eps > 0.0)
+        {
+            return Err(corrupt(format!(
+                "implausible hyper-parameters: {n_layer} layers for {} tensors, \
+                 embedding {n_embd}, head dimension {head_dim}, {n_head} heads, \
+                 context {train_context}, epsilon {eps}",
+                g.tensors.len()
+            )));
+        }
+        let (q_dim, kv_dim) = (n_head * head_dim, n_kv_head * head_dim);
         let unsupported = |feature: String| LocalError::Unsupported {
             path: g.path().to_path_buf(),
             feature,
@@ -373,6 +418,7 @@ impl Model {
         let (ropes, activation, embed_scale, window, pattern) = match arch {
             Arch::Llama => {
                 let base = g.f32("llama.rope.freq_base").unwrap_or(10_000.0);
+                check_base(base).map_err(corrupt)?;
                 (
                     vec![Rope::new(head_dim, base, rope_factor, true)],
                     Activation::Silu,
@@ -388,6 +434,11 @@ impl Model {
                 // the global layers only.
                 let local_base = g.f32("gemma3.rope.local_freq_base").unwrap_or(10_000.0);
                 let window = g.usize("gemma3.attention.sliding_window")?;
+                check_base(base).map_err(corrupt)?;
+                check_base(local_base).map_err(corrupt)?;
+                if window == 0 {
+                    return Err(corrupt("gemma3.attention.sliding_window is 0".into()));
+                }
                 let pattern = g
                     .usize("gemma3.attention.sliding_window_pattern")
                     .unwrap_or(6)
@@ -416,7 +467,11 @@ impl Model {
             requantize(g.tensor("token_embd.weight")?, policy).ctx("requantizing token_embd")?;
         weight_bytes += embed.storage_size_in_bytes();
         let embed = Arc::new(embed);
+        if vocab_rows == 0 {
+            return Err(corrupt("token_embd.weight has no rows".into()));
+        }
         let output = if g.has_tensor("output.weight") {
+            check_dims(g, "output.weight", &[vocab_rows, n_embd])?;
             let qt = requantize(g.tensor("output.weight")?, policy).ctx("requantizing output")?;
             weight_bytes += qt.storage_size_in_bytes();
             Linear::new(qt)?
@@ -430,8 +485,6 @@ impl Model {
         };
         let output_norm = vector(g, "output_norm.weight")?;
 
-        let q_dim = n_head * head_dim;
-        let kv_dim = n_kv_head * head_dim;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let b = |s: &str| format!("blk.{i}.{s}.weight");
@@ -440,6 +493,9 @@ impl Model {
                 .get(&b("ffn_gate"))
                 .and_then(|t| t.dims.first().copied())
                 .unwrap_or(0);
+            if !(1..=MAX_DIM).contains(&ff) {
+                return Err(corrupt(format!("{} has {ff} rows", b("ffn_gate"))));
+            }
             for (name, dims) in [
                 ("attn_q", [q_dim, n_embd]),
                 ("attn_k", [kv_dim, n_embd]),
@@ -936,4 +992,86 @@ impl KvState {
 /// Bytes a snapshot of `len` positions takes.
 pub(crate) fn kv_bytes(cfg: &Config, len: usize) -> usize {
     2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * len * size_of::<f32>()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod crafted {
+    //! Hyper-parameters a crafted file could set to make loading allocate,
+    //! divide or chunk by a wild value: each must be a typed error.
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{DType, Device, Tensor};
+
+    use super::{Arch, Model, Requantize};
+    use crate::LocalError;
+    use crate::gguf::GgufFile;
+
+    /// Loads a llama file whose metadata is SmolLM2's but for `overrides`.
+    fn load_llama(overrides: &[(&str, Value)]) -> LocalError {
+        let mut meta: Vec<(String, Value)> = vec![
+            ("general.architecture".into(), Value::String("llama".into())),
+            ("llama.block_count".into(), Value::U32(1)),
+            ("llama.embedding_length".into(), Value::U32(32)),
+            ("llama.attention.head_count".into(), Value::U32(1)),
+            ("llama.attention.head_count_kv".into(), Value::U32(1)),
+            (
+                "llama.attention.layer_norm_rms_epsilon".into(),
+                Value::F32(1e-5),
+            ),
+            ("llama.context_length".into(), Value::U32(64)),
+        ];
+        for (key, value) in overrides {
+            meta.retain(|(k, _)| k != key);
+            meta.push(((*key).to_owned(), value.clone()));
+        }
+        let zeros = Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&zeros, GgmlDType::Q8_0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crafted.gguf");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &meta_refs, &[("token_embd.weight", &q)]).unwrap();
+        drop(f);
+        let mut g = GgufFile::open(&path).unwrap();
+        match Model::load(&mut g, Arch::Llama, Requantize::default()) {
+            Ok(_) => panic!("a crafted file loaded"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn wild_or_zero_dimensions_are_corrupt_not_an_abort() {
+        for overrides in [
+            vec![("llama.block_count", Value::U64(1 << 40))],
+            vec![("llama.attention.key_length", Value::U64(1 << 40))],
+            vec![("llama.attention.key_length", Value::U32(0))],
+            vec![("llama.embedding_length", Value::U32(0))],
+            vec![("llama.embedding_length", Value::U64(u64::MAX))],
+            vec![("llama.attention.head_count", Value::U64(u64::MAX / 2))],
+            vec![("llama.context_length", Value::U32(0))],
+            vec![(
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F32(f32::NAN),
+            )],
+            vec![("llama.rope.freq_base", Value::F32(0.0))],
+        ] {
+            let err = load_llama(&overrides);
+            assert!(
+                matches!(err, LocalError::Corrupt { .. }),
+                "{overrides:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_tensor_is_named() {
+        // Sane hyper-parameters get past the bounds: the file then lacks
+        // the weights, and the error says which.
+        let err = load_llama(&[]);
+        assert!(
+            err.to_string().contains("output_norm.weight is missing"),
+            "{err}"
+        );
+    }
 }

@@ -133,3 +133,24 @@ fn wrong_hash_is_reported_with_both_digests() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn an_array_count_the_file_cannot_hold_is_refused_before_allocating() {
+    // 2^40 u64 elements claimed in a file of a few dozen bytes: the count
+    // times the element size exceeds the file, whatever the count alone.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("array.gguf");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&0x4655_4747u32.to_le_bytes()).unwrap();
+    f.write_all(&3u32.to_le_bytes()).unwrap();
+    f.write_all(&0u64.to_le_bytes()).unwrap(); // tensors
+    f.write_all(&1u64.to_le_bytes()).unwrap(); // metadata entries
+    f.write_all(&3u64.to_le_bytes()).unwrap();
+    f.write_all(b"key").unwrap();
+    f.write_all(&9u32.to_le_bytes()).unwrap(); // an array
+    f.write_all(&10u32.to_le_bytes()).unwrap(); // of u64
+    f.write_all(&(1u64 << 40).to_le_bytes()).unwrap();
+    f.write_all(&[0u8; 64]).unwrap();
+    drop(f);
+    assert!(matches!(load(&path), LocalError::Truncated { .. }));
+}
