@@ -209,8 +209,7 @@ async fn a_shared_prompt_prefix_is_processed_once() {
 #[ignore = "needs DSPEX_TEST_GGUF_SMOLLM2"]
 async fn a_timeout_cancels_the_generation_and_frees_its_slot() {
     let mut config = raw(&model_path());
-    // 2000 tokens take about 30 s here: the call must time out. The bound
-    // leaves the short call below room on a loaded machine.
+    // 2000 tokens take about 30 s here: the call must time out.
     config.timeout_ms = Some(2_000);
     config.max_retries = Some(0);
     let client = client_with(config).await.unwrap();
@@ -228,13 +227,18 @@ async fn a_timeout_cancels_the_generation_and_frees_its_slot() {
     );
     let provider = client.provider("smol").unwrap();
     assert_eq!(provider.available_slots(), 1, "the slot is free again");
-    // The next call gets the model within its own 2 s: the cancelled
-    // generation stopped (had it gone on, this call would wait ~30 s for
-    // the model and time out too).
-    let next = client
-        .request("smol", ask("Say hi."), greedy(5))
-        .await
-        .unwrap();
+    // The next call gets the model: the cancelled generation stopped (had
+    // it gone on, every call would wait ~30 s for the model and time out).
+    // Three tries of 2 s each, because the tests of this file share the two
+    // cores and one short call may miss its 2 s; 6 s is still far below 30.
+    let mut next = None;
+    for _ in 0..3 {
+        if let Ok(response) = client.request("smol", ask("Say hi."), greedy(5)).await {
+            next = Some(response);
+            break;
+        }
+    }
+    let next = next.expect("a call after the cancelled one succeeds");
     assert!(next.usage.output_tokens > 0);
 }
 
