@@ -259,7 +259,7 @@ impl Cost {
 
 /// The `gen_ai.system` of providers that run on this machine; their calls
 /// cost zero.
-pub const LOCAL_SYSTEM: &str = "local";
+pub use dspex_client::LOCAL_SYSTEM;
 
 impl PriceTable {
     /// [`PriceTable::cost`] for a call of `system`: zero for a local model,

@@ -37,7 +37,7 @@ pub(crate) struct Local;
 
 impl ProviderApi for Local {
     fn system(&self) -> &'static str {
-        "local"
+        super::LOCAL_SYSTEM
     }
 
     fn default_base_url(&self) -> &'static str {

@@ -143,7 +143,7 @@ struct NotBuilt;
 #[cfg(not(feature = "local-lm"))]
 impl ProviderApi for NotBuilt {
     fn system(&self) -> &'static str {
-        "local"
+        LOCAL_SYSTEM
     }
 
     fn default_base_url(&self) -> &'static str {
@@ -325,9 +325,14 @@ pub(crate) trait Transport: Send + Sync + 'static {
     }
 }
 
+/// The `gen_ai.system` of in-process models (`kind = "local"`, built or
+/// not): analytics prices their calls at zero by it.
+pub const LOCAL_SYSTEM: &str = "local";
+
 /// How a local model's prompt-prefix cache has done: calls whose prompt
 /// began with tokens an earlier call had processed reuse their KV cache and
-/// process only the rest.
+/// process only the rest. A mirror of `dspex_local::PrefixCacheStats`, so
+/// the type exists (and serialises) in builds without `local-lm`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct PrefixCacheStats {
