@@ -40,6 +40,13 @@ pub const PLAIN_TEMPLATE: &str = "{% if add_bos %}{{ bos_token }}{% endif %}\
 
 const TEMPLATE_NAME: &str = "chat";
 
+/// Instructions one render may execute. The template comes from the GGUF,
+/// which may be untrusted: a template that loops (almost) forever gets a
+/// typed error instead of holding a generation slot. Real chat templates
+/// spend a few dozen instructions per message, so this allows conversations
+/// of thousands of turns.
+const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// A compiled chat template and the token texts it may refer to.
 pub(crate) struct ChatTemplate {
     env: Environment<'static>,
@@ -73,6 +80,7 @@ impl ChatTemplate {
         // lstrip_blocks; templates are written for that.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         // Python string methods (`.strip()`, `.startswith()`...) that HF
         // templates use.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -111,5 +119,44 @@ impl ChatTemplate {
                 add_bos => self.add_bos,
             })
             .map_err(|e| template_error(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(source: &str) -> ChatTemplate {
+        match ChatTemplate::new(Some(source), "<s>".into(), "</s>".into(), false) {
+            Ok(t) => t,
+            Err(e) => panic!("template did not compile: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_runaway_template_runs_out_of_fuel() {
+        // 10^8 iterations (minijinja caps one range at 10^4 items).
+        let t = template(
+            "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+        );
+        match t.render(&[ChatTurn::new("user", "hi")]) {
+            Err(LocalError::Template(msg)) => assert!(msg.contains("fuel"), "{msg}"),
+            other => panic!("expected a fuel error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_long_conversation_fits_in_the_fuel() {
+        let t = template(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+             {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        );
+        let turns: Vec<_> = (0..2000)
+            .map(|i| ChatTurn::new(if i % 2 == 0 { "user" } else { "assistant" }, "x"))
+            .collect();
+        match t.render(&turns) {
+            Ok(text) => assert_eq!(text.matches("<|im_end|>").count(), 2000),
+            Err(e) => panic!("{e}"),
+        }
     }
 }
