@@ -8,6 +8,7 @@
 //! dspex load --provider mock --requests 10000 --concurrency 64
 //! dspex config check --config dspex.toml
 //! dspex mock-server --port 8089 --fail-429 0.1
+//! dspex serve --listen 127.0.0.1:4000             # the gateway, for any OpenAI client
 //! ```
 //!
 //! Exit codes: 0 success, 2 usage or config error, 3 provider error.
@@ -24,6 +25,7 @@ mod load;
 mod optimize_cmd;
 mod predict;
 mod run_cmd;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +82,8 @@ enum Command {
     MockServer(MockServerArgs),
     /// Start the mock upstream in process and make calls through the full client stack.
     Demo(demo::DemoArgs),
+    /// Serve the OpenAI-compatible gateway (`/v1/chat/completions`, `/v1/models`, `/metrics`).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,7 +111,10 @@ fn init_logging(filter: Option<&str>) {
         .init();
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(
+    cli: Cli,
+    metrics: Option<dspex::core::telemetry::PrometheusMetrics>,
+) -> Result<(), Failure> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Chat(args) => chat::run(config, args).await,
@@ -137,13 +144,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Serve(args) => serve::run(config, args, metrics).await,
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
-    let metrics = if cli.metrics {
+    // The gateway serves metrics at /metrics, so it always records them.
+    let wants_metrics = cli.metrics || matches!(cli.command, Command::Serve(_));
+    let metrics = if wants_metrics {
         match dspex::core::telemetry::install_prometheus() {
             Ok(metrics) => Some(metrics),
             Err(error) => {
@@ -164,8 +174,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(run(cli));
-    if let Some(metrics) = metrics {
+    let print_metrics = cli.metrics;
+    let result = runtime.block_on(run(cli, metrics.clone()));
+    if let (true, Some(metrics)) = (print_metrics, metrics) {
         common::err(&metrics.render());
     }
     match result {

@@ -11,6 +11,7 @@
 //! when the caller opts in ([`CacheMode::Always`]) or passes a rollout id,
 //! which enters the key (DSPy's `rollout_id`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dspex_cache::semantic::normalize;
@@ -170,6 +171,8 @@ struct ParamsWithoutModel<'a> {
     tools: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<&'a Value>,
+    #[serde(flatten)]
+    extra: &'a BTreeMap<String, Value>,
 }
 
 impl<'a> ParamsWithoutModel<'a> {
@@ -185,6 +188,7 @@ impl<'a> ParamsWithoutModel<'a> {
             response_format,
             tools,
             tool_choice,
+            extra,
         } = params;
         Self {
             temperature: *temperature,
@@ -196,6 +200,7 @@ impl<'a> ParamsWithoutModel<'a> {
             response_format: response_format.as_ref(),
             tools: tools.as_ref(),
             tool_choice: tool_choice.as_ref(),
+            extra,
         }
     }
 }
@@ -315,6 +320,7 @@ mod tests {
             response_format: None,
             tools: Some(json!([{"type": "function"}])),
             tool_choice: Some(json!("auto")),
+            extra: [("user".to_owned(), json!("u-1"))].into(),
         };
         let without = ChatParams {
             model: None,

@@ -15,6 +15,9 @@ use crate::provider::{Chunks, ParsedChat, ParsedEmbeddings};
 use crate::types::{ChatRequest, EmbeddingRequest, Usage};
 
 /// What a call asks for, before any transport encodes it.
+// Built once per call and held inside the call's `Arc`, never moved around
+// by value, so the unboxed chat request costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Payload {
     Chat(ChatRequest),
     Embeddings(EmbeddingRequest),

@@ -49,7 +49,7 @@ pub use config::{ClientConfig, LocalSettings, ProviderConfig, ProviderKind};
 pub use error::{ApiErrorKind, ClientError, ClientErrorKind, TimeoutPhase};
 pub use events::{Event, EventBus, EventKind};
 pub use guard::CallGuard;
-pub use provider::{Capabilities, LOCAL_SYSTEM, PrefixCacheStats};
+pub use provider::{Capabilities, LOCAL_SYSTEM, PrefixCacheStats, WireFormat};
 pub use scripted::ScriptedLm;
 pub use stream::ChatStream;
 pub use types::{

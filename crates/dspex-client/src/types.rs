@@ -135,6 +135,14 @@ pub struct ChatParams {
     /// Tool choice, passed through in the provider's format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<Value>,
+    /// Request fields DSPex has no name for (`logit_bias`, `user`,
+    /// `metadata`...), sent as they are by providers whose
+    /// [`Capabilities::wire_format`](crate::Capabilities::wire_format) is
+    /// the format they were written in. A key DSPex writes itself (`model`,
+    /// `messages`, `stream`...) is never taken from here. Part of the cache
+    /// key.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// A chat call: messages plus parameters.

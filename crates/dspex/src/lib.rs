@@ -38,6 +38,8 @@ pub use dspex_analytics as analytics;
 pub use dspex_cache as cache;
 pub use dspex_client::*;
 pub use dspex_core as core;
+#[cfg(feature = "gateway")]
+pub use dspex_gateway as gateway;
 #[cfg(feature = "mock")]
 pub use dspex_mock as mock;
 pub use dspex_prompt as prompt;

@@ -68,6 +68,10 @@ impl RuntimeError {
 /// others as unknown.
 pub fn config_keys() -> Vec<&'static str> {
     let mut keys = dspex_client::config::CONFIG_KEYS.to_vec();
+    // Read by dspex-gateway (`dspex serve`), which this crate depends on only
+    // with the `gateway` feature: one dspex.toml serves a library program
+    // and the gateway alike, so the key is known either way.
+    keys.push("gateway");
     for key in dspex_cache::CONFIG_KEYS
         .iter()
         .chain(dspex_analytics::CONFIG_KEYS)
@@ -256,4 +260,14 @@ async fn open_cache(
             None
         };
     Ok(ResponseCache::from_config(&config, embedder).await?)
+}
+
+#[cfg(all(test, feature = "gateway"))]
+mod tests {
+    #[test]
+    fn the_gateway_keys_are_known() {
+        for key in dspex_gateway::CONFIG_KEYS {
+            assert!(super::config_keys().contains(key), "{key}");
+        }
+    }
 }

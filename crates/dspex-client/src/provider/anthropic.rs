@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    Capabilities, Chunk, Dialect, ParsedChat, ProviderApi, StreamDecoder, ToolCalls, UsageUpdate,
-    WireError,
+    Capabilities, Chunk, Dialect, ParsedChat, PassThrough, ProviderApi, StreamDecoder, ToolCalls,
+    UsageUpdate, WireError, WireFormat,
 };
 use crate::call::Payload;
 use crate::config::ProviderConfig;
@@ -45,6 +45,7 @@ impl ProviderApi for Anthropic {
             embeddings: false,
             multiple_choices: false,
             seed: false,
+            wire_format: Some(WireFormat::AnthropicMessages),
         }
     }
 
@@ -146,7 +147,23 @@ struct Body<'a> {
     tool_choice: Option<&'a Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
+    #[serde(flatten)]
+    extra: PassThrough<'a>,
 }
+
+/// Every body key `chat_body` writes.
+const WRITTEN: &[&str] = &[
+    "model",
+    "max_tokens",
+    "system",
+    "messages",
+    "temperature",
+    "top_p",
+    "stop_sequences",
+    "tools",
+    "tool_choice",
+    "stream",
+];
 
 /// One message as Anthropic takes it, borrowing the request's texts (no copy
 /// of a message into a `Value` tree before it is written out).
@@ -249,6 +266,10 @@ pub(crate) fn chat_body(
         tools: params.tools.as_ref(),
         tool_choice: params.tool_choice.as_ref(),
         stream,
+        extra: PassThrough {
+            fields: &params.extra,
+            written: WRITTEN,
+        },
     };
     serde_json::to_vec(&body)
         .map_err(|e| WireError::Invalid(format!("cannot encode the request: {e}")))

@@ -72,6 +72,11 @@ impl ProviderApi for Local {
                     .into(),
             );
         }
+        if let Some(field) = params.extra.keys().next() {
+            return Err(format!(
+                "a local model does not take the request field `{field}`"
+            ));
+        }
         Ok(())
     }
 

@@ -60,6 +60,21 @@ pub struct Capabilities {
     pub multiple_choices: bool,
     /// Reproducible sampling from a `seed`.
     pub seed: bool,
+    /// The public wire format the provider's API speaks, in which
+    /// [`ChatParams::extra`](crate::ChatParams::extra) fields are passed
+    /// through; `None` for in-process providers, which refuse extra fields.
+    pub wire_format: Option<WireFormat>,
+}
+
+/// A provider API's request and response format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WireFormat {
+    /// OpenAI Chat Completions (and the compatible servers).
+    OpenAiChat,
+    /// Anthropic Messages.
+    AnthropicMessages,
 }
 
 /// One provider: what the client needs to know about it beyond its config.
@@ -396,5 +411,26 @@ impl ProviderShared {
             Some(key) => key.secret.scrub(text),
             None => text.to_owned(),
         }
+    }
+}
+
+/// [`ChatParams::extra`](crate::ChatParams::extra) as body fields, leaving
+/// out the keys the encoder writes itself (a duplicate key is invalid JSON
+/// to some servers, and the typed field must win).
+pub(crate) struct PassThrough<'a> {
+    pub(crate) fields: &'a std::collections::BTreeMap<String, serde_json::Value>,
+    pub(crate) written: &'static [&'static str],
+}
+
+impl Serialize for PassThrough<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.fields {
+            if !self.written.contains(&key.as_str()) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
     }
 }

@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 
 use super::json_text;
 use super::{
-    Capabilities, Chunk, Dialect, ParsedChat, ParsedEmbeddings, ProviderApi, StreamDecoder,
-    UsageUpdate, WireError,
+    Capabilities, Chunk, Dialect, ParsedChat, ParsedEmbeddings, PassThrough, ProviderApi,
+    StreamDecoder, UsageUpdate, WireError, WireFormat,
 };
 use crate::call::Payload;
 use crate::config::ProviderConfig;
@@ -41,6 +41,7 @@ impl ProviderApi for OpenAi {
             embeddings: true,
             multiple_choices: true,
             seed: true,
+            wire_format: Some(WireFormat::OpenAiChat),
         }
     }
 
@@ -130,7 +131,27 @@ struct Body<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<Value>,
+    #[serde(flatten)]
+    extra: PassThrough<'a>,
 }
+
+/// Every body key `chat_body` writes.
+const WRITTEN: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "n",
+    "seed",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "stream",
+    "stream_options",
+];
 
 /// Reasoning models (o1, o3, o4, gpt-5) reject `max_tokens` and want
 /// `max_completion_tokens`; every other server, including most compatible ones,
@@ -179,6 +200,10 @@ pub(crate) fn chat_body(
         tool_choice: params.tool_choice.as_ref(),
         stream,
         stream_options: (stream && stream_usage).then(|| json!({"include_usage": true})),
+        extra: PassThrough {
+            fields: &params.extra,
+            written: WRITTEN,
+        },
     };
     let encoding =
         |e: serde_json::Error| WireError::Invalid(format!("cannot encode the request: {e}"));
@@ -491,6 +516,33 @@ pub(crate) fn parse_embeddings(body: &[u8], inputs: usize) -> Result<ParsedEmbed
 mod tests {
     use super::*;
     use crate::types::ChatParams;
+
+    #[test]
+    fn unknown_fields_pass_through_but_never_shadow_a_written_one() {
+        let mut params = ChatParams {
+            temperature: Some(0.5),
+            ..ChatParams::default()
+        };
+        params.extra.insert("user".into(), json!("u-1"));
+        params
+            .extra
+            .insert("logit_bias".into(), json!({"50256": -100}));
+        params.extra.insert("temperature".into(), json!(2.0));
+        params.extra.insert("model".into(), json!("other"));
+        let request = ChatRequest {
+            messages: vec![Message::user("u")],
+            params,
+        };
+        let bytes = chat_body(&request, "gpt-4o", false, false).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(text.matches("\"temperature\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"model\"").count(), 1, "{text}");
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["user"], "u-1");
+        assert_eq!(body["logit_bias"]["50256"], -100);
+        assert_eq!(body["temperature"], 0.5);
+        assert_eq!(body["model"], "gpt-4o");
+    }
 
     #[test]
     fn body_maps_every_parameter() {

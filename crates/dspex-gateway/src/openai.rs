@@ -1,0 +1,403 @@
+//! OpenAI Chat Completions on the wire: the request body a client sends,
+//! decoded into the client's normalised types, and the response, stream
+//! chunks and usage encoded the way the official SDKs parse them.
+
+use std::collections::BTreeMap;
+
+use dspex_client::{ChatDelta, ChatParams, ChatResponse, Message, ResponseFormat, Role, Usage};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::RequestError;
+
+/// A `POST /v1/chat/completions` body. Fields DSPex has no name for are
+/// kept in `extra` and passed through to OpenAI-format providers.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatCompletionRequest {
+    pub(crate) model: String,
+    pub(crate) messages: Vec<InMessage>,
+    #[serde(default)]
+    pub(crate) stream: Option<bool>,
+    #[serde(default)]
+    pub(crate) stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    response_format: Option<InResponseFormat>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(flatten)]
+    pub(crate) extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StreamOptions {
+    #[serde(default)]
+    pub(crate) include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum InResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: InJsonSchema },
+}
+
+#[derive(Debug, Deserialize)]
+struct InJsonSchema {
+    name: String,
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct InMessage {
+    role: InRole,
+    #[serde(default)]
+    content: Option<InContent>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum InRole {
+    System,
+    /// The newer name for `system` (o1 and later).
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InContent {
+    Text(String),
+    Parts(Vec<InPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct InPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// Decodes a body; a failure names the field (`messages[2].role`).
+pub(crate) fn decode(body: &[u8]) -> Result<ChatCompletionRequest, RequestError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let param = (path != ".").then(|| path.clone());
+        let inner = e.into_inner();
+        let message = match &param {
+            Some(path) => format!("invalid request body at `{path}`: {inner}"),
+            None => format!("invalid request body: {inner}"),
+        };
+        RequestError::bad_request(param, message)
+    })
+}
+
+impl ChatCompletionRequest {
+    /// Whether the reply streams.
+    pub(crate) fn streams(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether a streamed reply ends with a usage chunk.
+    pub(crate) fn stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The conversation and parameters in the client's types. `model` is
+    /// left for the router to fill in.
+    pub(crate) fn into_parts(self) -> Result<(Vec<Message>, ChatParams), RequestError> {
+        if self.messages.is_empty() {
+            return Err(RequestError::bad_request(
+                Some("messages".into()),
+                "`messages` must hold at least one message",
+            ));
+        }
+        let messages = self
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| m.into_message(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let response_format = match self.response_format {
+            None => None,
+            Some(InResponseFormat::Text) => Some(ResponseFormat::Text),
+            Some(InResponseFormat::JsonObject) => Some(ResponseFormat::JsonObject),
+            Some(InResponseFormat::JsonSchema { json_schema }) => {
+                Some(ResponseFormat::JsonSchema {
+                    name: json_schema.name,
+                    schema: json_schema.schema.unwrap_or_else(|| json!({})),
+                    strict: json_schema.strict.unwrap_or(false),
+                })
+            }
+        };
+        let params = ChatParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            // The newer name wins: SDKs send one or the other.
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            stop: match self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(v)) => v,
+            },
+            n: self.n,
+            seed: self.seed,
+            response_format,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
+            extra: self.extra,
+            model: None,
+        };
+        Ok((messages, params))
+    }
+}
+
+impl InMessage {
+    fn into_message(self, index: usize) -> Result<Message, RequestError> {
+        let role = match self.role {
+            InRole::System | InRole::Developer => Role::System,
+            InRole::User => Role::User,
+            InRole::Assistant => Role::Assistant,
+            InRole::Tool => Role::Tool,
+        };
+        let content = match self.content {
+            None => String::new(),
+            Some(InContent::Text(text)) => text,
+            Some(InContent::Parts(parts)) => {
+                let mut text = String::new();
+                for (p, part) in parts.into_iter().enumerate() {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        (kind, _) => {
+                            return Err(RequestError::bad_request(
+                                Some(format!("messages[{index}].content[{p}].type")),
+                                format!(
+                                    "content parts of type `{kind}` are not supported by this gateway (only `text`)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        let mut message = Message::new(role, content);
+        message.name = self.name;
+        message.tool_calls = self.tool_calls;
+        message.tool_call_id = self.tool_call_id;
+        Ok(message)
+    }
+}
+
+/// Seconds since the Unix epoch, for `created`.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// OpenAI's usage object.
+pub(crate) fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens(),
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+    })
+}
+
+/// The response id: the provider's when it is OpenAI's kind, else one made
+/// from the call's correlation id.
+pub(crate) fn response_id(response: &ChatResponse) -> String {
+    match &response.id {
+        Some(id) if id.starts_with("chatcmpl") => id.clone(),
+        _ => format!("chatcmpl-{}", response.correlation_id),
+    }
+}
+
+/// A `chat.completion` object.
+pub(crate) fn completion_json(response: &ChatResponse, model: &str) -> Value {
+    let choices: Vec<Value> = response
+        .choices
+        .iter()
+        .map(|c| {
+            let mut message = serde_json::Map::new();
+            message.insert("role".into(), json!("assistant"));
+            message.insert("content".into(), json!(c.content));
+            if let Some(calls) = &c.tool_calls {
+                message.insert("tool_calls".into(), calls.clone());
+            }
+            json!({
+                "index": c.index,
+                "message": message,
+                "finish_reason": c.finish_reason.as_ref().map(|f| f.as_str().to_owned()),
+                "logprobs": null,
+            })
+        })
+        .collect();
+    json!({
+        "id": response_id(response),
+        "object": "chat.completion",
+        "created": now_unix(),
+        "model": model,
+        "choices": choices,
+        "usage": usage_json(&response.usage),
+    })
+}
+
+/// One `chat.completion.chunk` carrying `delta`. The first chunk of a
+/// choice also carries the role, as OpenAI's do.
+pub(crate) fn chunk_json(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: &ChatDelta,
+    first: bool,
+) -> Value {
+    let mut body = serde_json::Map::new();
+    if first {
+        body.insert("role".into(), json!("assistant"));
+    }
+    if !delta.content.is_empty() || delta.tool_calls.is_none() {
+        body.insert("content".into(), json!(delta.content));
+    }
+    if let Some(calls) = &delta.tool_calls {
+        body.insert("tool_calls".into(), calls.clone());
+    }
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": delta.index,
+            "delta": body,
+            "finish_reason": delta.finish_reason.as_ref().map(|f| f.as_str().to_owned()),
+            "logprobs": null,
+        }],
+    })
+}
+
+/// The final usage chunk (`stream_options.include_usage`): no choices.
+pub(crate) fn usage_chunk_json(id: &str, created: u64, model: &str, usage: &Usage) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage_json(usage),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_body_decodes_with_unknown_fields_kept() {
+        let body = br#"{"model":"fast","messages":[{"role":"developer","content":"be brief"},
+            {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}],
+            "stop":"END","max_completion_tokens":9,"max_tokens":3,"seed":4,"n":1,
+            "response_format":{"type":"json_schema","json_schema":{"name":"o","schema":{"type":"object"},"strict":true}},
+            "user":"u-7","logit_bias":{"1":2},"stream":true,"stream_options":{"include_usage":true}}"#;
+        let request = decode(body).unwrap();
+        assert!(request.streams() && request.stream_usage());
+        let (messages, params) = request.into_parts().unwrap();
+        assert_eq!(messages[0].role, Role::System);
+        assert_eq!(messages[1].content, "hi there");
+        assert_eq!(params.stop, vec!["END"]);
+        assert_eq!(params.max_tokens, Some(9));
+        assert_eq!(params.extra["user"], "u-7");
+        assert_eq!(params.extra["logit_bias"]["1"], 2);
+        assert!(!params.extra.contains_key("stream"));
+        assert!(matches!(
+            params.response_format,
+            Some(ResponseFormat::JsonSchema { strict: true, .. })
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (body, param) in [
+            (
+                &br#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#[..],
+                "messages[0].role",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                "temperature",
+            ),
+            (br#"{"messages":[]}"#, ""),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                "messages[0].content[0].type",
+            ),
+            (br#"{"model":"m","messages":[]}"#, "messages"),
+        ] {
+            let Err(error) = decode(body).and_then(|r| r.into_parts().map(|_| ())) else {
+                panic!("accepted {}", String::from_utf8_lossy(body));
+            };
+            assert_eq!(error.status, 400);
+            if param.is_empty() {
+                assert!(error.message.contains("model"), "{}", error.message);
+            } else {
+                assert_eq!(error.param.as_deref(), Some(param), "{}", error.message);
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for body in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{",
+            b"\xff\xfe",
+            b"{\"model\":1}",
+            br#"{"model":"m","messages":null}"#,
+        ] {
+            assert!(decode(body).is_err());
+        }
+    }
+}
