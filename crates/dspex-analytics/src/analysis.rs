@@ -46,12 +46,13 @@ pub enum GroupBy {
     Operation,
 }
 
-const KNOWN: &str = "provider, model, hour, day, workflow, step, tag:<key>, status, cache_tier, error_kind, operation";
+const KNOWN: &str = "provider, model, hour, day, workflow, step, key, tag:<key>, status, cache_tier, error_kind, operation";
 
 impl GroupBy {
     /// Parses one name: `provider`, `model`, `hour`, `day`, `workflow`, `step`,
     /// `tag:<key>` (or `tag=<key>`), `status`, `cache_tier` (or `cache`),
-    /// `error_kind`, `operation`.
+    /// `error_kind`, `operation`, and `key` (the gateway's virtual key name,
+    /// which is the tag [`KEY_TAG`](crate::record::KEY_TAG)).
     pub fn parse(name: &str) -> Result<Self> {
         let trimmed = name.trim();
         let lower = trimmed.to_ascii_lowercase();
@@ -70,6 +71,7 @@ impl GroupBy {
             "cache_tier" | "cache-tier" | "cache" | "tier" => Self::CacheTier,
             "error_kind" | "error-kind" | "error" => Self::ErrorKind,
             "operation" => Self::Operation,
+            "key" => Self::Tag(crate::record::KEY_TAG.to_owned()),
             _ => {
                 let key = trimmed
                     .get(..4)

@@ -76,6 +76,23 @@ pub enum AnalyticsError {
         message: String,
     },
 
+    /// A virtual key with this name already exists (revoked keys keep their
+    /// name, so spend history stays unambiguous).
+    #[error(
+        "a key named `{name}` already exists (names are never reused; rotate it or choose another name)"
+    )]
+    KeyExists {
+        /// The name.
+        name: String,
+    },
+
+    /// No virtual key has this name.
+    #[error("no key named `{name}`")]
+    KeyNotFound {
+        /// The name.
+        name: String,
+    },
+
     /// The recorder's background task is gone (it panicked or was aborted).
     #[error("the analytics recorder task stopped unexpectedly: {message}")]
     RecorderStopped {

@@ -16,6 +16,8 @@
 //!   [`GroupBy`] dimensions; [`report`] renders it.
 //! - [`budget`]: hard and soft spend limits per provider, model or tag, per
 //!   day, month or run, checked before calls and settled after them.
+//! - [`keys`]: virtual API keys for the gateway, stored hashed (SHA-256)
+//!   in the same store.
 //! - [`config`]: the `[analytics]` section of `dspex.toml` ([`CONFIG_KEYS`]).
 //!
 //! ```
@@ -51,6 +53,7 @@ pub mod budget;
 pub mod config;
 mod error;
 mod histogram;
+pub mod keys;
 pub mod prices;
 pub mod record;
 mod recorder;
@@ -62,6 +65,7 @@ pub use analysis::{CostRow, GroupBy};
 pub use budget::{Budget, BudgetDecision, BudgetEvent, BudgetPeriod, BudgetScope, Budgets};
 pub use config::{AnalyticsConfig, CONFIG_KEYS};
 pub use error::{AnalyticsError, Result};
+pub use keys::{ApiKey, KeyLimits, KeySecret, KeyState};
 pub use prices::{Price, PriceTable, TokenUsage};
 pub use record::CallRecord;
 pub use recorder::{Recorder, RecorderHandle, RecorderOptions, RecorderStats};

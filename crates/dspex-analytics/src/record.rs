@@ -13,6 +13,9 @@ use crate::time::unix_ms;
 pub const WORKFLOW_TAG: &str = "workflow";
 /// The tag that names a call's workflow step; stored in its own column.
 pub const STEP_TAG: &str = "step";
+/// The tag the gateway puts on a call: the name of the virtual key that made
+/// it (`dspex costs --group-by key`).
+pub const KEY_TAG: &str = "key";
 
 /// One LM call as stored: raw usage (so it can be re-priced), its cost when
 /// the model is priced, and how it went.

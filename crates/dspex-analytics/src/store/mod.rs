@@ -18,6 +18,7 @@
 //! ranges are analysed from the raw rows with exact percentiles. PostgreSQL
 //! always analyses the raw rows (`percentile_cont`, exact).
 
+mod keys;
 mod postgres;
 mod sqlite;
 

@@ -43,6 +43,20 @@ CREATE TABLE IF NOT EXISTS calls (
     tags JSONB NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS calls_at_ms ON calls (at_ms);
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    revoked_ms BIGINT,
+    budget_nanos BIGINT,
+    budget_period TEXT,
+    rpm BIGINT,
+    tpm BIGINT,
+    models TEXT NOT NULL,
+    expires_ms BIGINT
+);
 ";
 
 /// The insert: one statement for a whole batch, one array per column.
@@ -138,7 +152,7 @@ impl PostgresStore {
         })
     }
 
-    async fn client(&self) -> Result<Arc<Client>> {
+    pub(super) async fn client(&self) -> Result<Arc<Client>> {
         let current = Arc::clone(&self.conn.lock().client);
         if !current.is_closed() {
             return Ok(current);

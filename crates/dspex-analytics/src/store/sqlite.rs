@@ -50,6 +50,20 @@ CREATE TABLE IF NOT EXISTS calls (
     tags TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS calls_at_ms ON calls (at_ms);
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    budget_nanos INTEGER,
+    budget_period TEXT,
+    rpm INTEGER,
+    tpm INTEGER,
+    models TEXT NOT NULL,
+    expires_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS call_rollups (
     hour_ms INTEGER NOT NULL,
     provider TEXT NOT NULL,
@@ -393,7 +407,7 @@ impl SqliteStore {
     /// Runs `f` on a connection for reading, on a blocking thread: a fresh one
     /// for a file (WAL lets it read while the writer writes), the only one in
     /// memory.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -406,7 +420,7 @@ impl SqliteStore {
         .await
     }
 
-    async fn write<T: Send + 'static>(
+    pub(super) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
