@@ -209,14 +209,19 @@ async fn a_shared_prompt_prefix_is_processed_once() {
 #[ignore = "needs DSPEX_TEST_GGUF_SMOLLM2"]
 async fn a_timeout_cancels_the_generation_and_frees_its_slot() {
     let mut config = raw(&model_path());
-    // 2000 tokens take about 30 s here: the call must time out.
+    // Without ask()'s "one short sentence" system message, the greedy reply
+    // to this prompt runs past 600 tokens (measured: it stops at the length
+    // limit, not at the end of turn; greedy decoding makes that the same
+    // on every run), which takes 6 s even at 100 tokens/s: the call must
+    // time out. (With the short-answer system message the model stopped
+    // after 83 tokens, which a fast host finished inside 2 s.)
     config.timeout_ms = Some(2_000);
     config.max_retries = Some(0);
     let client = client_with(config).await.unwrap();
     let error = client
         .request(
             "smol",
-            ask("Write a very long story about the sea."),
+            vec![Message::user("Write a very long story about the sea.")],
             greedy(2000),
         )
         .await
@@ -326,3 +331,4 @@ async fn a_missing_or_corrupt_file_is_a_config_error_naming_it() {
         .to_string();
     assert!(text.contains("corrupt.gguf"), "{text}");
 }
+
