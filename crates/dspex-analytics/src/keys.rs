@@ -106,6 +106,13 @@ pub fn hash_key(text: &str) -> KeyHash {
     KeyHash(Sha256::digest(text.as_bytes()).into())
 }
 
+impl KeyHash {
+    /// The 32 bytes of the hash.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
 impl fmt::Display for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex(&self.0))
@@ -191,6 +198,118 @@ impl KeyLimits {
     /// The budget period in force (`month` by default).
     pub fn period(&self) -> BudgetPeriod {
         self.budget_period.unwrap_or(BudgetPeriod::Month)
+    }
+}
+
+/// A key's limits as a person writes them: `dspex keys create` flags or the
+/// gateway's `POST /admin/keys` body. [`RawKeyLimits::validate`] turns it
+/// into [`KeyLimits`], naming the field at fault.
+///
+/// ```
+/// use dspex_analytics::keys::RawKeyLimits;
+/// let raw: RawKeyLimits = serde_json::from_str(
+///     r#"{"budget_usd": 50, "period": "month", "rpm": 600, "models": "openai/*,fast", "expires": "30d"}"#,
+/// )?;
+/// let limits = raw.validate(0)?;
+/// assert_eq!(limits.budget_nanos, Some(50_000_000_000));
+/// assert_eq!(limits.models, ["openai/*", "fast"]);
+/// assert_eq!(limits.expires_ms, Some(30 * 86_400_000));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyLimits {
+    /// The spend limit per period, in dollars.
+    pub budget_usd: Option<f64>,
+    /// `day` or `month`.
+    pub period: Option<String>,
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Model patterns: a list, or one comma-separated string.
+    pub models: Option<ModelList>,
+    /// How long the key lives (`30d`, `12h`), from now.
+    pub expires: Option<String>,
+}
+
+/// Model patterns as written: `["openai/*", "fast"]` or `"openai/*,fast"`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ModelList {
+    /// A JSON list.
+    List(Vec<String>),
+    /// Comma-separated.
+    Text(String),
+}
+
+impl RawKeyLimits {
+    /// Phase two: checks every field against `now_ms` (for `expires`); errors
+    /// name the field (`budget_usd`, `period`, `rpm`, `tpm`, `models`,
+    /// `expires`).
+    pub fn validate(&self, now_ms: i64) -> Result<KeyLimits> {
+        let bad = |key: &str, message: String| {
+            AnalyticsError::Config(dspex_core::CoreError::config(key, message))
+        };
+        let budget_nanos = match self.budget_usd {
+            None => None,
+            Some(usd) if usd.is_finite() && usd > 0.0 && usd <= 1e9 => {
+                #[allow(clippy::cast_possible_truncation)] // bounded to 1e18 just above
+                Some((usd * 1e9).round() as i64)
+            }
+            Some(usd) => {
+                return Err(bad(
+                    "budget_usd",
+                    format!("`{usd}` is not an amount in dollars above 0 and at most 1e9"),
+                ));
+            }
+        };
+        let budget_period = match &self.period {
+            None => None,
+            Some(text) => Some(
+                BudgetPeriod::parse(text)
+                    .ok_or_else(|| bad("period", format!("`{text}` is not `day` or `month`")))?,
+            ),
+        };
+        if budget_period.is_some() && budget_nanos.is_none() {
+            return Err(bad(
+                "period",
+                "a period needs a budget (budget_usd)".to_owned(),
+            ));
+        }
+        let models = match &self.models {
+            None => Vec::new(),
+            Some(ModelList::List(list)) => list.iter().map(|m| m.trim().to_owned()).collect(),
+            Some(ModelList::Text(text)) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        let expires_ms = match &self.expires {
+            None => None,
+            Some(text) => {
+                let lifetime = crate::time::parse_relative_duration(text).ok_or_else(|| {
+                    bad(
+                        "expires",
+                        format!("`{text}` is not a duration such as 30d, 12h or 90m"),
+                    )
+                })?;
+                let millis = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+                Some(now_ms.saturating_add(millis))
+            }
+        };
+        let limits = KeyLimits {
+            budget_nanos,
+            budget_period,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            models,
+            expires_ms,
+        };
+        limits.validate()?;
+        Ok(limits)
     }
 }
 
@@ -423,6 +542,38 @@ mod tests {
                 ..KeyLimits::default()
             };
             assert!(limits.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn raw_limits_validate_naming_the_field() {
+        let parse = |json: &str| {
+            serde_json::from_str::<RawKeyLimits>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| raw.validate(1_000).map_err(|e| e.to_string()))
+        };
+        let limits =
+            parse(r#"{"budget_usd": 0.5, "period": "day", "models": ["fast"], "tpm": 10}"#)
+                .unwrap();
+        assert_eq!(limits.budget_nanos, Some(500_000_000));
+        assert_eq!(limits.budget_period, Some(BudgetPeriod::Day));
+        assert_eq!(limits.tpm, Some(10));
+        assert_eq!(
+            parse(r#"{"expires": "1h"}"#).unwrap().expires_ms,
+            Some(3_601_000)
+        );
+        assert_eq!(parse("{}").unwrap(), KeyLimits::default());
+        for (json, field) in [
+            (r#"{"budget_usd": -1}"#, "budget_usd"),
+            (r#"{"budget_usd": 1, "period": "run"}"#, "period"),
+            (r#"{"period": "day"}"#, "period"),
+            (r#"{"rpm": 0}"#, "rpm"),
+            (r#"{"models": "open*"}"#, "models"),
+            (r#"{"expires": "soon"}"#, "expires"),
+            (r#"{"budget": 1}"#, "budget"),
+        ] {
+            let error = parse(json).unwrap_err();
+            assert!(error.contains(field), "{json}: {error}");
         }
     }
 

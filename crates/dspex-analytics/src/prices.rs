@@ -276,7 +276,10 @@ impl PriceTable {
         if system == LOCAL_SYSTEM {
             return Some(Cost::local(model));
         }
+        // A provider id the table does not know (`primary`, `oa`) is priced
+        // as its system (`openai`), whose prices it pays.
         self.cost(provider, model, response_model, at_ms, usage)
+            .or_else(|| self.cost(system, model, response_model, at_ms, usage))
     }
 }
 
@@ -499,6 +502,38 @@ impl PriceTable {
             nanos: entry.price.cost_nanos(usage),
             key: key.to_owned(),
             version: entry.version(),
+        })
+    }
+
+    /// [`PriceTable::estimate`] for a call of `system`: zero for a local
+    /// model; a provider id the table does not know is priced as its system.
+    pub fn estimate_for_call(
+        &self,
+        system: &str,
+        provider: &str,
+        model: &str,
+        estimated_input_tokens: u64,
+        max_output_tokens: u64,
+        at_ms: i64,
+    ) -> Option<i64> {
+        if system == LOCAL_SYSTEM {
+            return Some(0);
+        }
+        self.estimate(
+            provider,
+            model,
+            estimated_input_tokens,
+            max_output_tokens,
+            at_ms,
+        )
+        .or_else(|| {
+            self.estimate(
+                system,
+                model,
+                estimated_input_tokens,
+                max_output_tokens,
+                at_ms,
+            )
         })
     }
 

@@ -218,6 +218,12 @@ impl TimeRange {
     }
 }
 
+/// A positive duration written `30m`, `24h`, `7d`, `2w` or `1h30m`; `None`
+/// for anything else (zero included).
+pub fn parse_relative_duration(text: &str) -> Option<Duration> {
+    parse_relative(text.trim())
+}
+
 fn parse_relative(text: &str) -> Option<Duration> {
     let text = text.trim();
     let digits_end = text

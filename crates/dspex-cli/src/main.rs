@@ -9,6 +9,7 @@
 //! dspex config check --config dspex.toml
 //! dspex mock-server --port 8089 --fail-429 0.1
 //! dspex serve --listen 127.0.0.1:4000             # the gateway, for any OpenAI client
+//! dspex keys create --name team-a --rpm 600       # a virtual key for the gateway
 //! ```
 //!
 //! Exit codes: 0 success, 2 usage or config error, 3 provider error.
@@ -21,6 +22,7 @@ mod costs;
 mod demo;
 mod demo_local;
 mod eval_cmd;
+mod keys_cmd;
 mod load;
 mod optimize_cmd;
 mod predict;
@@ -82,8 +84,10 @@ enum Command {
     MockServer(MockServerArgs),
     /// Start the mock upstream in process and make calls through the full client stack.
     Demo(demo::DemoArgs),
-    /// Serve the OpenAI-compatible gateway (`/v1/chat/completions`, `/v1/models`, `/metrics`).
+    /// Serve the gateway: OpenAI and Anthropic endpoints, keys, budgets, a dashboard.
     Serve(serve::ServeArgs),
+    /// Create, list, rotate and revoke the gateway's virtual keys.
+    Keys(keys_cmd::KeysArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -145,6 +149,7 @@ async fn run(
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Serve(args) => serve::run(config, args, metrics).await,
+        Command::Keys(args) => keys_cmd::run(args, config).await.map_err(Failure::Usage),
     }
 }
 

@@ -41,11 +41,26 @@ pub(crate) async fn run(
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let runtime = dspex::Runtime::from_config(&loader).await?;
-    let mut gateway = Gateway::new(runtime.client().clone(), config).map_err(Failure::usage)?;
-    if let Some(metrics) = metrics {
-        gateway = gateway.with_metrics(metrics);
+    // The gateway records by default: keys, per-key budgets and the
+    // dashboard read the analytics store (`[analytics] enabled = false`
+    // still turns it off, and then only `auth = "none"` can serve).
+    let runtime = dspex::Runtime::from_config_with(
+        &loader,
+        &|name| std::env::var(name).ok(),
+        dspex::RuntimeOptions::default().analytics_by_default(),
+    )
+    .await?;
+    let mut builder = Gateway::builder(runtime.client().clone(), config);
+    if let Some(store) = runtime.store() {
+        builder = builder.store(store.clone());
     }
+    if let Some(prices) = runtime.prices() {
+        builder = builder.prices(std::sync::Arc::clone(prices));
+    }
+    if let Some(metrics) = metrics {
+        builder = builder.metrics(metrics);
+    }
+    let gateway = builder.build().await.map_err(Failure::usage)?;
     let listener = gateway.bind().await.map_err(Failure::usage)?;
     let addr = listener
         .local_addr()

@@ -311,6 +311,13 @@ impl Provider {
     pub fn available_slots(&self) -> usize {
         self.pool.available()
     }
+
+    /// Its rate-limit buckets now, as `(name, used, limit)`: what an
+    /// in-process limiter holds; empty for a Redis-held one (reading it
+    /// would take a round trip) or when it has no limits.
+    pub fn rate_limit_usage(&self) -> Vec<(String, u64, u64)> {
+        self.shared.limiter.usage_now()
+    }
 }
 
 struct ClientInner {

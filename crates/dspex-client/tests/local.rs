@@ -331,4 +331,3 @@ async fn a_missing_or_corrupt_file_is_a_config_error_naming_it() {
         .to_string();
     assert!(text.contains("corrupt.gguf"), "{text}");
 }
-

@@ -34,6 +34,17 @@ pub enum GatewayError {
     /// A request was refused or failed.
     #[error(transparent)]
     Request(Box<RequestError>),
+    /// The key store (the analytics store) failed.
+    #[error("key store: {0}")]
+    Analytics(#[from] dspex_analytics::AnalyticsError),
+    /// A backing service named by the config (`what`) is unreachable.
+    #[error("{what}: {message}")]
+    Backend {
+        /// The config key naming it.
+        what: &'static str,
+        /// What failed (never a URL's password).
+        message: String,
+    },
 }
 
 impl From<RequestError> for GatewayError {
@@ -48,8 +59,9 @@ impl GatewayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Config(_) | Self::Serve { .. } => false,
-            Self::Bind { .. } => true,
+            Self::Bind { .. } | Self::Backend { .. } => true,
             Self::Request(error) => error.is_retryable(),
+            Self::Analytics(error) => error.is_retryable(),
         }
     }
 }
@@ -97,6 +109,81 @@ impl RequestError {
         }
     }
 
+    /// 401: no key, or one that is unknown, revoked or expired (`code`
+    /// says which).
+    pub fn unauthorized(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code.to_owned()),
+            ..Self::new(401, "invalid_request_error", message)
+        }
+    }
+
+    /// 403: the key may not do this (`model_not_allowed`, `admin_only`).
+    pub fn forbidden(code: &str, param: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code.to_owned()),
+            param: param.map(str::to_owned),
+            ..Self::new(403, "permission_error", message)
+        }
+    }
+
+    /// 429 `budget_exceeded`: the key's budget for its period is spent;
+    /// Retry-After is the end of the period.
+    pub fn budget_exceeded(message: impl Into<String>, until_period_end: Duration) -> Self {
+        Self {
+            code: Some("budget_exceeded".into()),
+            retry_after: Some(until_period_end),
+            ..Self::new(429, "rate_limit_error", message)
+        }
+    }
+
+    /// A key's own rate limit refused the request: 429 with Retry-After, or
+    /// 400 when the request is bigger than the whole limit.
+    pub fn key_limited(name: &str, error: &CoreError) -> Self {
+        match error {
+            CoreError::OverCapacity {
+                bucket,
+                requested,
+                limit,
+            } => Self::bad_request(
+                None,
+                format!(
+                    "this request needs {requested} in key `{name}`'s bucket `{bucket}`, whose whole limit is {limit}"
+                ),
+            ),
+            other => Self {
+                code: Some("rate_limit_exceeded".into()),
+                retry_after: other.retry_after(),
+                ..Self::new(429, "rate_limit_error", format!("key `{name}`: {other}"))
+            },
+        }
+    }
+
+    /// 408: the body did not arrive within the body-read timeout.
+    pub fn timeout_reading_body(limit: Duration) -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within {} ms (gateway.body_read_timeout_ms)",
+                limit.as_millis()
+            ),
+        )
+    }
+
+    /// 503: something the gateway needs is unreachable.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "api_error", message)
+    }
+
+    /// 404 for a path or resource that does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            code: Some("not_found".into()),
+            ..Self::new(404, "invalid_request_error", message)
+        }
+    }
+
     /// 404 `model_not_found`.
     pub fn model_not_found(model: &str, known: &[String]) -> Self {
         Self {
@@ -137,6 +224,42 @@ impl RequestError {
             "param": self.param,
             "code": self.code,
         }})
+    }
+
+    /// Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`,
+    /// with Anthropic's type for the status (what its SDK maps to exceptions).
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        let kind = match self.status {
+            400 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        };
+        json!({"type": "error", "error": {"type": kind, "message": self.message}})
+    }
+
+    /// The response in `wire`'s error shape.
+    pub(crate) fn into_response_for(self, wire: Wire) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let body = match wire {
+            Wire::OpenAi => self.openai_body(),
+            Wire::Anthropic => self.anthropic_body(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: `Retry-After: 0` would invite an
+            // immediate retry that fails the same way.
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 
     /// The client's failure as a gateway answer. Upstream 4xx statuses
@@ -199,18 +322,18 @@ impl RequestError {
     }
 }
 
+/// Which API's shapes a route answers in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// OpenAI's (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`,
+    /// the admin API).
+    OpenAi,
+    /// Anthropic's (`/v1/messages`).
+    Anthropic,
+}
+
 impl IntoResponse for RequestError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        let mut response = (status, axum::Json(self.openai_body())).into_response();
-        if let Some(after) = self.retry_after {
-            // Whole seconds, rounded up: `Retry-After: 0` would invite an
-            // immediate retry that fails the same way.
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
+        self.into_response_for(Wire::OpenAi)
     }
 }

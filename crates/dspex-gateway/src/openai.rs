@@ -115,16 +115,97 @@ struct InPart {
 
 /// Decodes a body; a failure names the field (`messages[2].role`).
 pub(crate) fn decode(body: &[u8]) -> Result<ChatCompletionRequest, RequestError> {
+    decode_json(body)
+}
+
+/// Decodes any JSON body; a failure names the field by its path, through
+/// `serde_path_to_error`.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
-        let param = (path != ".").then(|| path.clone());
         let inner = e.into_inner();
+        // A missing field is reported at its parent; name the field itself.
+        let missing = inner
+            .to_string()
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned);
+        let param = match (path.as_str(), missing) {
+            (".", Some(field)) => Some(field),
+            (".", None) => None,
+            (_, Some(field)) => Some(format!("{path}.{field}")),
+            (_, None) => Some(path.clone()),
+        };
         let message = match &param {
             Some(path) => format!("invalid request body at `{path}`: {inner}"),
             None => format!("invalid request body: {inner}"),
         };
         RequestError::bad_request(param, message)
+    })
+}
+
+/// A `POST /v1/embeddings` body.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EmbeddingsRequest {
+    pub(crate) model: String,
+    input: EmbeddingInput,
+    #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    /// `user` and the like: accepted, not forwarded (the client's embedding
+    /// call has no place for them).
+    #[serde(flatten)]
+    _extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl EmbeddingsRequest {
+    /// The texts and output dimensions. Token-id inputs and base64 output
+    /// are refused naming the field.
+    pub(crate) fn into_parts(self) -> Result<(Vec<String>, Option<u32>), RequestError> {
+        match self.encoding_format.as_deref() {
+            None | Some("float") => {}
+            Some(other) => {
+                return Err(RequestError::bad_request(
+                    Some("encoding_format".into()),
+                    format!("encoding_format `{other}` is not supported here (only `float`)"),
+                ));
+            }
+        }
+        let input = match self.input {
+            EmbeddingInput::One(text) => vec![text],
+            EmbeddingInput::Many(texts) => texts,
+        };
+        if input.is_empty() {
+            return Err(RequestError::bad_request(
+                Some("input".into()),
+                "`input` must hold at least one text",
+            ));
+        }
+        Ok((input, self.dimensions))
+    }
+}
+
+/// An embeddings `list` response.
+pub(crate) fn embeddings_json(vectors: &[Vec<f32>], model: &str, usage: &Usage) -> Value {
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| json!({"object": "embedding", "index": index, "embedding": vector}))
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens},
     })
 }
 

@@ -65,11 +65,14 @@ async fn the_openai_python_sdk_works_against_the_gateway() {
         .await
         .unwrap();
     let loader = ConfigLoader::builder(CONFIG_KEYS)
-        .toml_str("[gateway]\nlisten = \"127.0.0.1:0\"\n[gateway.models.fast]\nprovider = \"oa\"\n")
+        .toml_str("[gateway]\nlisten = \"127.0.0.1:0\"\nauth = \"none\"\n[gateway.models.fast]\nprovider = \"oa\"\n")
         .without_env()
         .build()
         .unwrap();
-    let gateway = Gateway::new(client, GatewayConfig::load(&loader).unwrap()).unwrap();
+    let gateway = Gateway::builder(client, GatewayConfig::load(&loader).unwrap())
+        .build()
+        .await
+        .unwrap();
     let listener = gateway.bind().await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

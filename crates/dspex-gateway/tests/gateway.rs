@@ -51,6 +51,7 @@ struct Running {
 const CONFIG: &str = r#"
 [gateway]
 listen = "127.0.0.1:0"
+auth = "none"
 max_body_bytes = 65536
 shutdown_grace_ms = 5000
 
@@ -93,7 +94,10 @@ async fn start_with(
         .without_env()
         .build()
         .unwrap();
-    let gateway = Gateway::new(client, GatewayConfig::load(&loader).unwrap()).unwrap();
+    let gateway = Gateway::builder(client, GatewayConfig::load(&loader).unwrap())
+        .build()
+        .await
+        .unwrap();
     let listener = gateway.bind().await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();

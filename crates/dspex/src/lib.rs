@@ -48,7 +48,7 @@ pub use dspex_prompt::{
     batch,
 };
 pub use dspex_workflow as workflow;
-pub use runtime::{Runtime, RuntimeError, ShutdownReport, config_keys};
+pub use runtime::{Runtime, RuntimeError, RuntimeOptions, ShutdownReport, config_keys};
 
 /// The README's Rust examples, compiled as doc tests so they stay true to
 /// the API.

@@ -96,6 +96,26 @@ pub struct Runtime {
     client: Client,
     client_config: ClientConfig,
     recorder: Option<RecorderHandle>,
+    store: Option<dspex_analytics::Store>,
+    prices: Option<Arc<dspex_analytics::PriceTable>>,
+}
+
+/// How [`Runtime::from_config_with`] builds a runtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeOptions {
+    /// Record calls to the analytics store even when the config has no
+    /// `[analytics]` section (its defaults: `dspex-analytics.sqlite`). The
+    /// gateway sets it: its keys, budgets and dashboard live in that store.
+    pub analytics_by_default: bool,
+}
+
+impl RuntimeOptions {
+    /// Analytics on unless the config turns them off.
+    pub fn analytics_by_default(mut self) -> Self {
+        self.analytics_by_default = true;
+        self
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -140,6 +160,15 @@ impl Runtime {
         loader: &ConfigLoader,
         env: &(dyn Fn(&str) -> Option<String> + Sync),
     ) -> Result<Self, RuntimeError> {
+        Self::from_config_with(loader, env, RuntimeOptions::default()).await
+    }
+
+    /// [`Runtime::from_config_with_env`] with `options`.
+    pub async fn from_config_with(
+        loader: &ConfigLoader,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+        options: RuntimeOptions,
+    ) -> Result<Self, RuntimeError> {
         let client_config = ClientConfig::load_with_env(loader, env)?;
         let client = Client::from_config(&client_config).await?;
         if loader.contains("cache") {
@@ -147,8 +176,11 @@ impl Runtime {
             client.set_cache(cache)?;
         }
         let mut recorder = None;
-        if loader.contains("analytics") {
+        let mut store_opened = None;
+        let mut prices = None;
+        if options.analytics_by_default || loader.contains("analytics") {
             let config = AnalyticsConfig::load(loader)?;
+            prices = Some(Arc::clone(&config.prices));
             if config.enabled {
                 let store =
                     dspex_analytics::Store::open(&config.store, config.schema.as_deref()).await?;
@@ -161,16 +193,19 @@ impl Runtime {
                 }
                 recorder = Some(Recorder::attach(
                     client.events(),
-                    store,
+                    store.clone(),
                     Arc::clone(&config.prices),
                     config.recorder,
                 ));
+                store_opened = Some(store);
             }
         }
         Ok(Self {
             client,
             client_config,
             recorder,
+            store: store_opened,
+            prices,
         })
     }
 
@@ -212,6 +247,17 @@ impl Runtime {
         // Unknown names fail here with the list of known ones, before any work.
         self.client.provider(&id)?;
         Ok(id)
+    }
+
+    /// The analytics store calls are recorded in, when analytics are on.
+    pub fn store(&self) -> Option<&dspex_analytics::Store> {
+        self.store.as_ref()
+    }
+
+    /// The price table (bundled, with `[analytics.prices]` over it), when
+    /// analytics are configured.
+    pub fn prices(&self) -> Option<&Arc<dspex_analytics::PriceTable>> {
+        self.prices.as_ref()
     }
 
     /// The recorder's counts so far, when `[analytics]` records calls.

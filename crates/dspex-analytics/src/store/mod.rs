@@ -218,6 +218,20 @@ impl Store {
         }
     }
 
+    /// The newest `limit` failed calls in `[from_ms, until_ms)`, newest
+    /// first (the gateway dashboard's recent errors).
+    pub async fn recent_failures(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CallRecord>> {
+        match self {
+            Self::Sqlite(s) => s.recent_failures(from_ms, until_ms, limit).await,
+            Self::Postgres(s) => s.recent_failures(from_ms, until_ms, limit).await,
+        }
+    }
+
     /// Costs, tokens, errors, cache savings and latency percentiles of the
     /// calls in `range`, grouped by `group_by` (all calls in one row when
     /// empty), ordered by the group values.

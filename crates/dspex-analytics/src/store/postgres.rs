@@ -289,6 +289,30 @@ impl PostgresStore {
             .collect()
     }
 
+    /// The newest `limit` failed calls in `[from_ms, until_ms)`, newest
+    /// first.
+    pub async fn recent_failures(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CallRecord>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM calls WHERE at_ms >= $1 AND at_ms < $2 AND status = 'failed' \
+             ORDER BY at_ms DESC, id DESC LIMIT $3",
+            INSERT_COLUMNS.replace("tags", "tags::text")
+        );
+        let limit = i64::from(limit);
+        let rows = client
+            .query(&sql, &[&from_ms, &until_ms, &limit])
+            .await
+            .map_err(|e| AnalyticsError::postgres(&e))?;
+        rows.iter()
+            .map(|row| row_to_record(row).map_err(|e| AnalyticsError::postgres(&e)))
+            .collect()
+    }
+
     /// The cost analysis over `[from_ms, until_ms)`.
     pub async fn cost_analysis(
         &self,

@@ -459,6 +459,29 @@ impl SqliteStore {
         .await
     }
 
+    /// The newest `limit` failed calls in `[from_ms, until_ms)`, newest
+    /// first.
+    pub async fn recent_failures(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CallRecord>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {INSERT_COLUMNS} FROM calls WHERE at_ms >= ?1 AND at_ms < ?2 \
+                 AND status = 'failed' ORDER BY at_ms DESC, id DESC LIMIT ?3"
+            );
+            let mut stmt = conn.prepare(&sql).map_err(|e| AnalyticsError::sqlite(&e))?;
+            let rows = stmt
+                .query_map(params![from_ms, until_ms, limit], row_to_record)
+                .map_err(|e| AnalyticsError::sqlite(&e))?;
+            rows.map(|r| r.map_err(|e| AnalyticsError::sqlite(&e)))
+                .collect()
+        })
+        .await
+    }
+
     /// The cost analysis over `[from_ms, until_ms)`.
     pub async fn cost_analysis(
         &self,

@@ -242,6 +242,12 @@ pub trait Admission: Send + Sync + 'static {
 
     /// The buckets.
     fn buckets(&self) -> &[BucketSpec];
+
+    /// What each bucket holds now, as `(name, used, limit)`, when the
+    /// limiter can tell without I/O (the in-process one); empty otherwise.
+    fn usage_now(&self) -> Vec<(String, u64, u64)> {
+        Vec::new()
+    }
 }
 
 struct Entry {
@@ -508,6 +514,10 @@ impl Settler for Shared {
 }
 
 impl Admission for LocalLimiter {
+    fn usage_now(&self) -> Vec<(String, u64, u64)> {
+        self.usage()
+    }
+
     fn reserve_now(&self, cost: Cost) -> Option<Reservation> {
         // No buckets and never paused: nothing to check or record.
         if self.specs.is_empty()
