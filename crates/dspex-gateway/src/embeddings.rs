@@ -84,7 +84,7 @@ async fn answer(
     let bytes = read_body(shared, body).await?;
     let request: EmbeddingsRequest = openai::decode_json(&bytes)?;
     let requested = request.model.clone();
-    let (input, dimensions) = request.into_parts()?;
+    let (input, dimensions, encoding) = request.into_parts()?;
     let target = route(shared, &requested)?;
     let model = target.model.clone().unwrap_or_else(|| {
         shared
@@ -146,7 +146,12 @@ async fn answer(
                 provider: target.provider.clone(),
                 model: response.model.clone(),
             });
-            let body = openai::embeddings_json(&response.vectors, &response.model, &response.usage);
+            let body = openai::embeddings_json(
+                &response.vectors,
+                &response.model,
+                &response.usage,
+                encoding,
+            );
             Ok(axum::Json(body).into_response())
         }
         Err(error) => {

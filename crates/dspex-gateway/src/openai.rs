@@ -167,19 +167,32 @@ enum EmbeddingInput {
     Many(Vec<String>),
 }
 
+/// How embedding vectors go on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EmbeddingEncoding {
+    /// JSON numbers.
+    Float,
+    /// Base64 of the little-endian `f32` bytes: what the `openai` Python
+    /// SDK asks for by default (and decodes itself).
+    Base64,
+}
+
 impl EmbeddingsRequest {
-    /// The texts and output dimensions. Token-id inputs and base64 output
-    /// are refused naming the field.
-    pub(crate) fn into_parts(self) -> Result<(Vec<String>, Option<u32>), RequestError> {
-        match self.encoding_format.as_deref() {
-            None | Some("float") => {}
+    /// The texts, output dimensions and encoding. Token-id inputs are
+    /// refused naming the field.
+    pub(crate) fn into_parts(
+        self,
+    ) -> Result<(Vec<String>, Option<u32>, EmbeddingEncoding), RequestError> {
+        let encoding = match self.encoding_format.as_deref() {
+            None | Some("float") => EmbeddingEncoding::Float,
+            Some("base64") => EmbeddingEncoding::Base64,
             Some(other) => {
                 return Err(RequestError::bad_request(
                     Some("encoding_format".into()),
-                    format!("encoding_format `{other}` is not supported here (only `float`)"),
+                    format!("encoding_format `{other}` is not `float` or `base64`"),
                 ));
             }
-        }
+        };
         let input = match self.input {
             EmbeddingInput::One(text) => vec![text],
             EmbeddingInput::Many(texts) => texts,
@@ -190,16 +203,31 @@ impl EmbeddingsRequest {
                 "`input` must hold at least one text",
             ));
         }
-        Ok((input, self.dimensions))
+        Ok((input, self.dimensions, encoding))
     }
 }
 
 /// An embeddings `list` response.
-pub(crate) fn embeddings_json(vectors: &[Vec<f32>], model: &str, usage: &Usage) -> Value {
+pub(crate) fn embeddings_json(
+    vectors: &[Vec<f32>],
+    model: &str,
+    usage: &Usage,
+    encoding: EmbeddingEncoding,
+) -> Value {
+    use base64::Engine as _;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
-        .map(|(index, vector)| json!({"object": "embedding", "index": index, "embedding": vector}))
+        .map(|(index, vector)| {
+            let embedding = match encoding {
+                EmbeddingEncoding::Float => json!(vector),
+                EmbeddingEncoding::Base64 => {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
         .collect();
     json!({
         "object": "list",

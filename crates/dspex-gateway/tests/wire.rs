@@ -156,12 +156,39 @@ async fn embeddings_answer_in_openai_format() {
         .post(
             "/v1/embeddings",
             Some(&key),
-            &json!({"model": "text-embedding-3-small", "input": "x", "encoding_format": "base64"}),
+            &json!({"model": "text-embedding-3-small", "input": "x", "encoding_format": "int8"}),
         )
         .await;
     assert_eq!(bad.status(), 400);
     let error: Value = bad.json().await.unwrap();
     assert_eq!(error["error"]["param"], "encoding_format");
+    // Base64 (the Python SDK's default): the little-endian f32 bytes.
+    let encoded: Value = gw
+        .post(
+            "/v1/embeddings",
+            Some(&key),
+            &json!({"model": "text-embedding-3-small", "input": ["one", "two"], "encoding_format": "base64"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded["data"][1]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    #[allow(clippy::cast_possible_truncation)] // the JSON numbers are f32 values
+    let plain: Vec<f32> = body["data"][1]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(floats, plain);
 }
 
 /// Reads until the server closes the connection (or `limit` passes) and
