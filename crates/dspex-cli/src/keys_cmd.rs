@@ -82,22 +82,14 @@ struct CreateArgs {
 }
 
 async fn open_store(config: Option<&Path>, store: Option<&str>) -> anyhow::Result<Store> {
-    let location = match store {
-        Some(location) => location.to_owned(),
-        None => {
-            let loader = dspex::Runtime::loader(config)?;
-            AnalyticsConfig::load(&loader)?.store
-        }
-    };
-    // Never print a postgres URL: it may hold a password.
-    let shown = if location.contains("://") {
-        "the configured store"
-    } else {
-        location.as_str()
-    };
-    Store::open(&location, None)
+    let loader = dspex::Runtime::loader(config)?;
+    let analytics = AnalyticsConfig::load(&loader)?;
+    let location = store.map_or_else(|| analytics.store.clone(), str::to_owned);
+    // A postgres URL may hold a password: print it redacted.
+    let printable = dspex::config::redacted_url(&location);
+    Store::open(&location, analytics.schema.as_deref())
         .await
-        .with_context(|| format!("cannot open {shown}"))
+        .with_context(|| format!("cannot open the analytics store `{printable}`"))
 }
 
 fn describe(key: &ApiKey, now_ms: i64) -> String {

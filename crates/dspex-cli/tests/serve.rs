@@ -617,3 +617,167 @@ async fn the_dashboard_in_a_real_browser_shows_what_dspex_costs_reports() {
     let (code, log) = gateway.stop().await;
     assert_eq!(code, 0, "{log}");
 }
+
+/// Sends a chat through `base` with `key`; returns (status, x-dspex-cache).
+async fn chat_through(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    body: &Value,
+) -> (u16, String) {
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let cache = response
+        .headers()
+        .get("x-dspex-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (response.status().as_u16(), cache)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (DSPEX_TEST_REDIS_URL) and PostgreSQL (DSPEX_TEST_DATABASE_URL)"]
+async fn two_instances_share_limits_budgets_cache_keys_and_analytics() {
+    let redis = std::env::var("DSPEX_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let postgres = std::env::var("DSPEX_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    // Names of their own in the shared Redis and PostgreSQL, so runs and
+    // parallel tests never see each other's counters.
+    let run = format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let schema = format!("gw_scale_{run}");
+    let upstream = MockServer::start(MockConfig {
+        require_api_key: Some(UPSTREAM_KEY.into()),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dspex.toml");
+    let text = config(
+        &upstream,
+        &postgres,
+        &format!("rate_limit_backend = \"{redis}\"\nkey_refresh_ms = 200"),
+        &format!(
+            "schema = \"{schema}\"\n\n[cache]\ndir = \"{}\"\nl2 = \"{redis}\"\nredis_prefix = \"dspex:test:{run}:\"\n",
+            dir.path().join("cache").display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    let limited = create_key(dir.path(), &path, &format!("limited-{run}"), &["--rpm", "5"]).await;
+    let budgeted = create_key(
+        dir.path(),
+        &path,
+        &format!("budget-{run}"),
+        &["--budget-usd", "0.00003", "--period", "day"],
+    )
+    .await;
+    let cached = create_key(dir.path(), &path, &format!("cached-{run}"), &[]).await;
+    let revoked_name = format!("revoked-{run}");
+    let revoked = create_key(dir.path(), &path, &revoked_name, &[]).await;
+    let a = Gateway::start(dir.path(), &path, "warn").await;
+    let b = Gateway::start(dir.path(), &path, "warn").await;
+    let http = reqwest::Client::new();
+    let ask = |text: String| json!({"model": "fast", "max_tokens": 16, "messages": [{"role": "user", "content": text}]});
+
+    // One request limit across both: alternating, exactly 5 of 12 pass.
+    let mut passed = 0;
+    for i in 0..12 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let (status, _) = chat_through(&http, base, &limited, &ask(format!("limit {i}"))).await;
+        assert!(status == 200 || status == 429, "{status}");
+        passed += u64::from(status == 200);
+    }
+    assert_eq!(passed, 5, "the combined count passed the key's rpm");
+
+    // One budget across both: the spend recorded stays within it.
+    let mut admitted = 0;
+    for i in 0..40 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let (status, _) = chat_through(&http, base, &budgeted, &ask(format!("budget {i}"))).await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200);
+        admitted += 1;
+    }
+    assert!((2..40).contains(&admitted), "{admitted}");
+
+    // A cache entry written through one is served by the other (Redis L2).
+    let question = json!({"model": "fast", "temperature": 0, "messages": [{"role": "user", "content": "shared cache"}]});
+    assert_eq!(chat_through(&http, &a.base, &cached, &question).await, (200, "miss".to_owned()));
+    assert_eq!(chat_through(&http, &b.base, &cached, &question).await, (200, "l2".to_owned()));
+
+    // A key revoked through one is refused by the other within the refresh.
+    assert_eq!(chat_through(&http, &b.base, &revoked, &ask("before".into())).await.0, 200);
+    let revoke = http
+        .post(format!("{}/admin/keys/{revoked_name}/revoke", a.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 200);
+    assert_eq!(chat_through(&http, &a.base, &revoked, &ask("after".into())).await.0, 401);
+    let started = std::time::Instant::now();
+    let mut refused_after = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        if chat_through(&http, &b.base, &revoked, &ask("after".into())).await.0 == 401 {
+            refused_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused_after = refused_after.expect("the other instance refused the revoked key");
+    // key_refresh_ms is 200: the documented bound, with room for a loaded
+    // machine (this is a correctness check, not a timing benchmark).
+    assert!(refused_after < Duration::from_secs(5), "{refused_after:?}");
+
+    let (code, log) = a.stop().await;
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = b.stop().await;
+    assert_eq!(code, 0, "{log}");
+    // Both instances recorded into the one PostgreSQL store.
+    let (code, costs, stderr) = dspex(
+        dir.path(),
+        &[
+            "costs", "--config", path.to_str().unwrap(), "--since", "1h", "--group-by", "key",
+            "--format", "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Value = serde_json::from_str(&costs).unwrap();
+    let row = |name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| group_of(r).as_deref() == Some(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {name} in {costs}"))
+    };
+    assert_eq!(row(&format!("limited-{run}"))["requests"], 5);
+    let budget_row = row(&format!("budget-{run}"));
+    assert_eq!(budget_row["requests"], admitted);
+    let spent = budget_row["cost_nanos"].as_i64().unwrap();
+    assert!(spent > 0 && spent <= 30_000, "spent {spent} of a 30000 budget");
+    let status = Command::new("psql")
+        .arg(&postgres)
+        .args(["-q", "-c", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
