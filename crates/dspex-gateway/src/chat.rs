@@ -895,3 +895,88 @@ fn sse_events(state: SseState) -> impl Stream<Item = Result<Event, std::convert:
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// JSON trees whose object keys are drawn from the fields the decoders
+    /// know (and a few they do not), so generated bodies reach deep into the
+    /// decoders instead of failing at the first field.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let keys = prop::sample::select(vec![
+            "model", "messages", "role", "content", "type", "text", "stream", "stream_options",
+            "include_usage", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+            "stop", "stop_sequences", "n", "seed", "response_format", "json_schema", "name",
+            "schema", "strict", "tools", "tool_choice", "tool_calls", "tool_call_id",
+            "tool_use_id", "system", "input", "encoding_format", "dimensions", "metadata",
+            "user", "x",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop::sample::select(vec![
+                "user", "system", "assistant", "tool", "developer", "text", "tool_use",
+                "tool_result", "json_schema", "json_object", "image", "base64", "float", "",
+                "fast",
+            ])
+            .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(keys.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            ]
+        })
+    }
+
+    fn decode_all(bytes: &[u8]) {
+        let _ = decode(Wire::OpenAi, bytes);
+        let _ = decode(Wire::Anthropic, bytes);
+        if let Ok(request) = openai::decode_json::<openai::EmbeddingsRequest>(bytes) {
+            let _ = request.into_parts();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn no_body_makes_a_decoder_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            decode_all(&bytes);
+        }
+
+        #[test]
+        fn no_json_body_makes_a_decoder_panic(value in json_value()) {
+            decode_all(value.to_string().as_bytes());
+        }
+
+        #[test]
+        fn well_formed_chats_decode_and_errors_name_a_field(
+            role in prop::sample::select(vec!["user", "system", "assistant", "robot"]),
+            content in ".{0,40}",
+            max_tokens in prop::option::of(0u32..5000),
+        ) {
+            let body = serde_json::json!({
+                "model": "fast", "max_tokens": max_tokens,
+                "messages": [{"role": role, "content": content}],
+            });
+            for wire in [Wire::OpenAi, Wire::Anthropic] {
+                match decode(wire, body.to_string().as_bytes()) {
+                    Ok(inbound) => prop_assert_eq!(inbound.messages.len(), 1),
+                    Err(error) => {
+                        prop_assert_eq!(error.status, 400);
+                        prop_assert!(error.param.is_some(), "{}", error.message);
+                    }
+                }
+            }
+        }
+    }
+}
