@@ -677,7 +677,13 @@ async fn two_instances_share_limits_budgets_cache_keys_and_analytics() {
         ),
     );
     std::fs::write(&path, text).unwrap();
-    let limited = create_key(dir.path(), &path, &format!("limited-{run}"), &["--rpm", "5"]).await;
+    let limited = create_key(
+        dir.path(),
+        &path,
+        &format!("limited-{run}"),
+        &["--rpm", "5"],
+    )
+    .await;
     let budgeted = create_key(
         dir.path(),
         &path,
@@ -718,11 +724,22 @@ async fn two_instances_share_limits_budgets_cache_keys_and_analytics() {
 
     // A cache entry written through one is served by the other (Redis L2).
     let question = json!({"model": "fast", "temperature": 0, "messages": [{"role": "user", "content": "shared cache"}]});
-    assert_eq!(chat_through(&http, &a.base, &cached, &question).await, (200, "miss".to_owned()));
-    assert_eq!(chat_through(&http, &b.base, &cached, &question).await, (200, "l2".to_owned()));
+    assert_eq!(
+        chat_through(&http, &a.base, &cached, &question).await,
+        (200, "miss".to_owned())
+    );
+    assert_eq!(
+        chat_through(&http, &b.base, &cached, &question).await,
+        (200, "l2".to_owned())
+    );
 
     // A key revoked through one is refused by the other within the refresh.
-    assert_eq!(chat_through(&http, &b.base, &revoked, &ask("before".into())).await.0, 200);
+    assert_eq!(
+        chat_through(&http, &b.base, &revoked, &ask("before".into()))
+            .await
+            .0,
+        200
+    );
     let revoke = http
         .post(format!("{}/admin/keys/{revoked_name}/revoke", a.base))
         .bearer_auth(ADMIN_KEY)
@@ -730,11 +747,20 @@ async fn two_instances_share_limits_budgets_cache_keys_and_analytics() {
         .await
         .unwrap();
     assert_eq!(revoke.status(), 200);
-    assert_eq!(chat_through(&http, &a.base, &revoked, &ask("after".into())).await.0, 401);
+    assert_eq!(
+        chat_through(&http, &a.base, &revoked, &ask("after".into()))
+            .await
+            .0,
+        401
+    );
     let started = std::time::Instant::now();
     let mut refused_after = None;
     while started.elapsed() < Duration::from_secs(10) {
-        if chat_through(&http, &b.base, &revoked, &ask("after".into())).await.0 == 401 {
+        if chat_through(&http, &b.base, &revoked, &ask("after".into()))
+            .await
+            .0
+            == 401
+        {
             refused_after = Some(started.elapsed());
             break;
         }
@@ -753,8 +779,15 @@ async fn two_instances_share_limits_budgets_cache_keys_and_analytics() {
     let (code, costs, stderr) = dspex(
         dir.path(),
         &[
-            "costs", "--config", path.to_str().unwrap(), "--since", "1h", "--group-by", "key",
-            "--format", "json",
+            "costs",
+            "--config",
+            path.to_str().unwrap(),
+            "--since",
+            "1h",
+            "--group-by",
+            "key",
+            "--format",
+            "json",
         ],
     )
     .await;
@@ -772,10 +805,17 @@ async fn two_instances_share_limits_budgets_cache_keys_and_analytics() {
     let budget_row = row(&format!("budget-{run}"));
     assert_eq!(budget_row["requests"], admitted);
     let spent = budget_row["cost_nanos"].as_i64().unwrap();
-    assert!(spent > 0 && spent <= 30_000, "spent {spent} of a 30000 budget");
+    assert!(
+        spent > 0 && spent <= 30_000,
+        "spent {spent} of a 30000 budget"
+    );
     let status = Command::new("psql")
         .arg(&postgres)
-        .args(["-q", "-c", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")])
+        .args([
+            "-q",
+            "-c",
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        ])
         .status()
         .await
         .unwrap();

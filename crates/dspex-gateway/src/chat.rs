@@ -908,12 +908,40 @@ mod tests {
     /// decoders instead of failing at the first field.
     fn json_value() -> impl Strategy<Value = Value> {
         let keys = prop::sample::select(vec![
-            "model", "messages", "role", "content", "type", "text", "stream", "stream_options",
-            "include_usage", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-            "stop", "stop_sequences", "n", "seed", "response_format", "json_schema", "name",
-            "schema", "strict", "tools", "tool_choice", "tool_calls", "tool_call_id",
-            "tool_use_id", "system", "input", "encoding_format", "dimensions", "metadata",
-            "user", "x",
+            "model",
+            "messages",
+            "role",
+            "content",
+            "type",
+            "text",
+            "stream",
+            "stream_options",
+            "include_usage",
+            "max_tokens",
+            "max_completion_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "stop_sequences",
+            "n",
+            "seed",
+            "response_format",
+            "json_schema",
+            "name",
+            "schema",
+            "strict",
+            "tools",
+            "tool_choice",
+            "tool_calls",
+            "tool_call_id",
+            "tool_use_id",
+            "system",
+            "input",
+            "encoding_format",
+            "dimensions",
+            "metadata",
+            "user",
+            "x",
         ]);
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -921,8 +949,20 @@ mod tests {
             any::<i64>().prop_map(Value::from),
             any::<f64>().prop_map(Value::from),
             prop::sample::select(vec![
-                "user", "system", "assistant", "tool", "developer", "text", "tool_use",
-                "tool_result", "json_schema", "json_object", "image", "base64", "float", "",
+                "user",
+                "system",
+                "assistant",
+                "tool",
+                "developer",
+                "text",
+                "tool_use",
+                "tool_result",
+                "json_schema",
+                "json_object",
+                "image",
+                "base64",
+                "float",
+                "",
                 "fast",
             ])
             .prop_map(Value::from),
@@ -931,8 +971,9 @@ mod tests {
         leaf.prop_recursive(5, 64, 6, move |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::btree_map(keys.clone(), inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+                prop::collection::btree_map(keys.clone(), inner, 0..6).prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
             ]
         })
     }

@@ -137,8 +137,9 @@ impl RequestError {
         }
     }
 
-    /// A key's own rate limit refused the request: 429 with Retry-After, or
-    /// 400 when the request is bigger than the whole limit.
+    /// A key's own rate limit refused the request: 429 with Retry-After, 400
+    /// when the request is bigger than the whole limit, 503 when the limit
+    /// could not be checked.
     pub fn key_limited(name: &str, error: &CoreError) -> Self {
         match error {
             CoreError::OverCapacity {
@@ -151,11 +152,16 @@ impl RequestError {
                     "this request needs {requested} in key `{name}`'s bucket `{bucket}`, whose whole limit is {limit}"
                 ),
             ),
-            other => Self {
+            CoreError::RateLimited { .. } => Self {
                 code: Some("rate_limit_exceeded".into()),
-                retry_after: other.retry_after(),
-                ..Self::new(429, "rate_limit_error", format!("key `{name}`: {other}"))
+                retry_after: error.retry_after(),
+                ..Self::new(429, "rate_limit_error", format!("key `{name}`: {error}"))
             },
+            // The limit could not be checked (Redis unreachable): refuse
+            // rather than let the call through unmetered.
+            other => Self::unavailable(format!(
+                "the gateway cannot check key `{name}`'s rate limit right now: {other}"
+            )),
         }
     }
 
@@ -335,5 +341,47 @@ pub(crate) enum Wire {
 impl IntoResponse for RequestError {
     fn into_response(self) -> Response {
         self.into_response_for(Wire::OpenAi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_limit_maps_to_the_status_sdks_expect() {
+        let limited = RequestError::key_limited(
+            "team-a",
+            &CoreError::RateLimited {
+                bucket: "requests/1m".into(),
+                retry_after: Duration::from_millis(1_500),
+            },
+        );
+        assert_eq!(
+            (limited.status, limited.code.as_deref()),
+            (429, Some("rate_limit_exceeded"))
+        );
+        assert_eq!(limited.retry_after, Some(Duration::from_millis(1_500)));
+        let too_big = RequestError::key_limited(
+            "team-a",
+            &CoreError::OverCapacity {
+                bucket: "tokens/1m".into(),
+                requested: 10,
+                limit: 5,
+            },
+        );
+        assert_eq!(too_big.status, 400);
+        // Redis unreachable: refused, never let through unmetered.
+        let unchecked = RequestError::key_limited(
+            "team-a",
+            &CoreError::Backend {
+                message: "connection refused".into(),
+            },
+        );
+        assert_eq!(unchecked.status, 503);
+        assert_eq!(
+            unchecked.anthropic_body()["error"]["type"],
+            "overloaded_error"
+        );
     }
 }
