@@ -58,6 +58,13 @@ fn encoding(model: &str) -> Option<(&'static CoreBPE, &'static str)> {
     }
 }
 
+/// Loads the tiktoken encoding `model` counts with, if any, so the first
+/// call to count its tokens does not pay for it (building `o200k_base`
+/// takes a tenth of a second). A server calls it at start for its models.
+pub fn warm_up(model: &str) {
+    let _ = encoding(model);
+}
+
 /// How tokens of `model` are counted.
 pub fn method(model: &str) -> Method {
     match get_tokenizer(bare_model(model)) {

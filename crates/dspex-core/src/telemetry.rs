@@ -42,6 +42,29 @@ impl PrometheusMetrics {
 
 static INSTALLED: OnceLock<PrometheusMetrics> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exporter keeps every histogram sample until a render or an upkeep
+/// folds it into the buckets: a long-running process that nobody scrapes
+/// (a gateway without Prometheus) would grow by every sample it ever
+/// recorded, eight bytes per sample of every histogram of every call. A
+/// thread runs the upkeep every few seconds, as the exporter's own
+/// `install` does.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("dspex-metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(error = %error, "metrics upkeep thread not started: histograms grow until rendered");
+    }
+}
+
 /// Installs the Prometheus recorder as the global `metrics` recorder, once per
 /// process; later calls return the same handle.
 ///
@@ -67,9 +90,12 @@ pub fn install_prometheus() -> Result<PrometheusMetrics> {
     // recorder that really is the global one. A racing second caller fails to
     // install and then finds the winner's handle.
     match metrics::set_global_recorder(recorder) {
-        Ok(()) => Ok(INSTALLED
-            .get_or_init(|| PrometheusMetrics { handle })
-            .clone()),
+        Ok(()) => {
+            spawn_upkeep(handle.clone());
+            Ok(INSTALLED
+                .get_or_init(|| PrometheusMetrics { handle })
+                .clone())
+        }
         Err(e) => INSTALLED
             .get()
             .cloned()

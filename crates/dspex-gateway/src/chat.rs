@@ -354,24 +354,69 @@ pub(crate) fn set_headers(
     }
 }
 
-/// Counts the request and its latency. Labels come from the config
-/// (provider, model) and the key's name, never from raw request text, so a
-/// client cannot grow the series without bound.
-pub(crate) fn record(route: &'static str, outcome: &Outcome, status: u16, started: Instant) {
-    let (provider, model) = outcome.resolved.as_ref().map_or(("none", "none"), |r| {
-        (r.provider.as_str(), r.model.as_str())
+/// A request's metric labels. Labels come from the config (provider, model)
+/// and the key's name, never from raw request text, so a client cannot grow
+/// the series without bound.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct MetricLabels {
+    route: &'static str,
+    key: Option<Arc<str>>,
+    provider: Option<String>,
+    model: Option<String>,
+    status: u16,
+}
+
+/// The counter and histogram of one label set, registered once: building
+/// the labels and finding the series in the registry on every request cost
+/// as much as the rest of the gateway's bookkeeping.
+#[derive(Clone)]
+pub(crate) struct MetricHandles {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Counts the request and its latency.
+pub(crate) fn record(
+    shared: &Shared,
+    route: &'static str,
+    outcome: Outcome,
+    status: u16,
+    started: Instant,
+) {
+    let labels = MetricLabels {
+        route,
+        key: outcome.key,
+        provider: outcome.resolved.as_ref().map(|r| r.provider.clone()),
+        model: outcome.resolved.map(|r| r.model),
+        status,
+    };
+    let found = shared.metric_handles.read().get(&labels).cloned();
+    let handles = found.unwrap_or_else(|| {
+        let pairs = [
+            ("route", route.to_owned()),
+            ("key", labels.key.as_deref().unwrap_or("none").to_owned()),
+            (
+                "provider",
+                labels.provider.clone().unwrap_or_else(|| "none".into()),
+            ),
+            (
+                "model",
+                labels.model.clone().unwrap_or_else(|| "none".into()),
+            ),
+            ("status", status.to_string()),
+        ];
+        let handles = MetricHandles {
+            requests: metrics::counter!("dspex_gateway_requests_total", &pairs),
+            duration: metrics::histogram!("dspex_gateway_request_duration_seconds", &pairs),
+        };
+        shared
+            .metric_handles
+            .write()
+            .insert(labels, handles.clone());
+        handles
     });
-    let key = outcome.key.as_deref().unwrap_or("none");
-    let labels = [
-        ("route", route.to_owned()),
-        ("key", key.to_owned()),
-        ("provider", provider.to_owned()),
-        ("model", model.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("dspex_gateway_requests_total", &labels).increment(1);
-    metrics::histogram!("dspex_gateway_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    handles.requests.increment(1);
+    handles.duration.record(started.elapsed().as_secs_f64());
 }
 
 /// Checks the key's model list, the translation, the key's limits and
@@ -529,7 +574,8 @@ async fn handle(shared: Arc<Shared>, headers: HeaderMap, body: Body, wire: Wire)
         }
     };
     set_headers(&mut response, &correlation_id, &outcome);
-    record(route, &outcome, response.status().as_u16(), started);
+    let status = response.status().as_u16();
+    record(&shared, route, outcome, status, started);
     response
 }
 
@@ -657,7 +703,9 @@ async fn plain_chat(
                 });
                 let body = match wire {
                     Wire::OpenAi => openai::completion_json(&response, &response.model),
-                    Wire::Anthropic => anthropic::message_json(&response, &response.model),
+                    Wire::Anthropic => anthropic::message_json(&response, &response.model)
+                        .to_string()
+                        .into_bytes(),
                 };
                 let model = shared.model_of(target);
                 charge.settle(Some(Answered {
@@ -666,7 +714,7 @@ async fn plain_chat(
                     response_model: &response.model,
                     usage: &response.usage,
                 }));
-                return Ok(axum::Json(body).into_response());
+                return Ok(json_response(body));
             }
             Err(error) if i < last && falls_back(&error) => {
                 tracing::info!(provider = %target.provider, error = %error, "falling back to the next target");
@@ -749,6 +797,23 @@ async fn stream_chat(
     Err(RequestError::bad_request(None, "no target to route to"))
 }
 
+/// A JSON body (already encoded) with its content type.
+fn json_response(body: Vec<u8>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// An SSE `data:` event holding encoded JSON (always UTF-8).
+fn sse_data(json: &[u8]) -> Event {
+    Event::default().data(String::from_utf8_lossy(json))
+}
+
 /// Where the SSE body is.
 enum Phase {
     Streaming,
@@ -795,8 +860,7 @@ impl SseState {
                     *slot = true;
                 }
                 let chunk = openai::chunk_json(id, *created, &self.model, delta, first);
-                self.pending
-                    .push_back(Event::default().data(chunk.to_string()));
+                self.pending.push_back(sse_data(&chunk));
             }
             WireState::Anthropic(encoder) => {
                 let mut out = Vec::new();
@@ -825,8 +889,7 @@ impl SseState {
                 if *include_usage {
                     let chunk =
                         openai::usage_chunk_json(id, *created, &self.model, &response.usage);
-                    self.pending
-                        .push_back(Event::default().data(chunk.to_string()));
+                    self.pending.push_back(sse_data(&chunk));
                 }
                 self.pending.push_back(Event::default().data("[DONE]"));
             }

@@ -68,7 +68,8 @@ pub(crate) async fn embeddings(
         }
     };
     set_headers(&mut response, &correlation_id, &outcome);
-    record("embeddings", &outcome, response.status().as_u16(), started);
+    let status = response.status().as_u16();
+    record(&shared, "embeddings", outcome, status, started);
     response
 }
 

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use dspex_client::{ChatDelta, ChatParams, ChatResponse, Message, ResponseFormat, Role, Usage};
-use serde::Deserialize;
+use dspex_client::{
+    ChatDelta, ChatParams, ChatResponse, FinishReason, Message, ResponseFormat, Role, Usage,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::RequestError;
@@ -345,13 +347,30 @@ pub(crate) fn now_unix() -> u64 {
 }
 
 /// OpenAI's usage object.
-pub(crate) fn usage_json(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-    })
+#[derive(Serialize)]
+struct UsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+impl From<&Usage> for UsageOut {
+    fn from(usage: &Usage) -> Self {
+        Self {
+            prompt_tokens: usage.input_tokens,
+            completion_tokens: usage.output_tokens,
+            total_tokens: usage.total_tokens(),
+            prompt_tokens_details: CachedTokens {
+                cached_tokens: usage.cached_input_tokens,
+            },
+        }
+    }
 }
 
 /// The response id: the provider's when it is OpenAI's kind, else one made
@@ -363,34 +382,93 @@ pub(crate) fn response_id(response: &ChatResponse) -> String {
     }
 }
 
-/// A `chat.completion` object.
-pub(crate) fn completion_json(response: &ChatResponse, model: &str) -> Value {
-    let choices: Vec<Value> = response
-        .choices
-        .iter()
-        .map(|c| {
-            let mut message = serde_json::Map::new();
-            message.insert("role".into(), json!("assistant"));
-            message.insert("content".into(), json!(c.content));
-            if let Some(calls) = &c.tool_calls {
-                message.insert("tool_calls".into(), calls.clone());
-            }
-            json!({
-                "index": c.index,
-                "message": message,
-                "finish_reason": c.finish_reason.as_ref().map(|f| f.as_str().to_owned()),
-                "logprobs": null,
+// The answers are encoded from borrowed, typed structs rather than built as
+// `serde_json::Value` trees: on the gateway's hot path that is one buffer
+// instead of a map and a string per field.
+
+#[derive(Serialize)]
+struct CompletionOut<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<ChoiceOut<'a>>,
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u32,
+    message: MessageOut<'a>,
+    finish_reason: Option<&'a str>,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a Value>,
+}
+
+/// A `chat.completion` object, as JSON bytes.
+pub(crate) fn completion_json(response: &ChatResponse, model: &str) -> Vec<u8> {
+    let body = CompletionOut {
+        id: response_id(response),
+        object: "chat.completion",
+        created: now_unix(),
+        model,
+        choices: response
+            .choices
+            .iter()
+            .map(|c| ChoiceOut {
+                index: c.index,
+                message: MessageOut {
+                    role: "assistant",
+                    content: c.content.as_deref(),
+                    tool_calls: c.tool_calls.as_ref(),
+                },
+                finish_reason: c.finish_reason.as_ref().map(FinishReason::as_str),
+                logprobs: None,
             })
-        })
-        .collect();
-    json!({
-        "id": response_id(response),
-        "object": "chat.completion",
-        "created": now_unix(),
-        "model": model,
-        "choices": choices,
-        "usage": usage_json(&response.usage),
-    })
+            .collect(),
+        usage: (&response.usage).into(),
+    };
+    to_json(&body)
+}
+
+/// Serialises a value that cannot fail to serialise (no maps with
+/// non-string keys, no failing `Serialize` impls); `{}` if it ever did.
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [ChunkChoiceOut<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ChunkChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    finish_reason: Option<&'a str>,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a Value>,
 }
 
 /// One `chat.completion.chunk` carrying `delta`. The first chunk of a
@@ -401,40 +479,46 @@ pub(crate) fn chunk_json(
     model: &str,
     delta: &ChatDelta,
     first: bool,
-) -> Value {
-    let mut body = serde_json::Map::new();
-    if first {
-        body.insert("role".into(), json!("assistant"));
-    }
-    if !delta.content.is_empty() || delta.tool_calls.is_none() {
-        body.insert("content".into(), json!(delta.content));
-    }
-    if let Some(calls) = &delta.tool_calls {
-        body.insert("tool_calls".into(), calls.clone());
-    }
-    json!({
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": delta.index,
-            "delta": body,
-            "finish_reason": delta.finish_reason.as_ref().map(|f| f.as_str().to_owned()),
-            "logprobs": null,
+) -> Vec<u8> {
+    let content =
+        (!delta.content.is_empty() || delta.tool_calls.is_none()).then_some(delta.content.as_str());
+    to_json(&ChunkOut {
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        choices: [ChunkChoiceOut {
+            index: delta.index,
+            delta: DeltaOut {
+                role: first.then_some("assistant"),
+                content,
+                tool_calls: delta.tool_calls.as_ref(),
+            },
+            finish_reason: delta.finish_reason.as_ref().map(FinishReason::as_str),
+            logprobs: None,
         }],
     })
 }
 
+#[derive(Serialize)]
+struct UsageChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [(); 0],
+    usage: UsageOut,
+}
+
 /// The final usage chunk (`stream_options.include_usage`): no choices.
-pub(crate) fn usage_chunk_json(id: &str, created: u64, model: &str, usage: &Usage) -> Value {
-    json!({
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage_json(usage),
+pub(crate) fn usage_chunk_json(id: &str, created: u64, model: &str, usage: &Usage) -> Vec<u8> {
+    to_json(&UsageChunkOut {
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        choices: [],
+        usage: usage.into(),
     })
 }
 
@@ -493,6 +577,48 @@ mod tests {
                 assert_eq!(error.param.as_deref(), Some(param), "{}", error.message);
             }
         }
+    }
+
+    #[test]
+    fn answers_are_encoded_as_the_sdks_parse_them() {
+        let response: ChatResponse = serde_json::from_value(json!({
+            "provider": "oa", "model": "gpt-4o-mini", "id": "chatcmpl-abc", "request_id": null,
+            "choices": [{"index": 0, "content": null, "finish_reason": "tool_calls",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+            "usage": {"input_tokens": 10, "output_tokens": 3, "cached_input_tokens": 4, "cache_write_tokens": 0},
+            "latency_ms": 0, "attempts": 1, "correlation_id": "c",
+        }))
+        .unwrap();
+        let body: Value =
+            serde_json::from_slice(&completion_json(&response, "gpt-4o-mini")).unwrap();
+        let created = body["created"].clone();
+        assert_eq!(
+            body,
+            json!({"id": "chatcmpl-abc", "object": "chat.completion", "created": created,
+                   "model": "gpt-4o-mini",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                       "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                       "finish_reason": "tool_calls", "logprobs": null}],
+                   "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,
+                             "prompt_tokens_details": {"cached_tokens": 4}}})
+        );
+        let delta = ChatDelta {
+            index: 0,
+            content: "Hi".into(),
+            tool_calls: None,
+            finish_reason: None,
+        };
+        let chunk: Value = serde_json::from_slice(&chunk_json("id", 7, "m", &delta, true)).unwrap();
+        assert_eq!(
+            chunk,
+            json!({"id": "id", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                                "finish_reason": null, "logprobs": null}]})
+        );
+        let usage: Value =
+            serde_json::from_slice(&usage_chunk_json("id", 7, "m", &response.usage)).unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["total_tokens"], 13);
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     pub(crate) ledger: Option<Arc<Ledger>>,
     /// The admin key's hash; `None` turns the admin API and dashboard off.
     pub(crate) admin_key: Option<KeyHash>,
+    /// Request metrics, registered once per label set.
+    pub(crate) metric_handles:
+        parking_lot::RwLock<std::collections::HashMap<chat::MetricLabels, chat::MetricHandles>>,
     refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -136,6 +139,25 @@ impl GatewayBuilder {
             admin_key,
         } = self;
         check_aliases(&client, &config)?;
+        // Keys' token limits estimate every prompt: load the tokenizers of
+        // the configured models now, not during the first request.
+        let models: Vec<String> = client
+            .provider_ids()
+            .iter()
+            .filter_map(|id| client.provider(id).ok().map(|p| p.config().model.clone()))
+            .chain(
+                config
+                    .models
+                    .values()
+                    .filter_map(|a| a.primary.model.clone()),
+            )
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for model in &models {
+                dspex_client::tokens::warm_up(model);
+            }
+        })
+        .await;
         let prices = match prices {
             Some(prices) => prices,
             None => Arc::new(PriceTable::bundled().map_err(GatewayError::Analytics)?),
@@ -178,6 +200,7 @@ impl GatewayBuilder {
                 keys,
                 ledger,
                 admin_key,
+                metric_handles: parking_lot::RwLock::default(),
                 refresh,
             }),
         })
