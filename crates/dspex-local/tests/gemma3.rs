@@ -78,6 +78,7 @@ fn completes_a_fact_and_is_deterministic() {
 #[ignore = "needs DSPEX_TEST_GGUF_GEMMA3"]
 fn cached_prefix_gives_the_cold_text() {
     let m = model();
+    let _cache = common::prefix_cache_lock();
     let base =
         "Facts: The Nile is in Africa. The Seine flows through Paris. Mount Fuji is in Japan. "
             .repeat(4);
@@ -109,6 +110,7 @@ fn sliding_window_prompt_beyond_512_tokens() {
     // from a cached prefix: both must agree (exercises the window mask
     // with an offset and the decode-time window).
     let m = model();
+    let _cache = common::prefix_cache_lock();
     let base = "One two three four five six seven eight nine ten. ".repeat(60);
     let p = m
         .tokenize_prompt(&format!("{base}After ten comes"))

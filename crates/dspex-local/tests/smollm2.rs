@@ -101,6 +101,7 @@ fn capital_of_france_is_paris() {
 #[ignore = "needs DSPEX_TEST_GGUF_SMOLLM2"]
 fn greedy_is_deterministic() {
     let m = model();
+    let _cache = common::prefix_cache_lock();
     m.clear_prefix_cache();
     let p = chat("Write a haiku about rust.");
     let a = common::run(m, &p, &common::greedy(40));
@@ -175,6 +176,7 @@ fn stop_string_truncates() {
 #[ignore = "needs DSPEX_TEST_GGUF_SMOLLM2"]
 fn cached_prefix_gives_the_cold_text() {
     let m = model();
+    let _cache = common::prefix_cache_lock();
     let system = "You are a careful assistant. Answer in one sentence. ".repeat(8);
     let prompt = |q: &str| {
         let text = m
@@ -294,6 +296,7 @@ fn too_long_prompt_is_a_typed_error() {
 #[ignore = "needs DSPEX_TEST_GGUF_SMOLLM2"]
 fn concurrent_generations_are_independent() {
     let m = model();
+    let _cache = common::prefix_cache_lock();
     let p1 = chat("What is the capital of France?");
     let p2 = chat("Name three colours.");
     m.clear_prefix_cache();

@@ -14,6 +14,20 @@ use std::sync::atomic::AtomicBool;
 
 use dspex_local::{GenerateParams, Generation, LoadOptions, LocalModel};
 
+/// Held by every test that clears the prompt-prefix cache or asserts on
+/// what it reused: the tests of one binary share one model (and so one
+/// cache) and run in parallel, so one test's clear must not land between
+/// another's warm-up and its cached run.
+pub static PREFIX_CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`PREFIX_CACHE`] (a test that panicked while holding it does not
+/// matter: the cache has no invariant a panic breaks).
+pub fn prefix_cache_lock() -> std::sync::MutexGuard<'static, ()> {
+    PREFIX_CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Loads the model named by `env` once per test binary.
 pub fn model(env: &str, cell: &'static OnceLock<LocalModel>) -> &'static LocalModel {
     cell.get_or_init(|| {
