@@ -47,12 +47,39 @@ use crate::signature::Signature;
 /// A user metric: a score for one example's prediction, usually in `0..=1`.
 pub type MetricFn = dyn Fn(&Example, &Prediction) -> f64 + Send + Sync;
 
+/// A user metric that may fail, and may explain its score in words (GEPA's
+/// reflection reads the feedback).
+pub type JudgeFn =
+    dyn Fn(&Example, &Prediction) -> std::result::Result<Judgement, String> + Send + Sync;
+
+/// A metric's verdict on one prediction: a score, and optionally feedback
+/// in words for an optimiser that reflects on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    /// The score, usually in `0..=1`.
+    pub score: f64,
+    /// Why, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+}
+
+impl Judgement {
+    /// A score with feedback.
+    pub fn new(score: f64, feedback: impl Into<String>) -> Self {
+        Self {
+            score,
+            feedback: Some(feedback.into()),
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Kind {
     ExactMatch,
     Contains,
     TokenF1,
     Custom(Arc<MetricFn>),
+    Judge(Arc<JudgeFn>),
 }
 
 /// How a prediction is scored against an example's labels.
@@ -128,6 +155,71 @@ impl Metric {
         }
     }
 
+    /// A metric that may fail (an error scores 0 and is reported) and may
+    /// give feedback in words with its score (threshold 1.0 unless changed).
+    pub fn judge(
+        name: impl Into<String>,
+        judge: impl Fn(&Example, &Prediction) -> std::result::Result<Judgement, String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind: Kind::Judge(Arc::new(judge)),
+            field: None,
+            threshold: 1.0,
+        }
+    }
+
+    /// The verdict on `prediction`: the score and, when the metric gives
+    /// one, feedback. Built-in metrics explain a miss by naming the expected
+    /// and the predicted values. A failing judge metric is an error.
+    pub fn verdict(
+        &self,
+        example: &Example,
+        prediction: &Prediction,
+    ) -> std::result::Result<Judgement, String> {
+        match &self.kind {
+            Kind::Judge(judge) => judge(example, prediction).map(|mut judgement| {
+                if !judgement.score.is_finite() {
+                    judgement.score = 0.0;
+                }
+                judgement
+            }),
+            Kind::Custom(_) => Ok(Judgement {
+                score: self.score(example, prediction),
+                feedback: None,
+            }),
+            _ => {
+                let score = self.score(example, prediction);
+                let feedback = (!self.passes(score)).then(|| {
+                    let fields: Vec<String> = example
+                        .outputs
+                        .iter()
+                        .filter(|(name, _)| self.field.as_deref().is_none_or(|f| f == *name))
+                        .map(|(name, label)| {
+                            let predicted = prediction
+                                .outputs
+                                .get(name)
+                                .map_or_else(|| "nothing".to_owned(), |v| format!("`{}`", text(v)));
+                            format!(
+                                "`{name}` should be `{}`; the program answered {predicted}",
+                                text(label)
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "Scored {score:.2} by {}: {}.",
+                        self.name(),
+                        fields.join("; ")
+                    )
+                });
+                Ok(Judgement { score, feedback })
+            }
+        }
+    }
+
     /// A built-in metric by its command-line name: `exact` (or `exact_match`,
     /// `em`), `contains`, `f1` (or `token_f1`).
     pub fn from_name(name: &str) -> Result<Self> {
@@ -162,7 +254,7 @@ impl Metric {
     /// name), with `:field` when it scores one field.
     pub fn name(&self) -> String {
         match &self.field {
-            Some(field) if !matches!(self.kind, Kind::Custom(_)) => {
+            Some(field) if !matches!(self.kind, Kind::Custom(_) | Kind::Judge(_)) => {
                 format!("{}:{field}", self.name)
             }
             _ => self.name.clone(),
@@ -191,6 +283,13 @@ impl Metric {
             Kind::Custom(score) => {
                 let value = score(example, prediction);
                 return if value.is_finite() { value } else { 0.0 };
+            }
+            Kind::Judge(judge) => {
+                return judge(example, prediction)
+                    .ok()
+                    .map(|j| j.score)
+                    .filter(|s| s.is_finite())
+                    .unwrap_or(0.0);
             }
             Kind::ExactMatch => exact_match,
             Kind::Contains => contains,

@@ -1,38 +1,4 @@
-//! Few-shot optimisers, with DSPy's semantics: [`LabeledFewShot`] attaches
-//! labelled examples as demos; [`BootstrapFewShot`] runs a teacher program
-//! over a trainset, keeps the traces of the runs whose outputs pass a
-//! [`Metric`] and attaches them (topped up with labelled examples) as demos
-//! of each predictor. The compiled program is an ordinary module: save it
-//! with [`save_program`](crate::save_program).
-//!
-//! Every teacher run is an ordinary module run, so it goes through the same
-//! protected client (limits, retries, breaker, events) as any other call.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use dspex_client::{Client, ClientConfig, ScriptedLm};
-//! use dspex_prompt::evaluate::{Metric, parse_dataset};
-//! use dspex_prompt::optimize::BootstrapFewShot;
-//! use dspex_prompt::{Lm, Module, Predict, Signature};
-//!
-//! let client = Client::from_config(&ClientConfig::default()).await?;
-//! client.add_scripted("dummy", ScriptedLm::replies(["[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]"])).await?;
-//! let signature = Signature::parse("question -> answer")?;
-//! let student = Predict::new(signature.clone(), Lm::new(&client, "dummy"));
-//! let trainset = parse_dataset(
-//!     "{\"question\": \"2+2?\", \"answer\": \"4\"}\n{\"question\": \"3+3?\", \"answer\": \"6\"}\n",
-//!     "inline",
-//!     &signature,
-//! )?;
-//! let optimizer = BootstrapFewShot::new(Metric::exact_match());
-//! let (compiled, report) = optimizer.compile(&student, None, &trainset).await?;
-//! // "2+2?" was answered right and became a bootstrapped demo; "3+3?" was
-//! // not, and fills up as a labelled demo.
-//! assert_eq!((report.passed, report.failed), (1, 1));
-//! assert_eq!(compiled.predictors()[0].1.demos().len(), 2);
-//! # Ok(()) }
-//! ```
+//! The few-shot optimisers: [`LabeledFewShot`] and [`BootstrapFewShot`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -47,6 +13,7 @@ use crate::adapter::Example;
 use crate::error::{PromptError, Result};
 use crate::evaluate::Metric;
 use crate::module::{Module, Predict, RunContext};
+use crate::optimize::engine::{Gate, Purpose};
 
 /// Attaches labelled examples as demos to every predictor.
 ///
@@ -138,6 +105,10 @@ pub struct BootstrapFewShot {
     pub progress: bool,
     /// The context of every teacher run (tags; traces are always recorded).
     pub context: RunContext,
+    /// An optimisation engine's concurrency and budget, shared by the
+    /// teacher's runs when an optimiser bootstraps inside one; a spent
+    /// budget stops bootstrapping with the demos found so far.
+    pub gate: Option<Gate>,
 }
 
 impl BootstrapFewShot {
@@ -153,7 +124,22 @@ impl BootstrapFewShot {
             seed: None,
             progress: false,
             context: RunContext::default(),
+            gate: None,
         }
+    }
+
+    /// Shares `gate`'s concurrency and budget (see [`BootstrapFewShot::gate`]).
+    #[must_use]
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Shuffles the labelled fill-up with `seed`.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 
     /// Sets `max_bootstrapped_demos`.
@@ -274,6 +260,10 @@ impl BootstrapFewShot {
                     error: error.to_string(),
                 });
             }
+            if outcome.budget_spent {
+                report.stopped_early = true;
+                break;
+            }
             match outcome.steps {
                 Some(steps) => {
                     report.passed += 1;
@@ -317,6 +307,7 @@ impl BootstrapFewShot {
             calls: 0,
             usage: Usage::default(),
             errors: Vec::new(),
+            budget_spent: false,
         };
         // Left out of the teacher's own demos while it answers this example.
         let leaks = teacher
@@ -340,7 +331,23 @@ impl BootstrapFewShot {
                     .insert("dspex.rollout".to_owned(), round.to_string());
             }
             outcome.attempts += 1;
-            match program.forward_with(&example.inputs, context).await {
+            let result = match &self.gate {
+                Some(gate) => {
+                    let key = format!("bootstrap-{index}-{round}");
+                    match gate
+                        .run(Purpose::Task, program, &example.inputs, context, &key)
+                        .await
+                    {
+                        Some(result) => result,
+                        None => {
+                            outcome.budget_spent = true;
+                            return outcome;
+                        }
+                    }
+                }
+                None => program.forward_with(&example.inputs, context).await,
+            };
+            match result {
                 Ok(prediction) => {
                     outcome.calls = outcome.calls.saturating_add(prediction.trace.len() as u64);
                     outcome.usage += prediction.usage;
@@ -415,6 +422,8 @@ struct Outcome {
     usage: Usage,
     /// The errors of failed runs (cleared when a later round passes).
     errors: Vec<PromptError>,
+    /// The engine's budget refused the run.
+    budget_spent: bool,
 }
 
 /// `example` as a demo of `predict`: only its signature's fields (looked up
