@@ -27,14 +27,16 @@ fn map(value: Value) -> Inputs {
     }
 }
 
-/// Reviews with a label; review 7 is the one sarcastic example.
+/// Reviews with a label; reviews 3 and 7 are the sarcastic examples.
 fn reviews(n: usize, offset: usize) -> Vec<Example> {
     (0..n)
         .map(|i| {
             let index = i + offset;
             let positive = index.is_multiple_of(2);
-            let review = if index == 7 {
-                "Oh great, another SARCASM-CUE blender that broke on day one.".to_owned()
+            let review = if index == 3 || index == 7 {
+                format!(
+                    "Review {index}: oh great, another SARCASM-CUE blender that broke on day one."
+                )
             } else if positive {
                 format!("Review {index}: I liked it.")
             } else {
@@ -330,10 +332,315 @@ async fn a_killed_run_resumes_to_the_same_program() {
         "{:?}",
         report.resumed_trials
     );
+    if resumed != uninterrupted {
+        for (a, b) in full_report.trials.iter().zip(&report.trials) {
+            eprintln!(
+                "{:?} {:?} {:?} | {:?} {:?} {:?}",
+                a.candidate, a.score, a.note, b.candidate, b.score, b.note
+            );
+        }
+    }
     assert_eq!(resumed, uninterrupted);
     assert_eq!(
         report.trials.len(),
         4 + 6,
         "the report holds the trials before the kill too"
+    );
+}
+
+fn instruction_reply(text: &str) -> String {
+    format!("[[ ## proposed_instruction ## ]]\n{text}\n\n[[ ## completed ## ]]")
+}
+
+/// Right only when the system prompt holds the magic phrase.
+fn needs_the_phrase(request: &ChatRequest) -> Result<String, String> {
+    let system = &request.messages[0].content;
+    Ok(reply(if system.contains("MAGIC-PHRASE") {
+        truth(request)
+    } else {
+        "positive"
+    }))
+}
+
+/// A prompt model whose `n`th proposal (counting from 0) is the magic one.
+fn proposer(magic_at: u64) -> ScriptedLm {
+    let count = Arc::new(AtomicU64::new(0));
+    ScriptedLm::from_fn(move |_| {
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        Ok(instruction_reply(&if n == magic_at {
+            "Classify the review. MAGIC-PHRASE: sarcasm reverses praise.".to_owned()
+        } else {
+            format!("Classify the review's sentiment, attempt {n}.")
+        }))
+    })
+}
+
+#[tokio::test]
+async fn copro_finds_the_instruction_that_matters() {
+    let client = client_with(ScriptedLm::from_fn(needs_the_phrase)).await;
+    // The 12th proposal: past round one's nine, so only the rounds that
+    // learn from the scored attempts reach it.
+    client.add_scripted("prompter", proposer(11)).await.unwrap();
+    let engine = Engine::new(
+        student(&client),
+        Metric::exact_match(),
+        reviews(10, 0),
+        reviews(8, 10),
+        config(2),
+    )
+    .unwrap();
+    let copro = dspex_prompt::optimize::Copro::default();
+    let (program, report) = copro
+        .compile(&engine, &Lm::new(&client, "prompter"))
+        .await
+        .unwrap();
+    let best = report.best.clone().unwrap();
+    assert_eq!(best.score, 1.0, "{:#?}", report.trials);
+    assert!(report.baseline.unwrap().score < 1.0);
+    let state = program_state(&program);
+    assert!(
+        state
+            .predictors
+            .values()
+            .next()
+            .unwrap()
+            .instructions
+            .contains("MAGIC-PHRASE")
+    );
+    assert!(report.spend.proposal.calls >= 10 && report.spend.task.calls > 0);
+}
+
+/// A metric whose feedback names what the task needs.
+fn feedback_metric() -> Metric {
+    Metric::judge("sentiment_with_feedback", |example, prediction| {
+        let right = example.outputs["sentiment"] == prediction.outputs["sentiment"];
+        Ok(if right {
+            Judgement::new(1.0, "Correct.")
+        } else {
+            Judgement::new(
+                0.0,
+                format!(
+                    "Wrong: the sentiment is {}. The instructions must contain MAGIC-PHRASE.",
+                    example.outputs["sentiment"]
+                ),
+            )
+        })
+    })
+}
+
+/// A prompt model that writes the magic instruction only when what it is
+/// given mentions it (GEPA's feedback does; COPRO's attempts never do).
+fn feedback_reader() -> ScriptedLm {
+    let count = Arc::new(AtomicU64::new(0));
+    ScriptedLm::from_fn(move |request| {
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        let last = &request.messages.last().unwrap().content;
+        let text = if last.contains("must contain MAGIC-PHRASE") {
+            "Classify the review. MAGIC-PHRASE: read it literally.".to_owned()
+        } else {
+            format!("Classify the review's sentiment (variant {n}).")
+        };
+        Ok(format!(
+            "[[ ## new_instruction ## ]]\n```\n{text}\n```\n\n[[ ## proposed_instruction ## ]]\n{text}\n\n[[ ## completed ## ]]"
+        ))
+    })
+}
+
+#[tokio::test]
+async fn gepa_learns_from_feedback_where_copro_cannot() {
+    let run = |gepa: bool| async move {
+        let client = client_with(ScriptedLm::from_fn(needs_the_phrase)).await;
+        client
+            .add_scripted("prompter", feedback_reader())
+            .await
+            .unwrap();
+        let engine = Engine::new(
+            student(&client),
+            feedback_metric(),
+            reviews(10, 0),
+            reviews(8, 10),
+            config(4),
+        )
+        .unwrap();
+        let lm = Lm::new(&client, "prompter");
+        let (program, report) = if gepa {
+            dspex_prompt::optimize::Gepa::default()
+                .compile(&engine, &lm)
+                .await
+                .unwrap()
+        } else {
+            dspex_prompt::optimize::Copro::default()
+                .compile(&engine, &lm)
+                .await
+                .unwrap()
+        };
+        (program_state(&program), report)
+    };
+    let (gepa_state, gepa) = run(true).await;
+    let (_, copro) = run(false).await;
+    let gepa_best = gepa.best.clone().unwrap().score;
+    assert_eq!(gepa_best, 1.0, "{:#?}", gepa.trials);
+    assert!(
+        gepa_state
+            .predictors
+            .values()
+            .next()
+            .unwrap()
+            .instructions
+            .contains("MAGIC-PHRASE")
+    );
+    assert!(
+        copro.best.unwrap().score < gepa_best,
+        "GEPA beats COPRO here"
+    );
+    assert!(gepa.spend.reflection.calls > 0 && gepa.spend.proposal.calls == 0);
+    assert!(gepa.trials.iter().any(|t| t.kind == "reflection"));
+}
+
+#[tokio::test]
+async fn gepa_respects_its_metric_call_budget_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("gepa.ckpt");
+    let run = |resume: bool, checkpoint: Option<std::path::PathBuf>| async move {
+        let client = client_with(ScriptedLm::from_fn(needs_the_phrase)).await;
+        client
+            .add_scripted("prompter", feedback_reader())
+            .await
+            .unwrap();
+        let engine = Engine::new(
+            student(&client),
+            feedback_metric(),
+            reviews(10, 0),
+            reviews(8, 10),
+            EngineConfig {
+                checkpoint,
+                resume,
+                ..config(8)
+            },
+        )
+        .unwrap();
+        let gepa = dspex_prompt::optimize::Gepa {
+            budget: dspex_prompt::optimize::GepaBudget::MaxMetricCalls(60),
+            ..dspex_prompt::optimize::Gepa::default()
+        };
+        let (program, report) = gepa
+            .compile(&engine, &Lm::new(&client, "prompter"))
+            .await
+            .unwrap();
+        (
+            serde_json::to_string(&program_state(&program)).unwrap(),
+            report,
+        )
+    };
+    let (whole, report) = run(false, None).await;
+    // The loop stops once 60 metric calls are made (rollouts, cached or
+    // not); the last iteration may finish its own (a minibatch, a child, a
+    // valset pass). Every task call is a rollout.
+    assert!(
+        report.spend.task.calls <= 60 + 3 + 3 + 8,
+        "{:?}",
+        report.spend
+    );
+    assert!(report.spend.task.calls >= 8, "{:?}", report.spend);
+    {
+        let path = checkpoint.clone();
+        let killed = run(false, Some(checkpoint.clone()));
+        tokio::select! {
+            _ = killed => {}
+            () = async move {
+                loop {
+                    if let Ok(text) = std::fs::read_to_string(&path)
+                        && let Ok(file) = serde_json::from_str::<Value>(&text)
+                        && file["ledger"]["trials"].as_array().is_some_and(|t| t.len() >= 2)
+                    {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            } => {}
+        }
+    }
+    let (resumed, _) = run(true, Some(checkpoint)).await;
+    assert_eq!(resumed, whole);
+}
+
+/// Right only with both the magic instruction and the sarcastic demo.
+fn needs_phrase_and_demo(request: &ChatRequest) -> Result<String, String> {
+    let system = &request.messages[0].content;
+    let prompt: String = request
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    Ok(reply(
+        if system.contains("MAGIC-PHRASE") && prompt.contains("SARCASM-CUE") {
+            truth(request)
+        } else {
+            "positive"
+        },
+    ))
+}
+
+/// A prompt model that answers every proposer field; every other
+/// instruction it proposes is the magic one.
+fn alternating_proposer() -> ScriptedLm {
+    let count = Arc::new(AtomicU64::new(0));
+    ScriptedLm::from_fn(move |_| {
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        let text = if n.is_multiple_of(2) {
+            format!("Classify the review. MAGIC-PHRASE: mind the demos (variant {n}).")
+        } else {
+            format!("Classify the review's sentiment (variant {n}).")
+        };
+        Ok(format!(
+            "[[ ## observations ## ]]\nShort product reviews.\n\n[[ ## summary ## ]]\nReviews with a sentiment label.\n\n[[ ## proposed_instruction ## ]]\n{text}\n\n[[ ## completed ## ]]"
+        ))
+    })
+}
+
+#[tokio::test]
+async fn mipro_finds_instruction_and_demos_together_where_random_search_cannot() {
+    let engine_for = |client: &Client| {
+        Engine::new(
+            student(client),
+            Metric::exact_match(),
+            reviews(10, 0),
+            reviews(8, 10),
+            config(21),
+        )
+        .unwrap()
+    };
+    let client = client_with(ScriptedLm::from_fn(needs_phrase_and_demo)).await;
+    client
+        .add_scripted("prompter", alternating_proposer())
+        .await
+        .unwrap();
+    let engine = engine_for(&client);
+    let (program, mipro) = dspex_prompt::optimize::MiproV2::default()
+        .compile(&engine, &Lm::new(&client, "prompter"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mipro.best.clone().unwrap().score,
+        1.0,
+        "{:#?}",
+        mipro.trials
+    );
+    let state = program_state(&program);
+    let predictor = state.predictors.values().next().unwrap();
+    assert!(predictor.instructions.contains("MAGIC-PHRASE"));
+    assert!(
+        predictor
+            .demos
+            .iter()
+            .any(|d| d.inputs["review"].as_str().unwrap().contains("SARCASM-CUE"))
+    );
+    assert!(mipro.spend.proposal.calls >= 5 && mipro.spend.task.calls > 0);
+
+    let client = client_with(ScriptedLm::from_fn(needs_phrase_and_demo)).await;
+    let (_, random) = search().compile(&engine_for(&client)).await.unwrap();
+    assert!(
+        random.best.unwrap().score < 1.0,
+        "random search cannot change instructions"
     );
 }

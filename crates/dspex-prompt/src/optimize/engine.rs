@@ -271,9 +271,11 @@ pub struct Rollout {
     /// Why the run or the metric failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The prediction, with every predictor's inputs and outputs (kept in
-    /// memory only: checkpoints store scores, not traces).
-    #[serde(skip)]
+    /// The prediction, with every predictor's inputs and outputs (GEPA
+    /// reflects on them; checkpoints keep them, so a resumed run reflects
+    /// on the same traces). Its traces name each predictor by its position
+    /// in the program's `predictors()`, not by instance id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction: Option<Arc<Prediction>>,
 }
 
@@ -358,10 +360,12 @@ impl Shared {
     /// state, inputs and `key` ran before; else one permit, the run, its
     /// spend recorded under `purpose`, its answer kept. `None` once a
     /// budget is spent.
+    #[allow(clippy::too_many_arguments)] // each is one part of the memo key or the run
     async fn call<'a>(
         &self,
         purpose: Purpose,
         state: &ProgramState,
+        ids: &[u64],
         inputs: &Inputs,
         mut context: RunContext,
         key: &str,
@@ -375,7 +379,7 @@ impl Shared {
             hex(&hasher.finalize())
         };
         if let Some(known) = self.calls.lock().get(&memo) {
-            return Some(Ok(known.clone()));
+            return Some(Ok(with_instance_ids(known.clone(), ids)));
         }
         let _permit = self.permit().await?;
         context
@@ -384,7 +388,9 @@ impl Shared {
         let result = run(context).await;
         self.record(purpose, result.as_ref().ok());
         if let Ok(prediction) = &result {
-            self.calls.lock().insert(memo, prediction.clone());
+            self.calls
+                .lock()
+                .insert(memo, with_positions(prediction.clone(), ids));
         }
         Some(result)
     }
@@ -488,6 +494,40 @@ impl Shared {
     }
 }
 
+/// The instance ids of `module`'s predictors, in `predictors()` order.
+pub(crate) fn predictor_ids<P: Module + ?Sized>(module: &P) -> Vec<u64> {
+    module
+        .predictors()
+        .into_iter()
+        .map(|(_, p)| p.instance_id())
+        .collect()
+}
+
+/// A prediction whose traces name predictors by their position in the
+/// program's `predictors()` rather than by instance id: ids belong to one
+/// program object, while the ledger must outlive it (a resumed run builds
+/// new ones). Unknown ids become `u64::MAX`.
+pub(crate) fn with_positions(mut prediction: Prediction, ids: &[u64]) -> Prediction {
+    for trace in &mut prediction.traces {
+        trace.predictor = ids
+            .iter()
+            .position(|&id| id == trace.predictor)
+            .map_or(u64::MAX, |p| p as u64);
+    }
+    prediction
+}
+
+/// The reverse of [`with_positions`] for the program running now.
+pub(crate) fn with_instance_ids(mut prediction: Prediction, ids: &[u64]) -> Prediction {
+    for trace in &mut prediction.traces {
+        trace.predictor = usize::try_from(trace.predictor)
+            .ok()
+            .and_then(|p| ids.get(p).copied())
+            .unwrap_or(u64::MAX);
+    }
+    prediction
+}
+
 /// A share of an engine's concurrency and budget, for LM work that runs
 /// outside [`Engine::evaluate`] (a bootstrapping teacher's runs).
 #[derive(Clone)]
@@ -515,10 +555,12 @@ impl Gate {
         context: RunContext,
         key: &str,
     ) -> Option<Result<Prediction>> {
+        let ids = predictor_ids(module);
         self.0
             .call(
                 purpose,
                 &program_state(module),
+                &ids,
                 inputs,
                 context,
                 key,
@@ -702,10 +744,12 @@ impl<M: Module + Clone + 'static> Engine<M> {
         key: &str,
     ) -> Option<Result<Prediction>> {
         let context = self.shared.config.context.clone();
+        let ids = predictor_ids(module);
         self.shared
             .call(
                 purpose,
                 &program_state(module),
+                &ids,
                 inputs,
                 context,
                 key,
@@ -724,7 +768,19 @@ impl<M: Module + Clone + 'static> Engine<M> {
             if restored.is_empty() {
                 trial
             } else {
-                restored.remove(0)
+                let kept = restored.remove(0);
+                if kept.candidate == trial.candidate && kept.kind == trial.kind {
+                    kept
+                } else {
+                    // The replay took another path (a non-deterministic LM
+                    // or metric): log what happens now, not what happened.
+                    tracing::warn!(
+                        trial = trial.index,
+                        "the resumed run left the checkpoint's path here; its later trials are run anew"
+                    );
+                    restored.clear();
+                    trial
+                }
             }
         };
         trials.push(logged.clone());
@@ -784,7 +840,8 @@ impl<M: Module + Clone + 'static> Engine<M> {
                 context.record_traces = true;
                 let outcome = program.forward_with(&example.inputs, context).await;
                 self.record(Purpose::Task, outcome.as_ref().ok());
-                let rollout = self.score(index, example, outcome);
+                let ids = predictor_ids(&*program);
+                let rollout = self.score(index, example, outcome.map(|p| with_positions(p, &ids)));
                 self.shared.cache.lock().insert(key, rollout.clone());
                 Some(rollout)
             }

@@ -36,11 +36,19 @@
 //! # Ok(()) }
 //! ```
 
+mod copro;
 pub mod engine;
 mod fewshot;
+pub mod gepa;
+mod mipro;
+mod propose;
 mod random_search;
 pub mod report;
+pub mod tpe;
 
+pub use copro::Copro;
 pub use fewshot::{BootstrapFewShot, CompileReport, ExampleError, LabeledFewShot, PredictorDemos};
+pub use gepa::{AutoLevel, Gepa, GepaBudget};
+pub use mipro::MiproV2;
 pub use random_search::RandomSearch;
 pub use report::{OptimizeReport, Trial, ValScore};
