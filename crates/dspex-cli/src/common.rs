@@ -149,3 +149,22 @@ pub(crate) async fn finish(runtime: Runtime, result: Result<(), Failure>) -> Res
     }
     result
 }
+
+/// The embedder `[cache]` names (`lexical` by default; `local` with the
+/// `local-embeddings` feature; `api`: the default provider's embeddings),
+/// for KNNFewShot.
+pub(crate) async fn embedder_for(
+    config: Option<&Path>,
+    runtime: &Runtime,
+) -> Result<std::sync::Arc<dyn dspex::cache::Embedder>, Failure> {
+    let loader = Runtime::loader(config)?;
+    let cache = dspex::cache::CacheConfig::load(&loader).map_err(Failure::usage)?;
+    if cache.embedder == dspex::cache::EmbedderKind::Api {
+        let provider = runtime.provider(None)?;
+        let embedder = dspex::ApiEmbedder::new(runtime.client(), &provider, None, 0.9)
+            .await
+            .map_err(Failure::from)?;
+        return Ok(std::sync::Arc::new(embedder));
+    }
+    dspex::cache::embedder_from_config(&cache).map_err(Failure::usage)
+}

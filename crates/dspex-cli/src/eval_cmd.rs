@@ -184,6 +184,40 @@ fn from_saved(path: &Path, lm: Lm) -> Result<Built, Failure> {
     })
 }
 
+/// `module` wrapped as KNNFewShot when the saved program at `path` has a
+/// `knn` section (`dspex optimize --optimizer knn` writes one), with the
+/// embedder `[cache]` names; `module` as it is otherwise.
+pub(crate) async fn with_knn(
+    module: AnyProgram,
+    path: &Path,
+    config: Option<&Path>,
+    runtime: &dspex::Runtime,
+) -> Result<AnyProgram, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Failure::usage(anyhow::anyhow!(
+            "{} is not a saved program: {e}",
+            path.display()
+        ))
+    })?;
+    let Some(knn) = value.get("knn") else {
+        return Ok(module);
+    };
+    let state: dspex::prompt::optimize::KnnState =
+        serde_json::from_value(knn.clone()).map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "{}: invalid `knn` section: {e}",
+                path.display()
+            ))
+        })?;
+    let embedder = common::embedder_for(config, runtime).await?;
+    let knn = dspex::prompt::optimize::KnnFewShot::from_state(module, state, embedder)
+        .await
+        .map_err(program_failure)?;
+    Ok(AnyProgram::new(knn))
+}
+
 /// The exit code a program error deserves, as `dspex predict` decides it.
 pub(crate) fn program_failure(error: PromptError) -> Failure {
     match error {
@@ -262,7 +296,10 @@ pub(crate) async fn run(config: Option<&Path>, args: EvalArgs) -> Result<(), Fai
         common::runtime_for(config, args.program.module.provider.as_deref()).await?;
     let client = runtime.client().clone();
     let result: Result<(), Failure> = async {
-        let built = build_module(&client, &provider, &args.program)?;
+        let mut built = build_module(&client, &provider, &args.program)?;
+        if let Some(path) = &args.program.program {
+            built.module = with_knn(built.module, path, config, &runtime).await?;
+        }
         let metric = metric_from(&args.metric, &built.signature)?;
         let examples = load_dataset(&args.data, &built.signature).map_err(program_failure)?;
         let evaluate = Evaluate::new(metric)

@@ -79,8 +79,8 @@ enum Command {
     Costs(costs::CostsArgs),
     /// Score a program over a JSONL dataset with a metric.
     Eval(eval_cmd::EvalArgs),
-    /// Compile a program with few-shot demos (BootstrapFewShot) and save it.
-    Optimize(optimize_cmd::OptimizeArgs),
+    /// Compile a program's prompts (bootstrap, random-search, knn, copro, mipro, gepa) and save it.
+    Optimize(Box<optimize_cmd::OptimizeArgs>),
     /// Drive many calls through the full stack and report latency and throughput.
     Load(load::LoadArgs),
     /// Configuration commands.
@@ -134,7 +134,7 @@ async fn run(
         Command::Cache(args) => cache_cmd::run(args, config).await.map_err(Failure::usage),
         Command::Costs(args) => costs::run(args, config).await.map_err(Failure::Usage),
         Command::Eval(args) => eval_cmd::run(config, args).await,
-        Command::Optimize(args) => optimize_cmd::run(config, args).await,
+        Command::Optimize(args) => optimize_cmd::run(config, *args).await,
         Command::Config(command) => config_cmd::run(config, command),
         Command::MockServer(args) => {
             let addr = std::net::SocketAddr::new(args.host, args.port);

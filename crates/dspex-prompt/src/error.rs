@@ -116,6 +116,10 @@ pub enum PromptError {
         message: String,
     },
 
+    /// The `[optimize]` config is invalid; the message names the key.
+    #[error(transparent)]
+    Config(dspex_core::CoreError),
+
     /// A composite module (a workflow) failed in one of its steps.
     #[error("{message}")]
     Composite {

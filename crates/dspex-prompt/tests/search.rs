@@ -644,3 +644,37 @@ async fn mipro_finds_instruction_and_demos_together_where_random_search_cannot()
         "random search cannot change instructions"
     );
 }
+
+#[tokio::test]
+async fn knn_few_shot_picks_the_nearest_examples_as_demos() {
+    let client = client_with(ScriptedLm::from_fn(needs_the_sarcasm_demo)).await;
+    let embedder: Arc<dyn dspex_cache::Embedder> = Arc::new(dspex_cache::LexicalEmbedder::new());
+    let knn = dspex_prompt::optimize::KnnFewShot::compile(
+        &student(&client),
+        &reviews(10, 0),
+        2,
+        Arc::clone(&embedder),
+    )
+    .await
+    .unwrap();
+    let sarcastic =
+        map(json!({"review": "Wow, a SARCASM-CUE toaster, oh great, broke on day one."}));
+    let mut neighbours = knn.neighbours(&sarcastic).await.unwrap();
+    neighbours.sort_unstable();
+    assert_eq!(neighbours, [3, 7]);
+    let prediction = knn.forward(&sarcastic).await.unwrap();
+    assert_eq!(prediction.outputs["sentiment"], "negative");
+    // Saved and loaded back, it picks the same.
+    let state = knn.state();
+    let text = serde_json::to_string(&state).unwrap();
+    let loaded = dspex_prompt::optimize::KnnFewShot::from_state(
+        student(&client),
+        serde_json::from_str(&text).unwrap(),
+        embedder,
+    )
+    .await
+    .unwrap();
+    let mut again = loaded.neighbours(&sarcastic).await.unwrap();
+    again.sort_unstable();
+    assert_eq!(again, [3, 7]);
+}

@@ -75,6 +75,7 @@ pub fn config_keys() -> Vec<&'static str> {
     for key in dspex_cache::CONFIG_KEYS
         .iter()
         .chain(dspex_analytics::CONFIG_KEYS)
+        .chain(dspex_prompt::optimize::config::CONFIG_KEYS)
     {
         if !keys.contains(key) {
             keys.push(key);

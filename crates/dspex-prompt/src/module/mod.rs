@@ -42,7 +42,7 @@ mod prediction;
 mod state;
 
 pub use chain_of_thought::ChainOfThought;
-pub use predict::{CallSettings, Predict};
+pub use predict::{CallSettings, Predict, ROLLOUT_TAG};
 pub use prediction::{CallPurpose, LmCall, Prediction, PredictorTrace};
 pub use state::{
     PredictState, ProgramState, TemplateState, load_program, program_state, save_program,
@@ -90,6 +90,9 @@ pub trait Module: Send + Sync {
 pub struct Lm {
     client: Client,
     provider: Arc<str>,
+    /// The model to ask for when a predictor's settings name none (the
+    /// provider's configured model otherwise).
+    model: Option<Arc<str>>,
     /// The provider's capabilities, learnt on first use (the provider may be
     /// registered after the module is built) and shared by clones.
     capabilities: Arc<OnceLock<Capabilities>>,
@@ -101,8 +104,21 @@ impl Lm {
         Self {
             client: client.clone(),
             provider: Arc::from(provider),
+            model: None,
             capabilities: Arc::default(),
         }
+    }
+
+    /// Asks for `model` when a predictor's settings name none.
+    #[must_use]
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(Arc::from(model.into()));
+        self
+    }
+
+    /// The model asked for by default, when one was set.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// What the provider can do; none of it while no provider of that id is

@@ -35,6 +35,10 @@ impl Clone for InstanceId {
     }
 }
 
+/// The run tag that carries an optimiser's rollout id (bootstrap rounds,
+/// proposals, reflections); it also keys the response cache.
+pub const ROLLOUT_TAG: &str = "dspex.rollout";
+
 /// Call options of a predictor.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CallSettings {
@@ -184,7 +188,11 @@ impl Predict {
     fn options(&self, run: &RunContext, structured: bool) -> RequestOptions {
         RequestOptions {
             params: ChatParams {
-                model: self.settings.model.clone(),
+                model: self
+                    .settings
+                    .model
+                    .clone()
+                    .or_else(|| self.lm.model().map(str::to_owned)),
                 temperature: self.settings.temperature,
                 max_tokens: self.settings.max_tokens,
                 n: self.settings.n,
@@ -195,7 +203,12 @@ impl Predict {
             correlation_id: run.correlation_id.clone(),
             max_wait: None,
             tags: run.tags.clone(),
-            cache: dspex_client::CachePolicy::default(),
+            // An optimiser's rollout id makes a sampled call cacheable and
+            // distinct from the same request under another id.
+            cache: dspex_client::CachePolicy {
+                rollout: run.tags.get(ROLLOUT_TAG).cloned(),
+                ..dspex_client::CachePolicy::default()
+            },
         }
     }
 

@@ -384,7 +384,7 @@ impl Shared {
         let _permit = self.permit().await?;
         context
             .tags
-            .insert("dspex.rollout".to_owned(), key.to_owned());
+            .insert(crate::module::ROLLOUT_TAG.to_owned(), key.to_owned());
         let result = run(context).await;
         self.record(purpose, result.as_ref().ok());
         if let Ok(prediction) = &result {

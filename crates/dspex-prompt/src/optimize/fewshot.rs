@@ -328,7 +328,7 @@ impl BootstrapFewShot {
                 // A distinct rollout, so a cache cannot replay round 0.
                 context
                     .tags
-                    .insert("dspex.rollout".to_owned(), round.to_string());
+                    .insert(crate::module::ROLLOUT_TAG.to_owned(), round.to_string());
             }
             outcome.attempts += 1;
             let result = match &self.gate {
@@ -429,7 +429,9 @@ struct Outcome {
 /// `example` as a demo of `predict`: only its signature's fields (looked up
 /// among inputs and outputs alike), or `None` when an input is missing or no
 /// output is labelled.
-fn fit(predict: &Predict, example: &Example) -> Option<Example> {
+/// `example` cut to `predict`'s fields, or `None` when it lacks an input or
+/// every output.
+pub(crate) fn fit(predict: &Predict, example: &Example) -> Option<Example> {
     let lookup = |name: &str| {
         example
             .inputs

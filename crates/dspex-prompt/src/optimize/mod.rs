@@ -36,10 +36,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 mod copro;
 pub mod engine;
 mod fewshot;
 pub mod gepa;
+mod knn;
 mod mipro;
 mod propose;
 mod random_search;
@@ -49,6 +51,7 @@ pub mod tpe;
 pub use copro::Copro;
 pub use fewshot::{BootstrapFewShot, CompileReport, ExampleError, LabeledFewShot, PredictorDemos};
 pub use gepa::{AutoLevel, Gepa, GepaBudget};
+pub use knn::{KnnFewShot, KnnState};
 pub use mipro::MiproV2;
 pub use random_search::RandomSearch;
 pub use report::{OptimizeReport, Trial, ValScore};
