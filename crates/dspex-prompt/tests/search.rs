@@ -413,7 +413,7 @@ async fn copro_finds_the_instruction_that_matters() {
 /// A metric whose feedback names what the task needs.
 fn feedback_metric() -> Metric {
     Metric::judge("sentiment_with_feedback", |example, prediction| {
-        let right = example.outputs["sentiment"] == prediction.outputs["sentiment"];
+        let right = Some(&example.outputs["sentiment"]) == prediction.outputs.get("sentiment");
         Ok(if right {
             Judgement::new(1.0, "Correct.")
         } else {
@@ -677,4 +677,119 @@ async fn knn_few_shot_picks_the_nearest_examples_as_demos() {
     let mut again = loaded.neighbours(&sarcastic).await.unwrap();
     again.sort_unstable();
     assert_eq!(again, [3, 7]);
+}
+
+/// A program of two predictors: a draft, then a check of the draft.
+#[derive(Clone)]
+struct TwoStep {
+    draft: Predict,
+    check: Predict,
+}
+
+impl Module for TwoStep {
+    fn forward_with<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        run: dspex_prompt::RunContext,
+    ) -> futures::future::BoxFuture<'a, dspex_prompt::Result<dspex_prompt::Prediction>> {
+        Box::pin(async move {
+            let mut draft = self.draft.forward_with(inputs, run.clone()).await?;
+            let mut next = inputs.clone();
+            next.insert("draft".into(), draft.outputs["draft"].clone());
+            let checked = self.check.forward_with(&next, run).await?;
+            let outputs = checked.outputs.clone();
+            draft.absorb(checked);
+            draft.outputs = outputs;
+            Ok(draft)
+        })
+    }
+
+    fn predictors(&self) -> Vec<(String, &Predict)> {
+        vec![("draft".into(), &self.draft), ("check".into(), &self.check)]
+    }
+
+    fn predictors_mut(&mut self) -> Vec<(String, &mut Predict)> {
+        vec![
+            ("draft".into(), &mut self.draft),
+            ("check".into(), &mut self.check),
+        ]
+    }
+}
+
+/// Drafts always say "positive"; the check is right only with the phrase.
+fn two_step_lm(request: &ChatRequest) -> Result<String, String> {
+    let system = &request.messages[0].content;
+    let last = &request.messages.last().unwrap().content;
+    if system.contains("`draft`") && !system.contains("`sentiment`") {
+        return Ok("[[ ## draft ## ]]\npositive\n\n[[ ## completed ## ]]".into());
+    }
+    let right = if last.contains("did not like") || last.contains("SARCASM-CUE") {
+        "negative"
+    } else {
+        "positive"
+    };
+    Ok(reply(if system.contains("MAGIC-PHRASE") { right } else { "positive" }))
+}
+
+#[tokio::test]
+async fn the_optimizers_compile_multi_predictor_programs_and_chain_of_thought() {
+    let build = |client: &Client| TwoStep {
+        draft: Predict::new(Signature::parse("review -> draft").unwrap(), Lm::new(client, "lm")),
+        check: Predict::new(
+            Signature::parse("review, draft -> sentiment").unwrap(),
+            Lm::new(client, "lm"),
+        ),
+    };
+    for optimizer in ["copro", "mipro", "gepa"] {
+        let client = client_with(ScriptedLm::from_fn(two_step_lm)).await;
+        client
+            .add_scripted(
+                "prompter",
+                if optimizer == "gepa" { feedback_reader() } else { alternating_proposer() },
+            )
+            .await
+            .unwrap();
+        let engine = Engine::new(
+            build(&client),
+            if optimizer == "gepa" { feedback_metric() } else { Metric::exact_match() },
+            reviews(10, 0),
+            reviews(8, 10),
+            config(9),
+        )
+        .unwrap();
+        let lm = Lm::new(&client, "prompter");
+        let (program, report) = match optimizer {
+            "copro" => dspex_prompt::optimize::Copro { breadth: 3, depth: 2, ..Default::default() }
+                .compile(&engine, &lm)
+                .await
+                .unwrap(),
+            "mipro" => dspex_prompt::optimize::MiproV2::default().compile(&engine, &lm).await.unwrap(),
+            _ => dspex_prompt::optimize::Gepa::default().compile(&engine, &lm).await.unwrap(),
+        };
+        let state = program_state(&program);
+        assert_eq!(state.predictors.len(), 2, "{optimizer}");
+        let best = report.best.unwrap().score;
+        assert!(best >= report.baseline.unwrap().score, "{optimizer}");
+        // The saved state loads back into a fresh program.
+        let mut fresh = build(&client);
+        dspex_prompt::optimize::engine::apply_state(&mut fresh, &state).unwrap();
+        assert_eq!(program_state(&fresh), state, "{optimizer}");
+    }
+    // ChainOfThought: one predictor whose signature gains `reasoning`.
+    let client = client_with(ScriptedLm::from_fn(|request| {
+        let last = &request.messages.last().unwrap().content;
+        let right = if last.contains("did not like") { "negative" } else { "positive" };
+        Ok(format!(
+            "[[ ## reasoning ## ]]\nLet me think.\n\n[[ ## sentiment ## ]]\n{right}\n\n[[ ## completed ## ]]"
+        ))
+    }))
+    .await;
+    let cot = dspex_prompt::ChainOfThought::new(
+        Signature::parse("review -> sentiment").unwrap(),
+        Lm::new(&client, "lm"),
+    );
+    let engine = Engine::new(cot, Metric::exact_match(), reviews(10, 0), reviews(8, 10), config(1)).unwrap();
+    let (program, report) = search().compile(&engine).await.unwrap();
+    assert!(report.best.unwrap().score >= 0.75);
+    assert!(program_state(&program).predictors.values().next().unwrap().signature.contains("reasoning"));
 }
