@@ -29,7 +29,10 @@ use dspex_prompt::optimize::engine::{Engine, EngineConfig, Split};
 use dspex_prompt::{Evaluate, Example, Lm, Metric, Predict, ProgramState, Signature};
 
 #[path = "support/evaluate_workload.rs"]
-#[allow(dead_code, reason = "the shared workload's load loop is the evaluate bench's")]
+#[allow(
+    dead_code,
+    reason = "the shared workload's load loop is the evaluate bench's"
+)]
 mod workload;
 use workload::{CONCURRENCY, examples, mock_and_client};
 
@@ -94,7 +97,11 @@ fn engine_overhead(c: &mut Criterion) {
     )
     .unwrap();
     let check = runtime.block_on(engine.evaluate(&candidate(&engine, 0), Split::Val, &all));
-    assert!(check.complete && check.mean() == 1.0, "{:?}", check.rollouts.first());
+    assert!(
+        check.complete && check.mean() == 1.0,
+        "{:?}",
+        check.rollouts.first()
+    );
     let evaluator = Evaluate::new(Metric::exact_match()).with_concurrency(CONCURRENCY);
     let next = AtomicU64::new(1);
 
@@ -105,11 +112,37 @@ fn engine_overhead(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| async { evaluator.run(&predict, &data).await });
     });
+    // A fresh engine per iteration (built outside the timing), so the
+    // rollout cache holds one run's rollouts, as in an optimisation, rather
+    // than every iteration's.
+    let fresh = || {
+        Engine::new(
+            predict.clone(),
+            Metric::exact_match(),
+            data.clone(),
+            data.clone(),
+            EngineConfig {
+                concurrency: CONCURRENCY,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap()
+    };
     group.bench_function("engine_evaluate_1000_scripted_new_candidate", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let state = candidate(&engine, next.fetch_add(1, Ordering::Relaxed));
-            engine.evaluate(&state, Split::Val, &all).await
-        });
+        b.to_async(&runtime).iter_batched(
+            fresh,
+            |engine| async move {
+                let state = candidate(&engine, 1);
+                engine
+                    .evaluate(
+                        &state,
+                        Split::Val,
+                        &(0..EXAMPLES as usize).collect::<Vec<_>>(),
+                    )
+                    .await
+            },
+            criterion::BatchSize::LargeInput,
+        );
     });
     group.finish();
 
@@ -120,13 +153,12 @@ fn engine_overhead(c: &mut Criterion) {
         let started = Instant::now();
         runtime.block_on(evaluator.run(&predict, &data));
         let evaluate = started.elapsed();
+        let engine = fresh();
         let state = candidate(&engine, next.fetch_add(1, Ordering::Relaxed));
         let started = Instant::now();
         runtime.block_on(engine.evaluate(&state, Split::Val, &all));
         let rollouts = started.elapsed();
-        differences.push(
-            (rollouts.as_secs_f64() - evaluate.as_secs_f64()) / EXAMPLES as f64 * 1e6,
-        );
+        differences.push((rollouts.as_secs_f64() - evaluate.as_secs_f64()) / EXAMPLES as f64 * 1e6);
     }
     eprintln!(
         "{ROUNDS} rounds: the engine adds a median {:.2} us per rollout to the program's own cost (target <= 5 us)",
@@ -168,15 +200,37 @@ fn rollouts_vs_eval(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
     group.bench_function("eval_run_shared_1000_c32", |b| {
-        b.to_async(&runtime).iter(|| {
-            evaluator.run_shared(Arc::clone(&shared_predict), Arc::clone(&shared_data))
-        });
+        b.to_async(&runtime)
+            .iter(|| evaluator.run_shared(Arc::clone(&shared_predict), Arc::clone(&shared_data)));
     });
+    let fresh = || {
+        Engine::new(
+            predict.clone(),
+            Metric::exact_match(),
+            data.clone(),
+            data.clone(),
+            EngineConfig {
+                concurrency: CONCURRENCY,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap()
+    };
     group.bench_function("engine_1000_rollouts_c32", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let state = candidate(&engine, next.fetch_add(1, Ordering::Relaxed));
-            engine.evaluate(&state, Split::Val, &all).await
-        });
+        b.to_async(&runtime).iter_batched(
+            fresh,
+            |engine| async move {
+                let state = candidate(&engine, 1);
+                engine
+                    .evaluate(
+                        &state,
+                        Split::Val,
+                        &(0..EXAMPLES as usize).collect::<Vec<_>>(),
+                    )
+                    .await
+            },
+            criterion::BatchSize::LargeInput,
+        );
     });
     group.finish();
 
@@ -187,6 +241,7 @@ fn rollouts_vs_eval(c: &mut Criterion) {
         let eval = runtime
             .block_on(evaluator.run_shared(Arc::clone(&shared_predict), Arc::clone(&shared_data)))
             .calls_per_second;
+        let engine = fresh();
         let state = candidate(&engine, next.fetch_add(1, Ordering::Relaxed));
         let started = Instant::now();
         let scored = runtime.block_on(engine.evaluate(&state, Split::Val, &all));

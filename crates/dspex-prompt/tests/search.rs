@@ -728,13 +728,20 @@ fn two_step_lm(request: &ChatRequest) -> Result<String, String> {
     } else {
         "positive"
     };
-    Ok(reply(if system.contains("MAGIC-PHRASE") { right } else { "positive" }))
+    Ok(reply(if system.contains("MAGIC-PHRASE") {
+        right
+    } else {
+        "positive"
+    }))
 }
 
 #[tokio::test]
 async fn the_optimizers_compile_multi_predictor_programs_and_chain_of_thought() {
     let build = |client: &Client| TwoStep {
-        draft: Predict::new(Signature::parse("review -> draft").unwrap(), Lm::new(client, "lm")),
+        draft: Predict::new(
+            Signature::parse("review -> draft").unwrap(),
+            Lm::new(client, "lm"),
+        ),
         check: Predict::new(
             Signature::parse("review, draft -> sentiment").unwrap(),
             Lm::new(client, "lm"),
@@ -745,13 +752,21 @@ async fn the_optimizers_compile_multi_predictor_programs_and_chain_of_thought() 
         client
             .add_scripted(
                 "prompter",
-                if optimizer == "gepa" { feedback_reader() } else { alternating_proposer() },
+                if optimizer == "gepa" {
+                    feedback_reader()
+                } else {
+                    alternating_proposer()
+                },
             )
             .await
             .unwrap();
         let engine = Engine::new(
             build(&client),
-            if optimizer == "gepa" { feedback_metric() } else { Metric::exact_match() },
+            if optimizer == "gepa" {
+                feedback_metric()
+            } else {
+                Metric::exact_match()
+            },
             reviews(10, 0),
             reviews(8, 10),
             config(9),
@@ -759,12 +774,22 @@ async fn the_optimizers_compile_multi_predictor_programs_and_chain_of_thought() 
         .unwrap();
         let lm = Lm::new(&client, "prompter");
         let (program, report) = match optimizer {
-            "copro" => dspex_prompt::optimize::Copro { breadth: 3, depth: 2, ..Default::default() }
+            "copro" => dspex_prompt::optimize::Copro {
+                breadth: 3,
+                depth: 2,
+                ..Default::default()
+            }
+            .compile(&engine, &lm)
+            .await
+            .unwrap(),
+            "mipro" => dspex_prompt::optimize::MiproV2::default()
                 .compile(&engine, &lm)
                 .await
                 .unwrap(),
-            "mipro" => dspex_prompt::optimize::MiproV2::default().compile(&engine, &lm).await.unwrap(),
-            _ => dspex_prompt::optimize::Gepa::default().compile(&engine, &lm).await.unwrap(),
+            _ => dspex_prompt::optimize::Gepa::default()
+                .compile(&engine, &lm)
+                .await
+                .unwrap(),
         };
         let state = program_state(&program);
         assert_eq!(state.predictors.len(), 2, "{optimizer}");
@@ -788,8 +813,23 @@ async fn the_optimizers_compile_multi_predictor_programs_and_chain_of_thought() 
         Signature::parse("review -> sentiment").unwrap(),
         Lm::new(&client, "lm"),
     );
-    let engine = Engine::new(cot, Metric::exact_match(), reviews(10, 0), reviews(8, 10), config(1)).unwrap();
+    let engine = Engine::new(
+        cot,
+        Metric::exact_match(),
+        reviews(10, 0),
+        reviews(8, 10),
+        config(1),
+    )
+    .unwrap();
     let (program, report) = search().compile(&engine).await.unwrap();
     assert!(report.best.unwrap().score >= 0.75);
-    assert!(program_state(&program).predictors.values().next().unwrap().signature.contains("reasoning"));
+    assert!(
+        program_state(&program)
+            .predictors
+            .values()
+            .next()
+            .unwrap()
+            .signature
+            .contains("reasoning")
+    );
 }

@@ -314,7 +314,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-type CacheKey = (String, Split, usize);
+type CacheKey = (Arc<str>, Split, usize);
 
 /// What the engine keeps across a checkpoint.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -403,6 +403,10 @@ impl Shared {
         if self.stopped.lock().is_some() {
             return false;
         }
+        // No limit set: nothing to add up (every rollout asks).
+        if self.config.budget == Budget::default() {
+            return true;
+        }
         let budget = &self.config.budget;
         let total = self.spend.lock().total();
         let over = if budget.max_calls.is_some_and(|max| total.calls >= max) {
@@ -450,8 +454,10 @@ impl Shared {
     /// A permit for one unit of LM work, or `None` once a budget is spent.
     /// Asking for one ends a replay: this work is not in the ledger.
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.replaying
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if self.replaying.load(std::sync::atomic::Ordering::Relaxed) {
+            self.replaying
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         if !self.has_budget() {
             return None;
         }
@@ -802,7 +808,7 @@ impl<M: Module + Clone + 'static> Engine<M> {
     /// the order of `indices` whatever order they finish in; a budget that
     /// runs out leaves the rest unrun (`complete` is then false).
     pub async fn evaluate(&self, state: &ProgramState, split: Split, indices: &[usize]) -> Scored {
-        let id = candidate_id(state);
+        let id: Arc<str> = Arc::from(candidate_id(state));
         let program = match self.program(state) {
             Ok(program) => program,
             Err(error) => {
@@ -827,10 +833,12 @@ impl<M: Module + Clone + 'static> Engine<M> {
             Split::Train => Arc::clone(&self.trainset),
             Split::Val => Arc::clone(&self.valset),
         };
+        let ids = predictor_ids(&*program);
         let results: Vec<Option<Rollout>> = futures::stream::iter(indices.iter().map(|&index| {
-            let (program, examples, id) = (Arc::clone(&program), Arc::clone(&examples), &id);
+            let (program, examples, id, ids) =
+                (Arc::clone(&program), Arc::clone(&examples), &id, &ids);
             async move {
-                let key = (id.clone(), split, index);
+                let key = (Arc::clone(id), split, index);
                 if let Some(hit) = self.shared.cache.lock().get(&key) {
                     return Some(hit.clone());
                 }
@@ -840,8 +848,7 @@ impl<M: Module + Clone + 'static> Engine<M> {
                 context.record_traces = true;
                 let outcome = program.forward_with(&example.inputs, context).await;
                 self.record(Purpose::Task, outcome.as_ref().ok());
-                let ids = predictor_ids(&*program);
-                let rollout = self.score(index, example, outcome.map(|p| with_positions(p, &ids)));
+                let rollout = self.score(index, example, outcome.map(|p| with_positions(p, ids)));
                 self.shared.cache.lock().insert(key, rollout.clone());
                 Some(rollout)
             }
@@ -928,7 +935,7 @@ impl<M: Module + Clone + 'static> Engine<M> {
                 let cache = self.shared.cache.lock();
                 let mut rollouts: Vec<(String, Split, Rollout)> = cache
                     .iter()
-                    .map(|((id, split, _), rollout)| (id.clone(), *split, rollout.clone()))
+                    .map(|((id, split, _), rollout)| (id.to_string(), *split, rollout.clone()))
                     .collect();
                 // A stable order: the same run writes the same file.
                 rollouts.sort_by(|a, b| {
@@ -1014,7 +1021,7 @@ impl<M: Module + Clone + 'static> Engine<M> {
         {
             let mut cache = self.shared.cache.lock();
             for (id, split, rollout) in ledger.rollouts {
-                cache.insert((id, split, rollout.example), rollout);
+                cache.insert((Arc::from(id), split, rollout.example), rollout);
             }
         }
         self.shared.calls.lock().extend(ledger.calls);
