@@ -179,17 +179,6 @@ fn rollouts_vs_eval(c: &mut Criterion) {
     );
     let data: Vec<Example> = examples(EXAMPLES);
     let all: Vec<usize> = (0..data.len()).collect();
-    let engine = Engine::new(
-        predict.clone(),
-        Metric::exact_match(),
-        data.clone(),
-        data.clone(),
-        EngineConfig {
-            concurrency: CONCURRENCY,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
     let evaluator = Evaluate::new(Metric::exact_match()).with_concurrency(CONCURRENCY);
     let shared_predict = Arc::new(predict.clone());
     let shared_data: Arc<[Example]> = Arc::from(data.clone());
