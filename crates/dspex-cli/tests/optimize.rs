@@ -125,6 +125,53 @@ async fn every_optimizer_writes_a_program_and_a_report() {
         let eval: Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(eval["total"], 6, "{eval}");
     }
+    // A workflow of three predictors compiles and runs the same way.
+    let workflow = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/multi_hop_qa.toml");
+    let workflow = workflow.to_str().unwrap();
+    let (code, stdout, stderr) = dspex(
+        dir.path(),
+        &[
+            "optimize",
+            "--optimizer",
+            "mipro",
+            "--num-candidates",
+            "2",
+            "--num-trials",
+            "3",
+            "--train",
+            "train.jsonl",
+            "--seed",
+            "1",
+            "--json",
+            "--out",
+            "workflow.json",
+            "--workflow",
+            workflow,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["optimizer"], "mipro");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("workflow.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["predictors"].as_object().unwrap().len(), 3, "{saved}");
+    let (code, _, stderr) = dspex(
+        dir.path(),
+        &[
+            "eval",
+            "--data",
+            "val.jsonl",
+            "--workflow",
+            workflow,
+            "--program",
+            "workflow.json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+
     // Bad settings name the flag or key.
     let (code, _, stderr) = dspex(
         dir.path(),
