@@ -149,6 +149,8 @@ async fn run_mock(args: &DemoArgs) -> Result<(), Failure> {
                 instructions: None,
             },
             json: args.json,
+            stream: false,
+            interactive: false,
             signature: "question -> answer".into(),
             inputs: vec![format!("question={question}")],
         },

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use dspex::prompt::evaluate::{Evaluate, Metric, load_dataset};
 use dspex::prompt::{Inputs, Prediction, ProgramState, RunContext, load_program};
-use dspex::{ChainOfThought, Client, Lm, Module, Predict, PromptError, Signature};
+use dspex::{ChainOfThought, Lm, Module, Predict, PromptError, Runtime, Signature};
 use futures::future::BoxFuture;
 
 use crate::common::{self, Failure};
@@ -67,6 +67,14 @@ impl Module for AnyProgram {
         self.0.forward_with(inputs, run)
     }
 
+    fn stream_with<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        run: RunContext,
+    ) -> futures::stream::BoxStream<'a, dspex::prompt::Result<dspex::ModuleEvent>> {
+        self.0.stream_with(inputs, run)
+    }
+
     fn predictors(&self) -> Vec<(String, &Predict)> {
         self.0.predictors()
     }
@@ -83,20 +91,28 @@ pub(crate) struct Built {
     pub(crate) signature: Signature,
 }
 
-/// Builds the program `args` describe, calling `provider` through `client`.
+/// Builds the program `args` describe, calling `provider` through the runtime's client (a workflow's agent steps get the runtime's MCP tools).
 ///
 /// This is the seam for other kinds of program: a workflow (`--workflow FILE`)
 /// is one more branch here returning its `Module + Clone` in an
 /// [`AnyProgram`], with a signature naming its inputs and outputs.
-pub(crate) fn build_module(
-    client: &Client,
+pub(crate) async fn build_module(
+    runtime: &Runtime,
     provider: &str,
     args: &ProgramArgs,
 ) -> Result<Built, Failure> {
+    let client = runtime.client();
     let lm = Lm::new(client, provider);
     if let Some(path) = &args.workflow {
-        let workflow = dspex::workflow::declarative::load_file(path, client, Some(provider))
-            .map_err(Failure::usage)?;
+        // The agent steps' tools: the config's MCP servers.
+        let tools = runtime.tools().await?;
+        let workflow = dspex::workflow::declarative::load_file_with_tools(
+            path,
+            client,
+            Some(provider),
+            &tools,
+        )
+        .map_err(Failure::usage)?;
         let Some(outputs) = workflow.output_keys().filter(|o| !o.is_empty()) else {
             return Err(Failure::usage(anyhow::anyhow!(
                 "{}: declare `outputs = [...]` to evaluate or optimise the workflow",
@@ -191,7 +207,7 @@ pub(crate) async fn with_knn(
     module: AnyProgram,
     path: &Path,
     config: Option<&Path>,
-    runtime: &dspex::Runtime,
+    runtime: &Runtime,
 ) -> Result<AnyProgram, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::usage(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
@@ -294,9 +310,8 @@ pub(crate) async fn run(config: Option<&Path>, args: EvalArgs) -> Result<(), Fai
     }
     let (runtime, provider) =
         common::runtime_for(config, args.program.module.provider.as_deref()).await?;
-    let client = runtime.client().clone();
     let result: Result<(), Failure> = async {
-        let mut built = build_module(&client, &provider, &args.program)?;
+        let mut built = build_module(&runtime, &provider, &args.program).await?;
         if let Some(path) = &args.program.program {
             built.module = with_knn(built.module, path, config, &runtime).await?;
         }

@@ -8,6 +8,7 @@
 //! dspex load --provider mock --requests 10000 --concurrency 64
 //! dspex config check --config dspex.toml
 //! dspex mock-server --port 8089 --fail-429 0.1
+//! dspex mcp-test-server                        # MCP tools on stdio, for trying agents
 //! dspex serve --listen 127.0.0.1:4000             # the gateway, for any OpenAI client
 //! dspex keys create --name team-a --rpm 600       # a virtual key for the gateway
 //! ```
@@ -88,6 +89,9 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Run the mock upstream (OpenAI- and Anthropic-compatible, with fault injection).
     MockServer(MockServerArgs),
+    /// Serve a small MCP server (add, echo, text_stats, ...) on stdio, or on
+    /// streamable HTTP with --http ADDR, for trying agents.
+    McpTestServer(McpTestServerArgs),
     /// Start the mock upstream in process and make calls through the full client stack.
     Demo(demo::DemoArgs),
     /// Serve the gateway: OpenAI and Anthropic endpoints, keys, budgets, a dashboard.
@@ -106,6 +110,14 @@ struct MockServerArgs {
     host: std::net::IpAddr,
     #[command(flatten)]
     mock: dspex::mock::MockConfig,
+}
+
+#[derive(clap::Args, Debug)]
+struct McpTestServerArgs {
+    /// Serve streamable HTTP at this address (`/mcp`) instead of stdio;
+    /// prints the endpoint's URL once listening.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -153,6 +165,11 @@ async fn run(
             server.run_until_ctrl_c().await;
             Ok(())
         }
+        Command::McpTestServer(args) => match args.http {
+            Some(address) => dspex::mcp::test_server::serve_http(&address).await,
+            None => dspex::mcp::test_server::serve_stdio().await,
+        }
+        .map_err(Failure::usage),
         Command::Demo(args) => demo::run(args).await,
         Command::Serve(args) => serve::run(config, args, metrics).await,
         Command::Keys(args) => keys_cmd::run(args, config).await.map_err(Failure::Usage),

@@ -162,7 +162,7 @@ pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(),
     let client = runtime.client().clone();
     let prices = runtime.prices().cloned();
     let result: Result<(), Failure> = async {
-        let built = build_module(&client, &provider, &args.program)?;
+        let built = build_module(&runtime, &provider, &args.program).await?;
         let trainset = load_dataset(&args.train, &built.signature).map_err(program_failure)?;
         if kind == OptimizerKind::Bootstrap {
             return bootstrap(&args, built.module, &trainset, &built.signature).await;

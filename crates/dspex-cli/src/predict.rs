@@ -4,6 +4,7 @@ use std::path::Path;
 
 use dspex::prompt::{CallSettings, Inputs, RunContext};
 use dspex::{Adapter, ChainOfThought, Lm, Module, Predict, Signature};
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::common::{self, Failure};
@@ -75,8 +76,18 @@ pub(crate) struct PredictArgs {
     #[command(flatten)]
     pub(crate) module: ModuleArgs,
     /// Print the outputs with usage, latency and the LM calls as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stream")]
     pub(crate) json: bool,
+    /// Print each output field as the model writes it.
+    #[arg(long)]
+    pub(crate) stream: bool,
+    /// A conversation: read one input per line from stdin (the first text
+    /// input not given with -i), answer, and keep the turns as the
+    /// program's History (a `history: History` input is added when the
+    /// signature has none). `/reset` forgets the turns; an empty line or
+    /// end of input ends it.
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) interactive: bool,
     /// The signature, such as "question -> answer" or "text -> sentiment: Literal['pos', 'neg']".
     pub(crate) signature: String,
     /// Inputs as name=value; values of non-text fields are JSON (k=3, tags='["a"]').
@@ -115,6 +126,70 @@ fn parse_inputs(signature: &Signature, pairs: &[String]) -> Result<Inputs, Failu
     Ok(inputs)
 }
 
+/// A run's failure as the CLI reports it: the provider's errors with their
+/// exit codes, bad inputs as usage errors.
+fn program_failure(error: dspex::PromptError) -> Failure {
+    match error {
+        dspex::PromptError::Client(error) => Failure::from(error),
+        e @ (dspex::PromptError::InvalidInputs { .. } | dspex::PromptError::Signature { .. }) => {
+            Failure::usage(e)
+        }
+        other => Failure::Program(other),
+    }
+}
+
+/// Runs `program` once, streaming: each field's text is printed as it
+/// arrives, after its name. Returns the prediction.
+async fn stream_once(
+    program: &dyn Module,
+    inputs: &Inputs,
+    run: RunContext,
+) -> Result<dspex::Prediction, Failure> {
+    use std::io::Write as _;
+    let mut events = program.stream_with(inputs, run);
+    let mut stdout = std::io::stdout().lock();
+    let mut current: Option<String> = None;
+    while let Some(event) = events.next().await {
+        match event.map_err(program_failure)? {
+            dspex::ModuleEvent::Field { field, text } => {
+                if current.as_deref() != Some(field.as_str()) {
+                    if current.is_some() {
+                        let _ = writeln!(stdout);
+                    }
+                    let _ = write!(stdout, "{field}: ");
+                    current = Some(field);
+                }
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+            dspex::ModuleEvent::Step(step) => {
+                if current.take().is_some() {
+                    let _ = writeln!(stdout);
+                }
+                for call in &step.calls {
+                    let _ = writeln!(
+                        stdout,
+                        "[{}({}) -> {}]",
+                        call.tool, call.arguments, call.observation
+                    );
+                }
+            }
+            dspex::ModuleEvent::Done(prediction) => {
+                if current.is_some() {
+                    let _ = writeln!(stdout);
+                }
+                let _ = stdout.flush();
+                return Ok(prediction);
+            }
+            _ => {}
+        }
+    }
+    Err(Failure::Program(dspex::PromptError::Composite {
+        message: "the stream ended without a prediction".into(),
+        retryable: true,
+    }))
+}
+
 pub(crate) async fn run(config: Option<&Path>, args: PredictArgs) -> Result<(), Failure> {
     let (runtime, provider) = common::runtime_for(config, args.module.provider.as_deref()).await?;
     let result = run_with(runtime.client(), &provider, args).await;
@@ -127,36 +202,122 @@ pub(crate) async fn run_with(
     provider: &str,
     args: PredictArgs,
 ) -> Result<(), Failure> {
-    let signature = args.module.signature(&args.signature)?;
+    let mut signature = args.module.signature(&args.signature)?;
+    if args.interactive && signature.history_input().is_none() {
+        let mut inputs = signature.inputs().to_vec();
+        inputs.push(dspex::prompt::Field::new(
+            "history",
+            dspex::prompt::FieldType::History,
+        ));
+        signature = Signature::new(
+            inputs,
+            signature.outputs().to_vec(),
+            signature.raw_instructions(),
+        )
+        .map_err(Failure::usage)?;
+    }
     let inputs = parse_inputs(&signature, &args.inputs)?;
     // Print outputs in signature order (reasoning first for chain of thought).
     let mut order: Vec<String> = signature.outputs().iter().map(|f| f.name.clone()).collect();
     if args.module.cot {
         order.insert(0, ChainOfThought::reasoning_field().name);
     }
-    let program = args.module.build(signature, Lm::new(client, provider));
+    let program = args
+        .module
+        .build(signature.clone(), Lm::new(client, provider));
+    if args.interactive {
+        return converse(&program, &signature, inputs, &order, args.stream).await;
+    }
+    if args.stream {
+        stream_once(&program, &inputs, RunContext::default()).await?;
+        return Ok(());
+    }
     let prediction = program
         .forward_with(&inputs, RunContext::default())
         .await
-        .map_err(|e| match e {
-            dspex::PromptError::Client(error) => Failure::from(error),
-            dspex::PromptError::InvalidInputs { .. } | dspex::PromptError::Signature { .. } => {
-                Failure::usage(e)
-            }
-            other => Failure::Program(other),
-        })?;
+        .map_err(program_failure)?;
     if args.json {
         common::out(&serde_json::to_string_pretty(&prediction).map_err(Failure::usage)?);
     } else {
-        for (name, value) in order
-            .iter()
-            .filter_map(|n| prediction.outputs.get(n).map(|v| (n, v)))
-        {
-            match value {
-                Value::String(text) => common::out(&format!("{name}: {text}")),
-                other => common::out(&format!("{name}: {other}")),
-            }
+        print_outputs(&prediction, &order);
+    }
+    Ok(())
+}
+
+fn print_outputs(prediction: &dspex::Prediction, order: &[String]) {
+    for (name, value) in order
+        .iter()
+        .filter_map(|n| prediction.outputs.get(n).map(|v| (n, v)))
+    {
+        match value {
+            Value::String(text) => common::out(&format!("{name}: {text}")),
+            other => common::out(&format!("{name}: {other}")),
         }
+    }
+}
+
+/// The interactive loop of `--interactive`: one line, one turn; the turns so
+/// far are the program's History input, so the model sees a real
+/// conversation (and the cache scopes semantic hits to it).
+async fn converse(
+    program: &dyn Module,
+    signature: &Signature,
+    fixed: Inputs,
+    order: &[String],
+    stream: bool,
+) -> Result<(), Failure> {
+    use tokio::io::AsyncBufReadExt as _;
+    let history_field = signature
+        .history_input()
+        .map(|f| f.name.clone())
+        .unwrap_or_else(|| "history".to_owned());
+    let Some(asked) = signature
+        .prompt_inputs()
+        .find(|f| !fixed.contains_key(&f.name))
+        .map(|f| f.name.clone())
+    else {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--interactive reads one input per line, but -i gives every input"
+        )));
+    };
+    let mut turns: Vec<Value> = Vec::new();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    common::err(&format!(
+        "Type {asked}; an empty line ends, /reset forgets the conversation."
+    ));
+    while let Some(line) = lines.next_line().await.map_err(Failure::usage)? {
+        let line = line.trim();
+        if line.is_empty() || line == "/exit" {
+            break;
+        }
+        if line == "/reset" {
+            turns.clear();
+            common::err("(conversation forgotten)");
+            continue;
+        }
+        let mut inputs = fixed.clone();
+        inputs.insert(asked.clone(), Value::String(line.to_owned()));
+        inputs.insert(
+            history_field.clone(),
+            serde_json::json!({ "messages": turns }),
+        );
+        let prediction = if stream {
+            stream_once(program, &inputs, RunContext::default()).await?
+        } else {
+            let prediction = program
+                .forward_with(&inputs, RunContext::default())
+                .await
+                .map_err(program_failure)?;
+            print_outputs(&prediction, order);
+            prediction
+        };
+        let mut turn = serde_json::Map::new();
+        turn.insert(asked.clone(), Value::String(line.to_owned()));
+        for (name, value) in &fixed {
+            turn.insert(name.clone(), value.clone());
+        }
+        turn.extend(prediction.outputs);
+        turns.push(Value::Object(turn));
     }
     Ok(())
 }

@@ -48,11 +48,20 @@ pub(crate) fn parse_inputs(pairs: &[String]) -> Result<Context, Failure> {
 
 pub(crate) async fn run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
     let runtime = common::runtime(config).await?;
-    let result =
-        match declarative::load_file(&args.file, runtime.client(), args.provider.as_deref()) {
+    let result = async {
+        // The agent steps' tools: the config's MCP servers.
+        let tools = runtime.tools().await?;
+        match declarative::load_file_with_tools(
+            &args.file,
+            runtime.client(),
+            args.provider.as_deref(),
+            &tools,
+        ) {
             Ok(workflow) => run_loaded(&workflow, &args.inputs, args.json).await,
             Err(error) => Err(Failure::usage(error)),
-        };
+        }
+    }
+    .await;
     common::finish(runtime, result).await
 }
 

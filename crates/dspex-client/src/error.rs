@@ -471,6 +471,43 @@ impl ClientError {
         }
     }
 
+    /// Whether the request was refused because the prompt does not fit the
+    /// model's context window: OpenAI's `context_length_exceeded`,
+    /// Anthropic's "prompt is too long", a local model's prompt too long,
+    /// and the wordings compatible servers use. Agents react by shortening
+    /// their history.
+    pub fn is_context_window_exceeded(&self) -> bool {
+        let refused = match &self.0.kind {
+            ClientErrorKind::Api { kind, code, .. } => {
+                if code.as_deref() == Some("context_length_exceeded") {
+                    return true;
+                }
+                matches!(
+                    kind,
+                    ApiErrorKind::BadRequest
+                        | ApiErrorKind::PayloadTooLarge
+                        | ApiErrorKind::UnprocessableEntity
+                )
+            }
+            ClientErrorKind::InvalidRequest => true,
+            _ => false,
+        };
+        refused && {
+            let message = self.0.message.to_ascii_lowercase();
+            [
+                "context length",
+                "context_length",
+                "context window",
+                "maximum context",
+                "prompt is too long",
+                "does not fit the context",
+                "too many tokens",
+            ]
+            .iter()
+            .any(|phrase| message.contains(phrase))
+        }
+    }
+
     /// The HTTP status, for upstream errors.
     pub fn status(&self) -> Option<u16> {
         self.0.status
@@ -643,5 +680,33 @@ mod tests {
             "openai: rate limit `tokens/1m` is full; retry after 2.0s"
         );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn context_window_errors_are_recognised() {
+        let openai = ClientError::api(
+            400,
+            "This model's maximum context length is 128000 tokens.",
+            Some("context_length_exceeded".into()),
+            None,
+            None,
+        );
+        assert!(openai.is_context_window_exceeded());
+        let anthropic = ClientError::api(
+            400,
+            "prompt is too long: 210000 tokens > 200000 maximum",
+            None,
+            None,
+            None,
+        );
+        assert!(anthropic.is_context_window_exceeded());
+        let local = ClientError::new(
+            ClientErrorKind::InvalidRequest,
+            "prompt of 9000 tokens does not fit the context of 8192 tokens",
+        );
+        assert!(local.is_context_window_exceeded());
+        assert!(!api(400).is_context_window_exceeded());
+        let overloaded = ClientError::api(529, "context window busy", None, None, None);
+        assert!(!overloaded.is_context_window_exceeded());
     }
 }

@@ -50,7 +50,7 @@ pub use error::{ApiErrorKind, ClientError, ClientErrorKind, TimeoutPhase};
 pub use events::{Event, EventBus, EventKind};
 pub use guard::CallGuard;
 pub use provider::{Capabilities, LOCAL_SYSTEM, PrefixCacheStats, WireFormat};
-pub use scripted::ScriptedLm;
+pub use scripted::{ScriptedLm, ScriptedToolCall, ScriptedTurn};
 pub use stream::ChatStream;
 pub use types::{
     ChatDelta, ChatParams, ChatRequest, ChatResponse, Choice, EmbeddingRequest, EmbeddingResponse,

@@ -16,10 +16,48 @@
 //! assert_eq!(lm.calls(), 1);
 //! # Ok(()) }
 //! ```
+//!
+//! It can also answer with native tool calls, in OpenAI's shape, so an agent
+//! can be driven step by step: [`ScriptedLm::turns`] cycles through
+//! [`ScriptedTurn`]s, and [`ScriptedLm::from_turn_fn`] decides from the
+//! request, such as from the tool results it carries.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dspex_client::ClientError> {
+//! use dspex_client::{Client, ClientConfig, FinishReason, Message, RequestOptions, Role};
+//! use dspex_client::{ScriptedLm, ScriptedTurn};
+//! use serde_json::json;
+//!
+//! let lm = ScriptedLm::from_turn_fn(|request| {
+//!     // Answer once the tool's result is back; call the tool before.
+//!     Ok(match request.messages.last() {
+//!         Some(last) if last.role == Role::Tool => format!("It is {}.", last.content).into(),
+//!         _ => ScriptedTurn::tool_call("get_weather", json!({"city": "Paris"})),
+//!     })
+//! });
+//! let client = Client::from_config(&ClientConfig::default()).await?;
+//! client.add_scripted("agent", lm).await?;
+//! let mut messages = vec![Message::user("Weather in Paris?")];
+//! let first = client.request("agent", messages.clone(), RequestOptions::new()).await?;
+//! assert_eq!(first.finish_reason(), Some(&FinishReason::ToolCalls));
+//! let calls = first.choices[0].tool_calls.clone().unwrap_or_default();
+//! assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+//! let mut call = Message::assistant("");
+//! call.tool_calls = Some(calls.clone());
+//! let mut result = Message::new(Role::Tool, "sunny");
+//! result.tool_call_id = calls[0]["id"].as_str().map(str::to_owned);
+//! messages.extend([call, result]);
+//! let answer = client.request("agent", messages, RequestOptions::new()).await?;
+//! assert_eq!(answer.text(), "It is sunny.");
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
 
 use crate::call::{Call, Payload, Reply, ReplyBody};
 use crate::config::ProviderConfig;
@@ -49,6 +87,9 @@ impl ProviderApi for Scripted {
 
     fn capabilities(&self, _config: &ProviderConfig) -> Capabilities {
         Capabilities {
+            // It answers tool calls when scripted to, and text otherwise,
+            // tools or not: a script decides, as a model would.
+            tool_calling: true,
             streaming: true,
             streaming_usage: true,
             multiple_choices: true,
@@ -57,21 +98,121 @@ impl ProviderApi for Scripted {
     }
 }
 
-type ReplyFn = dyn Fn(&ChatRequest) -> Result<String, String> + Send + Sync;
+/// One scripted reply: text, or tool calls with optional text alongside.
+///
+/// Tool calls come back in OpenAI's shape in
+/// [`Choice::tool_calls`](crate::Choice::tool_calls) —
+/// `[{"id": "call_1", "type": "function", "function": {"name": ..., "arguments": "<JSON text>"}}]`
+/// — with [`FinishReason::ToolCalls`], streamed or not; the choice's content is
+/// the text, or `None` without text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScriptedTurn {
+    /// A text reply.
+    Text(String),
+    /// Tool calls (several make parallel calls), with optional text.
+    ToolCalls {
+        /// Text alongside the calls; `None` (or empty) for none.
+        text: Option<String>,
+        /// The calls, in order.
+        calls: Vec<ScriptedToolCall>,
+    },
+}
+
+/// A tool call a [`ScriptedTurn`] makes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScriptedToolCall {
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, sent as their JSON text; a JSON string is sent as it is
+    /// (see [`ScriptedToolCall::raw`]).
+    pub arguments: Value,
+}
+
+impl ScriptedToolCall {
+    /// A call of `name` with these arguments (usually a JSON object).
+    pub fn new(name: impl Into<String>, arguments: Value) -> Self {
+        Self {
+            name: name.into(),
+            arguments,
+        }
+    }
+
+    /// A call whose arguments text is `arguments` verbatim, valid JSON or not:
+    /// for testing how a caller handles a model's malformed arguments.
+    pub fn raw(name: impl Into<String>, arguments: impl Into<String>) -> Self {
+        Self::new(name, Value::String(arguments.into()))
+    }
+
+    /// The arguments as the JSON text OpenAI sends.
+    fn arguments_text(&self) -> String {
+        match &self.arguments {
+            Value::String(raw) => raw.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl ScriptedTurn {
+    /// A text reply.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text(text.into())
+    }
+
+    /// One tool call, without text.
+    pub fn tool_call(name: impl Into<String>, arguments: Value) -> Self {
+        Self::tool_calls([ScriptedToolCall::new(name, arguments)])
+    }
+
+    /// Several tool calls in one turn (parallel calls), without text.
+    pub fn tool_calls(calls: impl IntoIterator<Item = ScriptedToolCall>) -> Self {
+        Self::ToolCalls {
+            text: None,
+            calls: calls.into_iter().collect(),
+        }
+    }
+
+    /// Sets the text: alongside the tool calls, or instead of a text reply's.
+    #[must_use]
+    pub fn with_text(self, text: impl Into<String>) -> Self {
+        match self {
+            Self::Text(_) => Self::Text(text.into()),
+            Self::ToolCalls { calls, .. } => Self::ToolCalls {
+                text: Some(text.into()),
+                calls,
+            },
+        }
+    }
+}
+
+impl From<String> for ScriptedTurn {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<&str> for ScriptedTurn {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+type TurnFn = dyn Fn(&ChatRequest) -> Result<ScriptedTurn, String> + Send + Sync;
 
 enum Source {
-    /// Replies in order, starting over after the last.
-    Replies(Vec<String>),
+    /// Turns in order, starting over after the last.
+    Turns(Vec<ScriptedTurn>),
     /// Replies by prompt: the last user message exactly, else the first key the
     /// whole prompt contains.
     Map(Vec<(String, String)>),
-    /// Replies computed from the request.
-    Function(Arc<ReplyFn>),
+    /// Turns computed from the request.
+    Function(Arc<TurnFn>),
 }
 
 struct Inner {
     source: Source,
     next: AtomicUsize,
+    /// Numbers the tool calls' ids, so every call of this LM has its own.
+    next_call_id: AtomicU64,
     calls: AtomicU64,
     input_tokens: AtomicU64,
     output_tokens: AtomicU64,
@@ -99,6 +240,7 @@ impl ScriptedLm {
             inner: Arc::new(Inner {
                 source,
                 next: AtomicUsize::new(0),
+                next_call_id: AtomicU64::new(1),
                 calls: AtomicU64::new(0),
                 input_tokens: AtomicU64::new(0),
                 output_tokens: AtomicU64::new(0),
@@ -112,9 +254,22 @@ impl ScriptedLm {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self::new(Source::Replies(
-            replies.into_iter().map(Into::into).collect(),
+        Self::new(Source::Turns(
+            replies
+                .into_iter()
+                .map(|reply| ScriptedTurn::Text(reply.into()))
+                .collect(),
         ))
+    }
+
+    /// Answers with these turns (text or tool calls), in order, starting over
+    /// after the last.
+    pub fn turns<I, T>(turns: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<ScriptedTurn>,
+    {
+        Self::new(Source::Turns(turns.into_iter().map(Into::into).collect()))
     }
 
     /// Replies by prompt: a key equal to the last user message wins; otherwise
@@ -140,7 +295,17 @@ impl ScriptedLm {
     pub fn from_fn(
         reply: impl Fn(&ChatRequest) -> Result<String, String> + Send + Sync + 'static,
     ) -> Self {
-        Self::new(Source::Function(Arc::new(reply)))
+        Self::from_turn_fn(move |request| reply(request).map(ScriptedTurn::Text))
+    }
+
+    /// Answers with whatever `turn` returns, text or tool calls; it sees the
+    /// whole request (messages with earlier calls and their `Role::Tool`
+    /// results, `params.tools`). An `Err` fails the call with an
+    /// invalid-request error carrying the message.
+    pub fn from_turn_fn(
+        turn: impl Fn(&ChatRequest) -> Result<ScriptedTurn, String> + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(Source::Function(Arc::new(turn)))
     }
 
     /// Calls answered so far.
@@ -157,14 +322,17 @@ impl ScriptedLm {
         }
     }
 
-    fn reply(&self, request: &ChatRequest) -> Result<String, String> {
+    fn reply(&self, request: &ChatRequest) -> Result<ScriptedTurn, String> {
         match &self.inner.source {
-            Source::Replies(replies) => {
-                if replies.is_empty() {
+            Source::Turns(turns) => {
+                if turns.is_empty() {
                     return Err("the scripted LM has no replies".into());
                 }
-                let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % replies.len();
-                Ok(replies.get(index).cloned().unwrap_or_default())
+                let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % turns.len();
+                turns
+                    .get(index)
+                    .cloned()
+                    .ok_or_else(|| "the scripted LM has no replies".to_owned())
             }
             Source::Map(pairs) => {
                 let last_user = request
@@ -175,7 +343,7 @@ impl ScriptedLm {
                     .map(|m| m.content.as_str())
                     .unwrap_or_default();
                 if let Some((_, reply)) = pairs.iter().find(|(key, _)| key == last_user) {
-                    return Ok(reply.clone());
+                    return Ok(ScriptedTurn::Text(reply.clone()));
                 }
                 let found = pairs.iter().find(|(key, _)| {
                     request
@@ -183,12 +351,99 @@ impl ScriptedLm {
                         .iter()
                         .any(|m| m.content.contains(key.as_str()))
                 });
-                found.map(|(_, reply)| reply.clone()).ok_or_else(|| {
-                    let start: String = last_user.chars().take(80).collect();
-                    format!("the scripted LM has no reply for the prompt `{start}`")
-                })
+                found
+                    .map(|(_, reply)| ScriptedTurn::Text(reply.clone()))
+                    .ok_or_else(|| {
+                        let start: String = last_user.chars().take(80).collect();
+                        format!("the scripted LM has no reply for the prompt `{start}`")
+                    })
             }
-            Source::Function(reply) => reply(request),
+            Source::Function(turn) => turn(request),
+        }
+    }
+
+    /// The next tool call id.
+    fn call_id(&self) -> String {
+        let n = self.inner.next_call_id.fetch_add(1, Ordering::Relaxed);
+        format!("call_{n}")
+    }
+}
+
+/// One choice's answer, ready to be sent whole or streamed.
+struct Answer {
+    text: String,
+    /// Tool calls: id, name and arguments text. Empty for a text reply.
+    calls: Vec<(String, String, String)>,
+}
+
+impl Answer {
+    fn new(turn: ScriptedTurn, lm: &ScriptedLm) -> Self {
+        match turn {
+            ScriptedTurn::Text(text) => Self {
+                text,
+                calls: Vec::new(),
+            },
+            ScriptedTurn::ToolCalls { text, calls } => Self {
+                text: text.unwrap_or_default(),
+                calls: calls
+                    .into_iter()
+                    .map(|call| {
+                        let arguments = call.arguments_text();
+                        (lm.call_id(), call.name, arguments)
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// Output tokens by the heuristic: the text, and each call's name and
+    /// arguments text (what a provider bills a tool call as).
+    fn tokens(&self) -> u64 {
+        let calls: u64 = self
+            .calls
+            .iter()
+            .map(|(_, name, arguments)| {
+                tokens::heuristic_tokens(name) + tokens::heuristic_tokens(arguments)
+            })
+            .sum();
+        tokens::heuristic_tokens(&self.text) + calls
+    }
+
+    fn finish_reason(&self) -> FinishReason {
+        if self.calls.is_empty() {
+            FinishReason::Stop
+        } else {
+            FinishReason::ToolCalls
+        }
+    }
+
+    /// `Choice::tool_calls` in OpenAI's non-streamed shape.
+    fn tool_calls(&self) -> Option<Value> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        let calls = self
+            .calls
+            .iter()
+            .map(|(id, name, arguments)| {
+                json!({"id": id, "type": "function",
+                       "function": {"name": name, "arguments": arguments}})
+            })
+            .collect();
+        Some(Value::Array(calls))
+    }
+
+    fn into_choice(self, index: usize) -> Choice {
+        let tool_calls = self.tool_calls();
+        let finish_reason = Some(self.finish_reason());
+        // As OpenAI: a pure tool call has no text (`null`), a text reply
+        // always has its text, even empty.
+        let content = (tool_calls.is_none() || !self.text.is_empty()).then_some(self.text);
+        Choice {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            content,
+            tool_calls,
+            finish_reason,
         }
     }
 }
@@ -214,18 +469,26 @@ impl ScriptedTransport {
         let n = request.params.n.unwrap_or(1).max(1);
         let mut choices = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let text = self.lm.reply(request).map_err(|message| {
+            let turn = self.lm.reply(request).map_err(|message| {
                 ClientError::new(ClientErrorKind::InvalidRequest, message)
                     .attach(&self.provider, &inner.trail)
             })?;
-            choices.push(text);
+            choices.push(Answer::new(turn, &self.lm));
         }
         let model = &*inner.model;
         // The documented heuristic, whatever the model name: a scripted LM has
-        // no real tokenizer, and tiktoken would cost more than the call.
+        // no real tokenizer, and tiktoken would cost more than the call. The
+        // heuristic reads message texts only, so earlier tool calls are added
+        // as their JSON text, as a provider would bill them.
+        let earlier_calls: u64 = request
+            .messages
+            .iter()
+            .filter_map(|m| m.tool_calls.as_ref())
+            .map(|calls| tokens::heuristic_tokens(&calls.to_string()))
+            .sum();
         let usage = Usage {
-            input_tokens: tokens::estimate_chat_tokens_heuristic(&request.messages),
-            output_tokens: choices.iter().map(|c| tokens::heuristic_tokens(c)).sum(),
+            input_tokens: tokens::estimate_chat_tokens_heuristic(&request.messages) + earlier_calls,
+            output_tokens: choices.iter().map(Answer::tokens).sum(),
             ..Usage::default()
         };
         let counters = &self.lm.inner;
@@ -247,12 +510,7 @@ impl ScriptedTransport {
                 choices: choices
                     .into_iter()
                     .enumerate()
-                    .map(|(i, text)| Choice {
-                        index: u32::try_from(i).unwrap_or(u32::MAX),
-                        content: Some(text),
-                        tool_calls: None,
-                        finish_reason: Some(FinishReason::Stop),
-                    })
+                    .map(|(i, answer)| answer.into_choice(i))
                     .collect(),
                 usage: Some(usage),
             })
@@ -261,26 +519,44 @@ impl ScriptedTransport {
     }
 }
 
+/// Characters per streamed piece of a tool call's arguments.
+const ARGUMENT_PIECE_CHARS: usize = 8;
+
 /// The replies as stream chunks, one delta per word, as a provider streams
-/// them: each item is what one upstream event would decode to.
-fn stream_chunks(model: &str, choices: &[String], usage: Usage) -> Vec<Vec<Chunk>> {
+/// them: each item is what one upstream event would decode to. Tool calls
+/// follow the text as OpenAI streams them — per call a fragment with its
+/// `index`, id and name, then its arguments in pieces under the same index —
+/// which the stream's reassembly turns back into the non-streamed shape.
+fn stream_chunks(model: &str, choices: &[Answer], usage: Usage) -> Vec<Vec<Chunk>> {
     let mut events = vec![vec![Chunk::Start {
         id: None,
         model: Some(model.to_owned()),
     }]];
-    let delta = |index: usize, content: &str, finish_reason: Option<FinishReason>| {
+    let delta = |index: usize,
+                 content: &str,
+                 tool_calls: Option<Value>,
+                 finish_reason: Option<FinishReason>| {
         Chunk::Delta(ChatDelta {
             index: u32::try_from(index).unwrap_or(u32::MAX),
             content: content.to_owned(),
-            tool_calls: None,
+            tool_calls,
             finish_reason,
         })
     };
-    for (index, text) in choices.iter().enumerate() {
-        for piece in text.split_inclusive(' ') {
-            events.push(vec![delta(index, piece, None)]);
+    for (index, answer) in choices.iter().enumerate() {
+        for piece in answer.text.split_inclusive(' ') {
+            events.push(vec![delta(index, piece, None, None)]);
         }
-        events.push(vec![delta(index, "", Some(FinishReason::Stop))]);
+        for (at, (id, name, arguments)) in answer.calls.iter().enumerate() {
+            let start = json!([{"index": at, "id": id, "type": "function",
+                                "function": {"name": name, "arguments": ""}}]);
+            events.push(vec![delta(index, "", Some(start), None)]);
+            for piece in pieces(arguments, ARGUMENT_PIECE_CHARS) {
+                let more = json!([{"index": at, "function": {"arguments": piece}}]);
+                events.push(vec![delta(index, "", Some(more), None)]);
+            }
+        }
+        events.push(vec![delta(index, "", None, Some(answer.finish_reason()))]);
     }
     events.push(vec![Chunk::Usage(UsageUpdate {
         input_tokens: Some(usage.input_tokens),
@@ -290,4 +566,61 @@ fn stream_chunks(model: &str, choices: &[String], usage: Usage) -> Vec<Vec<Chunk
     })]);
     events.push(vec![Chunk::End]);
     events
+}
+
+/// `text` in pieces of at most `chars` characters, cut on char boundaries.
+fn pieces(text: &str, chars: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = rest
+            .char_indices()
+            .nth(chars)
+            .map_or(rest.len(), |(at, _)| at);
+        let (piece, after) = rest.split_at(cut);
+        rest = after;
+        Some(piece)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cut_on_char_boundaries() {
+        assert_eq!(
+            pieces("abcdefghij", 4).collect::<Vec<_>>(),
+            ["abcd", "efgh", "ij"]
+        );
+        assert_eq!(pieces("ééé", 2).collect::<Vec<_>>(), ["éé", "é"]);
+        assert_eq!(pieces("", 2).count(), 0);
+    }
+
+    #[test]
+    fn turns_convert_and_set_their_text() {
+        assert_eq!(ScriptedTurn::from("hi"), ScriptedTurn::Text("hi".into()));
+        let call = ScriptedTurn::tool_call("f", json!({"a": 1})).with_text("calling");
+        assert_eq!(
+            call,
+            ScriptedTurn::ToolCalls {
+                text: Some("calling".into()),
+                calls: vec![ScriptedToolCall::new("f", json!({"a": 1}))],
+            }
+        );
+        assert_eq!(
+            ScriptedTurn::text("a").with_text("b"),
+            ScriptedTurn::text("b")
+        );
+        assert_eq!(
+            ScriptedToolCall::raw("f", "{oops").arguments_text(),
+            "{oops"
+        );
+        assert_eq!(
+            ScriptedToolCall::new("f", json!({"a": [1]})).arguments_text(),
+            r#"{"a":[1]}"#
+        );
+    }
 }

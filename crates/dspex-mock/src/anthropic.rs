@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::content::{Ask, Message, Prompt, Reply, ResponseFormat};
+use crate::content::{Ask, Message, Prompt, Reply, ResponseFormat, arguments_json};
 use crate::openai::pieces;
 use crate::server::{BodyMode, Plan, Shared, with_limits};
 use crate::stats::Route;
@@ -94,6 +94,24 @@ fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
 
 /// A string, or the concatenated `text` of an array of text blocks.
 fn blocks_text(value: &Value, name: &str) -> Result<String, ApiError> {
+    if let Value::Array(blocks) = value
+        && blocks.iter().any(|block| {
+            matches!(
+                block.get("type").and_then(Value::as_str),
+                Some("tool_use" | "tool_result")
+            )
+        })
+    {
+        return Err(ApiError::bad_request(format!(
+            "{name}: tool blocks are only allowed in messages"
+        )));
+    }
+    plain_blocks_text(value, name)
+}
+
+/// [`blocks_text`] without the check for tool blocks, which the caller
+/// handles.
+fn plain_blocks_text(value: &Value, name: &str) -> Result<String, ApiError> {
     match value {
         Value::String(text) => Ok(text.clone()),
         Value::Array(blocks) => {
@@ -112,6 +130,176 @@ fn blocks_text(value: &Value, name: &str) -> Result<String, ApiError> {
             Ok(text)
         }
         _ => Err(wrong_type(name, "a valid string or a valid list")),
+    }
+}
+
+/// A message given as content blocks: its text blocks' text, and its tool
+/// blocks (checked, and written into its tool lines): `tool_use` in assistant
+/// messages as `name(input-json)`, `tool_result` in user messages as their
+/// text (`error: <text>` when `is_error`).
+fn message_blocks<'a>(
+    i: usize,
+    role: &str,
+    blocks: &'a [Value],
+    pairing: &mut Pairing<'a>,
+) -> Result<Message, ApiError> {
+    let mut message = Message::new(role.to_owned(), String::new());
+    let mut results: Vec<(usize, &'a str)> = Vec::new();
+    let mut uses: Vec<&'a str> = Vec::new();
+    for (j, block) in blocks.iter().enumerate() {
+        let at = format!("messages.{i}.content.{j}");
+        let Some(kind) = block.get("type").and_then(Value::as_str) else {
+            return Err(field_required(&format!("{at}.type")));
+        };
+        let string = |key: &str| match block.get(key) {
+            None | Some(Value::Null) => Err(field_required(&format!("{at}.{kind}.{key}"))),
+            Some(Value::String(text)) => Ok(text.as_str()),
+            Some(_) => Err(wrong_type(&format!("{at}.{kind}.{key}"), "a valid string")),
+        };
+        match (kind, role) {
+            ("text", _) => match block.get("text") {
+                Some(Value::String(piece)) => message.text.push_str(piece),
+                _ => return Err(field_required(&format!("{at}.text"))),
+            },
+            ("tool_use", "assistant") => {
+                let id = string("id")?;
+                let name = string("name")?;
+                let input = match block.get("input") {
+                    None | Some(Value::Null) => {
+                        return Err(field_required(&format!("{at}.tool_use.input")));
+                    }
+                    Some(input @ Value::Object(_)) => input,
+                    Some(_) => {
+                        return Err(wrong_type(
+                            &format!("{at}.tool_use.input"),
+                            "a valid dictionary",
+                        ));
+                    }
+                };
+                message.push_tool_call(name, &input.to_string());
+                uses.push(id);
+            }
+            ("tool_result", "user") => {
+                let id = string("tool_use_id")?;
+                let is_error = match block.get("is_error") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(is_error)) => *is_error,
+                    Some(_) => {
+                        return Err(wrong_type(
+                            &format!("{at}.tool_result.is_error"),
+                            "a valid boolean",
+                        ));
+                    }
+                };
+                let text = match block.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(content) => {
+                        plain_blocks_text(content, &format!("{at}.tool_result.content"))?
+                    }
+                };
+                if is_error {
+                    message.push_tool_line(&format!("error: {text}"));
+                } else {
+                    message.push_tool_line(&text);
+                }
+                message.tool_result = true;
+                results.push((j, id));
+            }
+            ("tool_use" | "tool_result", _) => {
+                return Err(ApiError::bad_request(format!(
+                    "{at}: `{kind}` blocks are not allowed in `{role}` messages"
+                )));
+            }
+            // Images, documents, thinking...: no text the mock reads.
+            _ => {}
+        }
+    }
+    pairing.turn(i, role, &results)?;
+    pairing.uses(i, uses);
+    Ok(message)
+}
+
+/// Anthropic's rule that tool use and results pair up: the `tool_use` blocks
+/// of an assistant turn are each answered by a `tool_result` block in the
+/// next user turn, and a `tool_result` answers a `tool_use` of the turn
+/// before. Consecutive messages of one role form one turn, as the API
+/// combines them.
+#[derive(Default)]
+struct Pairing<'a> {
+    /// Whether the previous message was the assistant's (`None` before the
+    /// first).
+    last_assistant: Option<bool>,
+    /// The assistant message whose tool uses await results, and their ids.
+    open: Option<(usize, Vec<&'a str>)>,
+    /// Whether the current user turn follows an assistant turn with tool use.
+    answering: bool,
+}
+
+impl<'a> Pairing<'a> {
+    /// A message with its `tool_result` blocks (position and id).
+    fn turn(&mut self, i: usize, role: &str, results: &[(usize, &str)]) -> Result<(), ApiError> {
+        let assistant = role == "assistant";
+        if self.last_assistant != Some(assistant) {
+            if assistant {
+                // A user turn ended: it must have answered every tool use.
+                self.check_answered()?;
+            } else {
+                self.answering = self.open.is_some();
+            }
+        }
+        self.last_assistant = Some(assistant);
+        for (j, id) in results {
+            let known = self.answering
+                && self
+                    .open
+                    .as_mut()
+                    .and_then(|(_, ids)| {
+                        ids.iter()
+                            .position(|open| open == id)
+                            .map(|at| ids.remove(at))
+                    })
+                    .is_some();
+            if !known {
+                return Err(ApiError::bad_request(format!(
+                    "messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` \
+                     blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` \
+                     block in the previous message."
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `tool_use` ids of assistant message `i`.
+    fn uses(&mut self, i: usize, ids: Vec<&'a str>) {
+        if ids.is_empty() {
+            return;
+        }
+        match &mut self.open {
+            Some((_, open)) => open.extend(ids),
+            None => self.open = Some((i, ids)),
+        }
+    }
+
+    fn check_answered(&mut self) -> Result<(), ApiError> {
+        let Some((index, ids)) = self.open.take() else {
+            return Ok(());
+        };
+        self.answering = false;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::bad_request(format!(
+            "messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately \
+             after: {}. Each `tool_use` block must have a corresponding `tool_result` block in the \
+             next message.",
+            ids.join(", ")
+        )))
+    }
+
+    /// The end of the messages: tool uses must have been answered.
+    fn end(&mut self) -> Result<(), ApiError> {
+        self.check_answered()
     }
 }
 
@@ -147,6 +335,7 @@ fn parse(body: &Value) -> Result<MessagesRequest, ApiError> {
     if let Some(system) = field(body, "system") {
         prompt.system_field = Some(blocks_text(system, "system")?);
     }
+    let mut pairing = Pairing::default();
     for (i, message) in messages.iter().enumerate() {
         let role = match message.get("role").and_then(Value::as_str) {
             Some(role @ ("user" | "assistant")) => role.to_owned(),
@@ -158,12 +347,18 @@ fn parse(body: &Value) -> Result<MessagesRequest, ApiError> {
             }
             None => return Err(field_required(&format!("messages.{i}.role"))),
         };
-        let text = match message.get("content") {
-            None => return Err(field_required(&format!("messages.{i}.content"))),
-            Some(content) => blocks_text(content, &format!("messages.{i}.content"))?,
+        let name = format!("messages.{i}.content");
+        let parsed = match message.get("content") {
+            None => return Err(field_required(&name)),
+            Some(Value::Array(blocks)) => message_blocks(i, &role, blocks, &mut pairing)?,
+            Some(content) => {
+                pairing.turn(i, &role, &[])?;
+                Message::new(role, plain_blocks_text(content, &name)?)
+            }
         };
-        prompt.messages.push(Message { role, text });
+        prompt.messages.push(parsed);
     }
+    pairing.end()?;
     let stop_sequences = match field(body, "stop_sequences") {
         None => Vec::new(),
         Some(Value::Array(stops)) => stops
@@ -212,14 +407,34 @@ enum Answer {
         stop_sequence: Option<String>,
     },
     ToolUse {
-        name: String,
+        text: Option<String>,
+        calls: Vec<UseOut>,
     },
+}
+
+/// A `tool_use` block as sent: the name, the input, and the input's JSON text
+/// (for usage and the streamed `input_json_delta` pieces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UseOut {
+    name: String,
+    input: Value,
+    json: String,
 }
 
 impl Answer {
     fn new(reply: Reply, stop_sequences: &[String], max_tokens: u64) -> Self {
         let mut text = match reply {
-            Reply::ToolCall(name) => return Self::ToolUse { name },
+            Reply::ToolCalls { text, calls } => {
+                let calls = calls
+                    .into_iter()
+                    .map(|call| UseOut {
+                        json: arguments_json(&call),
+                        name: call.name,
+                        input: call.arguments,
+                    })
+                    .collect();
+                return Self::ToolUse { text, calls };
+            }
             Reply::Text(text) => text,
         };
         let first_stop = stop_sequences
@@ -256,7 +471,13 @@ impl Answer {
     fn tokens(&self) -> u64 {
         match self {
             Self::Text { text, .. } => approx_tokens(text),
-            Self::ToolUse { name } => approx_tokens(name) + 1,
+            Self::ToolUse { text, calls } => {
+                let calls: u64 = calls
+                    .iter()
+                    .map(|call| approx_tokens(&call.name) + approx_tokens(&call.json))
+                    .sum();
+                approx_tokens(text.as_deref().unwrap_or_default()) + calls
+            }
         }
     }
 
@@ -292,7 +513,7 @@ enum Block<'a> {
     ToolUse {
         id: &'a str,
         name: &'a str,
-        input: Map<String, Value>,
+        input: &'a Value,
     },
 }
 
@@ -382,26 +603,24 @@ fn respond(
     let answer = Answer::new(reply, &request.stop_sequences, request.max_tokens);
     let output_tokens = answer.tokens();
     let id = format!("msg_{seq}");
-    let tool_id = format!("toolu_{seq}");
     let usage = Usage {
         input_tokens,
         output_tokens,
         cache_read_input_tokens: 0,
         cache_creation_input_tokens: 0,
     };
-    let block = match &answer {
-        Answer::Text { text, .. } => Block::Text { text },
-        Answer::ToolUse { name } => Block::ToolUse {
-            id: &tool_id,
-            name,
-            input: Map::new(),
-        },
+    // One id per tool use, unique across the server's requests.
+    let tool_ids: Vec<String> = match &answer {
+        Answer::Text { .. } => Vec::new(),
+        Answer::ToolUse { calls, .. } => (0..calls.len())
+            .map(|k| format!("toolu_{seq}_{k}"))
+            .collect(),
     };
     let response = if request.stream {
         shared.stats.streamed();
         let events = stream_events(
             &id,
-            &tool_id,
+            &tool_ids,
             request,
             &answer,
             usage,
@@ -431,7 +650,7 @@ fn respond(
             kind: "message",
             role: "assistant",
             model: &request.model,
-            content: vec![block],
+            content: blocks(&answer, &tool_ids),
             stop_reason: Some(answer.stop_reason()),
             stop_sequence: answer.stop_sequence(),
             usage,
@@ -454,10 +673,27 @@ fn respond(
     with_limits(response, plan, FLAVOR)
 }
 
+/// The content blocks of a complete message: any text, then the tool uses.
+fn blocks<'a>(answer: &'a Answer, tool_ids: &'a [String]) -> Vec<Block<'a>> {
+    match answer {
+        Answer::Text { text, .. } => vec![Block::Text { text }],
+        Answer::ToolUse { text, calls } => text
+            .as_deref()
+            .map(|text| Block::Text { text })
+            .into_iter()
+            .chain(calls.iter().zip(tool_ids).map(|(call, id)| Block::ToolUse {
+                id,
+                name: &call.name,
+                input: &call.input,
+            }))
+            .collect(),
+    }
+}
+
 /// Every SSE event of a streamed message, `message_stop` last.
 fn stream_events(
     id: &str,
-    tool_id: &str,
+    tool_ids: &[String],
     request: &MessagesRequest,
     answer: &Answer,
     usage: Usage,
@@ -479,49 +715,65 @@ fn stream_events(
         },
     };
     let mut events = vec![start.sse()];
-    match answer {
-        Answer::Text { text, .. } => {
+    // As Anthropic streams blocks: one at a time, each opened, filled and
+    // closed; a `ping` after the first opens; a tool use opens with an empty
+    // input, whose JSON text then arrives in `input_json_delta` pieces.
+    let (text, calls) = match answer {
+        Answer::Text { text, .. } => (Some(text.as_str()), &[][..]),
+        Answer::ToolUse { text, calls } => (text.as_deref(), calls.as_slice()),
+    };
+    let empty = Value::Object(Map::new());
+    let mut index = 0;
+    if let Some(text) = text {
+        events.push(
+            Event::ContentBlockStart {
+                index,
+                content_block: Block::Text { text: "" },
+            }
+            .sse(),
+        );
+        events.push(Event::Ping.sse());
+        for piece in pieces(text, chunk_chars) {
             events.push(
-                Event::ContentBlockStart {
-                    index: 0,
-                    content_block: Block::Text { text: "" },
+                Event::ContentBlockDelta {
+                    index,
+                    delta: BlockDelta::TextDelta { text: piece },
                 }
                 .sse(),
             );
-            events.push(Event::Ping.sse());
-            for piece in pieces(text, chunk_chars) {
-                events.push(
-                    Event::ContentBlockDelta {
-                        index: 0,
-                        delta: BlockDelta::TextDelta { text: piece },
-                    }
-                    .sse(),
-                );
-            }
         }
-        Answer::ToolUse { name } => {
+        events.push(Event::ContentBlockStop { index }.sse());
+        index += 1;
+    }
+    for (call, tool_id) in calls.iter().zip(tool_ids) {
+        events.push(
+            Event::ContentBlockStart {
+                index,
+                content_block: Block::ToolUse {
+                    id: tool_id,
+                    name: &call.name,
+                    input: &empty,
+                },
+            }
+            .sse(),
+        );
+        if index == 0 {
+            events.push(Event::Ping.sse());
+        }
+        for piece in pieces(&call.json, chunk_chars) {
             events.push(
-                Event::ContentBlockStart {
-                    index: 0,
-                    content_block: Block::ToolUse {
-                        id: tool_id,
-                        name,
-                        input: Map::new(),
+                Event::ContentBlockDelta {
+                    index,
+                    delta: BlockDelta::InputJsonDelta {
+                        partial_json: piece,
                     },
                 }
                 .sse(),
             );
-            events.push(Event::Ping.sse());
-            events.push(
-                Event::ContentBlockDelta {
-                    index: 0,
-                    delta: BlockDelta::InputJsonDelta { partial_json: "{}" },
-                }
-                .sse(),
-            );
         }
+        events.push(Event::ContentBlockStop { index }.sse());
+        index += 1;
     }
-    events.push(Event::ContentBlockStop { index: 0 }.sse());
     events.push(
         Event::MessageDelta {
             delta: MessageDelta {
@@ -556,6 +808,83 @@ mod tests {
         .unwrap();
         assert_eq!(ok.prompt.system_field.as_deref(), Some("sys"));
         assert_eq!(ok.prompt.last_user(), "hi");
+    }
+
+    #[test]
+    fn tool_turns_parse_and_pair_up() {
+        let body = |messages: Value| json!({"model": "m", "max_tokens": 5, "messages": messages});
+        let tool_use =
+            |id: &str| json!({"type": "tool_use", "id": id, "name": "f", "input": {"q": 1}});
+        let result = |id: &str, content: Value| json!({"type": "tool_result", "tool_use_id": id, "content": content});
+        let question = json!({"role": "user", "content": "question"});
+        let ok = parse(&body(json!([
+            question,
+            {"role": "assistant", "content": [{"type": "text", "text": "Looking."}, tool_use("t1"), tool_use("t2")]},
+            // Consecutive user messages are one turn, as the client sends
+            // one message per tool result.
+            {"role": "user", "content": [result("t1", json!("one"))]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t2", "is_error": true,
+                 "content": [{"type": "text", "text": "two"}]},
+                {"type": "text", "text": "and?"}]},
+        ])))
+        .unwrap();
+        assert_eq!(
+            ok.prompt.full_text(),
+            "question\nLooking.\nf({\"q\":1})\nf({\"q\":1})\none\nand?\nerror: two"
+        );
+        assert_eq!(ok.prompt.last_turn_text(), "one\nand?\nerror: two");
+        assert_eq!(ok.prompt.last_user(), "and?");
+        let only_results = parse(&body(json!([
+            question,
+            {"role": "assistant", "content": [tool_use("t1")]},
+            {"role": "user", "content": [result("t1", json!(null))]},
+        ])))
+        .unwrap();
+        assert_eq!(only_results.prompt.last_user(), "question");
+
+        let cases = [
+            (
+                json!([question, {"role": "user", "content": [result("t9", json!("r"))]}]),
+                "messages.1.content.0: unexpected `tool_use_id` found in `tool_result` blocks: t9",
+            ),
+            (
+                json!([question, {"role": "assistant", "content": [tool_use("t1"), tool_use("t2")]},
+                    {"role": "user", "content": [result("t1", json!("r"))]},
+                    {"role": "assistant", "content": "?"}]),
+                "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: t2",
+            ),
+            (
+                json!([question, {"role": "assistant", "content": [tool_use("t1")]}]),
+                "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: t1",
+            ),
+            (
+                json!([question, {"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]}]),
+                "messages.1.content.0.tool_use.id: Field required",
+            ),
+            (
+                json!([question, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": [1]}]}]),
+                "messages.1.content.0.tool_use.input: Input should be a valid dictionary",
+            ),
+            (
+                json!([{"role": "user", "content": [tool_use("t1")]}]),
+                "messages.0.content.0: `tool_use` blocks are not allowed in `user` messages",
+            ),
+            (
+                json!([question, {"role": "assistant", "content": [tool_use("t1")]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": "yes"}]}]),
+                "messages.2.content.0.tool_result.is_error: Input should be a valid boolean",
+            ),
+        ];
+        for (messages, expected) in cases {
+            let err = parse(&body(messages.clone())).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{messages}");
+            assert!(
+                err.message.starts_with(expected),
+                "{messages}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub struct MockConfig {
     #[arg(long = "tpm")]
     pub tpm: Option<u64>,
 
-    /// A JSON script of replies: `{"replies": [...], "rules": [{"contains": "...", "reply": "..."}]}`.
+    /// A JSON script of replies: `{"replies": [...], "rules": [{"contains": "...", "reply": "..."}]}`;
+    /// a rule or reply may answer with `"tool_calls": [{"name": "...", "arguments": {...}}]`
+    /// (text optional then), and a rule with `"last": true` matches only the last turn.
     #[arg(long = "script", value_name = "FILE")]
     pub script: Option<PathBuf>,
 

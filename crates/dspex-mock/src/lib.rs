@@ -17,12 +17,21 @@
 //! | `GET /health` | `ok` |
 //!
 //! What a reply says, in order of precedence: a queued [`Fault::Reply`]; a
-//! [`Script`] rule whose `contains` occurs in the prompt; the script's next cycled
-//! reply; a tool call (if tools were given and the last user message mentions
-//! "weather"); a JSON object for `response_format` `json_object` / `json_schema`;
-//! DSPy `ChatAdapter` output fields (`[[ ## answer ## ]]` ...) when the last user
-//! message asks for them; and otherwise `echo: <last user message>`. Usage is counted
-//! with [`approx_tokens`].
+//! [`Script`] rule whose `contains` occurs in the prompt (or its last turn); the
+//! script's next cycled reply; a tool call of the first tool with arguments `{}`
+//! (if tools were given, the last user message mentions "weather" and the
+//! conversation does not end with a tool result); a JSON object for
+//! `response_format` `json_object` / `json_schema`; DSPy `ChatAdapter` output
+//! fields (`[[ ## answer ## ]]` ...) when the last user message asks for them; and
+//! otherwise `echo: <last user message>`. Usage is counted with [`approx_tokens`].
+//!
+//! Script rules and replies can answer with native tool calls (several at once
+//! make parallel calls), shaped as each API sends them, plain and streamed, and
+//! requests may carry tool turns (OpenAI assistant `tool_calls` and `tool`
+//! messages; Anthropic `tool_use` and `tool_result` blocks), checked for pairing
+//! as the real APIs do. A rule sees earlier tool calls and results in the prompt
+//! text, which is what lets a script drive an agent through several tool steps:
+//! see [`Script`].
 //!
 //! Per request, the mock decides: (1) the API key, if one is required; (2) a queued
 //! [`Fault`]; (3) the server-side RPM/TPM limits; (4) a fraction-based fault drawn
@@ -59,7 +68,7 @@ mod wire;
 
 pub use config::{DEFAULT_MODELS, MockConfig};
 pub use faults::Fault;
-pub use script::{Script, ScriptError, ScriptRule};
+pub use script::{Script, ScriptError, ScriptReply, ScriptRule, ScriptToolCall};
 pub use server::MockServer;
 pub use stats::{RecordedRequest, Stats};
 pub use tokens::approx_tokens;

@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::content::{Ask, Message, Prompt, Reply, ResponseFormat};
+use crate::content::{Ask, Message, Prompt, Reply, ResponseFormat, arguments_json};
 use crate::server::{BodyMode, Plan, Shared, with_limits};
 use crate::stats::Route;
 use crate::tokens::{approx_tokens, cut_to_tokens};
@@ -210,6 +210,9 @@ struct CommonMessage<'a> {
     role: Cow<'a, str>,
     #[serde(borrow)]
     content: Option<Cow<'a, str>>,
+    /// Only looked at to leave tool calls to [`parse`]; an empty or absent
+    /// list allocates nothing.
+    tool_calls: Option<Vec<IgnoredAny>>,
 }
 
 #[derive(Deserialize)]
@@ -235,16 +238,18 @@ fn parse_common(body: &[u8]) -> Option<ChatRequest> {
     let mut prompt = Prompt::default();
     prompt.messages.reserve_exact(common.messages.len());
     for message in common.messages {
+        // Tool turns go to `parse`, which checks that calls and results pair up.
         if !matches!(
             &*message.role,
-            "system" | "developer" | "user" | "assistant" | "tool" | "function"
-        ) {
+            "system" | "developer" | "user" | "assistant" | "function"
+        ) || message.tool_calls.is_some_and(|calls| !calls.is_empty())
+        {
             return None;
         }
-        prompt.messages.push(Message {
-            role: message.role.into_owned(),
-            text: message.content.map(Cow::into_owned).unwrap_or_default(),
-        });
+        prompt.messages.push(Message::new(
+            message.role.into_owned(),
+            message.content.map(Cow::into_owned).unwrap_or_default(),
+        ));
     }
     Some(ChatRequest {
         model: common.model.into_owned(),
@@ -260,6 +265,137 @@ fn parse_common(body: &[u8]) -> Option<ChatRequest> {
         format: ResponseFormat::Text,
         tool: None,
     })
+}
+
+/// Reads an assistant message's `tool_calls` (absent, null, or an array of
+/// function calls), writes them into the message's tool lines as
+/// `name(arguments)`, and returns their ids.
+fn tool_calls<'a>(
+    message: &'a Value,
+    param: &str,
+    parsed: &mut Message,
+) -> Result<Vec<&'a str>, ApiError> {
+    let calls = match message.get("tool_calls") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(calls)) => calls,
+        Some(other) => {
+            return Err(invalid_type(
+                &format!("{param}.tool_calls"),
+                "an array of objects",
+                other,
+            ));
+        }
+    };
+    let mut ids = Vec::with_capacity(calls.len());
+    for (j, call) in calls.iter().enumerate() {
+        let at = format!("{param}.tool_calls[{j}]");
+        if !call.is_object() {
+            return Err(invalid_type(&at, "an object", call));
+        }
+        let string = |value: Option<&'a Value>, name: &str| match value {
+            None | Some(Value::Null) => Err(missing(&format!("{at}.{name}"))),
+            Some(Value::String(text)) => Ok(text.as_str()),
+            Some(other) => Err(invalid_type(&format!("{at}.{name}"), "a string", other)),
+        };
+        let id = string(call.get("id"), "id")?;
+        let kind = string(call.get("type"), "type")?;
+        if kind != "function" {
+            return Err(ApiError::invalid_param(
+                format!("{at}.type"),
+                "invalid_value",
+                format!("Invalid value: '{kind}'. Supported values are: 'function'."),
+            ));
+        }
+        let function = match call.get("function") {
+            None | Some(Value::Null) => return Err(missing(&format!("{at}.function"))),
+            Some(function @ Value::Object(_)) => function,
+            Some(other) => {
+                return Err(invalid_type(&format!("{at}.function"), "an object", other));
+            }
+        };
+        let name = string(function.get("name"), "function.name")?;
+        let arguments = string(function.get("arguments"), "function.arguments")?;
+        parsed.push_tool_call(name, arguments);
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// OpenAI's rule that tool calls and results pair up: an assistant message
+/// with `tool_calls` is followed by one `tool` message per call, and a `tool`
+/// message answers a call of the assistant message just before.
+#[derive(Default)]
+struct Pairing<'a> {
+    /// The assistant message whose calls are being answered, its calls'
+    /// ids, and whether each is answered yet.
+    open: Option<(usize, Vec<(&'a str, bool)>)>,
+}
+
+impl<'a> Pairing<'a> {
+    fn assistant(&mut self, index: usize, ids: Vec<&'a str>) -> Result<(), ApiError> {
+        self.other()?;
+        if !ids.is_empty() {
+            self.open = Some((index, ids.into_iter().map(|id| (id, false)).collect()));
+        }
+        Ok(())
+    }
+
+    fn tool(&mut self, index: usize, id: &str) -> Result<(), ApiError> {
+        let Some((_, calls)) = &mut self.open else {
+            return Err(sequence_error(
+                format!("messages[{index}].role"),
+                "Invalid parameter: messages with role 'tool' must be a response to a preceeding \
+                 message with 'tool_calls'.",
+            ));
+        };
+        match calls.iter_mut().find(|(call, _)| *call == id) {
+            Some((_, answered)) => *answered = true,
+            None => {
+                return Err(sequence_error(
+                    format!("messages[{index}].tool_call_id"),
+                    format!(
+                        "Invalid parameter: 'tool_call_id' of '{id}' not found in 'tool_calls' of \
+                         previous message."
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A message that is not a tool result (or the end): every open call
+    /// must have been answered.
+    fn other(&mut self) -> Result<(), ApiError> {
+        let Some((index, calls)) = self.open.take() else {
+            return Ok(());
+        };
+        let unanswered: Vec<&str> = calls
+            .iter()
+            .filter(|(_, answered)| !answered)
+            .map(|(id, _)| *id)
+            .collect();
+        if unanswered.is_empty() {
+            return Ok(());
+        }
+        Err(sequence_error(
+            format!("messages[{index}].tool_calls"),
+            format!(
+                "An assistant message with 'tool_calls' must be followed by tool messages \
+                 responding to each 'tool_call_id'. The following tool_call_ids did not have \
+                 response messages: {}",
+                unanswered.join(", ")
+            ),
+        ))
+    }
+}
+
+/// OpenAI's 400 for a conversation whose tool turns do not pair up: a
+/// `param`, but no `code`.
+fn sequence_error(param: String, message: impl Into<String>) -> ApiError {
+    ApiError {
+        param: Some(param),
+        ..ApiError::bad_request(message)
+    }
 }
 
 fn parse(body: &Value) -> Result<ChatRequest, ApiError> {
@@ -284,6 +420,7 @@ fn parse(body: &Value) -> Result<ChatRequest, ApiError> {
         ));
     }
     let mut prompt = Prompt::default();
+    let mut pairing = Pairing::default();
     for (i, message) in messages.iter().enumerate() {
         let param = format!("messages[{i}]");
         if !message.is_object() {
@@ -308,8 +445,39 @@ fn parse(body: &Value) -> Result<ChatRequest, ApiError> {
             ));
         }
         let text = content_text(message.get("content"), &format!("{param}.content"))?;
-        prompt.messages.push(Message { role, text });
+        let mut parsed = Message::new(role, text);
+        match parsed.role.as_str() {
+            "assistant" => {
+                let ids = tool_calls(message, &param, &mut parsed)?;
+                pairing.assistant(i, ids)?;
+            }
+            "tool" => {
+                let id = match message.get("tool_call_id") {
+                    None | Some(Value::Null) => {
+                        return Err(ApiError::invalid_param(
+                            format!("{param}.tool_call_id"),
+                            "missing_required_parameter",
+                            "Missing parameter 'tool_call_id': messages with role 'tool' must \
+                             have a 'tool_call_id'.",
+                        ));
+                    }
+                    Some(Value::String(id)) => id,
+                    Some(other) => {
+                        return Err(invalid_type(
+                            &format!("{param}.tool_call_id"),
+                            "a string",
+                            other,
+                        ));
+                    }
+                };
+                pairing.tool(i, id)?;
+                parsed.tool_result = true;
+            }
+            _ => pairing.other()?,
+        }
+        prompt.messages.push(parsed);
     }
+    pairing.other()?;
     let max_tokens = match optional_u64(body, "max_completion_tokens")? {
         Some(max) => Some(max),
         None => optional_u64(body, "max_tokens")?,
@@ -396,24 +564,46 @@ enum Answer {
         content: String,
         finish: &'static str,
     },
-    ToolCall {
-        name: String,
+    ToolCalls {
+        text: Option<String>,
+        calls: Vec<CallOut>,
     },
 }
 
-const TOOL_ARGUMENTS: &str = "{}";
+/// A tool call as sent: the name, and the arguments as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CallOut {
+    name: String,
+    arguments: String,
+}
 
 fn reply_tokens(reply: &Reply) -> u64 {
     match reply {
         Reply::Text(text) => approx_tokens(text),
-        Reply::ToolCall(name) => approx_tokens(name) + approx_tokens(TOOL_ARGUMENTS),
+        Reply::ToolCalls { text, calls } => {
+            let calls: u64 = calls
+                .iter()
+                .map(|call| approx_tokens(&call.name) + approx_tokens(&arguments_json(call)))
+                .sum();
+            approx_tokens(text.as_deref().unwrap_or_default()) + calls
+        }
     }
 }
 
-/// Applies stop sequences, then `max_tokens`.
+/// Applies stop sequences, then `max_tokens` (to text answers: tool calls
+/// are sent whole).
 fn answer(reply: Reply, stop: &[String], max_tokens: Option<u64>) -> Answer {
     let mut content = match reply {
-        Reply::ToolCall(name) => return Answer::ToolCall { name },
+        Reply::ToolCalls { text, calls } => {
+            let calls = calls
+                .iter()
+                .map(|call| CallOut {
+                    arguments: arguments_json(call),
+                    name: call.name.clone(),
+                })
+                .collect();
+            return Answer::ToolCalls { text, calls };
+        }
         Reply::Text(text) => text,
     };
     let cut_at = stop
@@ -444,14 +634,35 @@ impl Answer {
     fn tokens(&self) -> u64 {
         match self {
             Self::Text { content, .. } => approx_tokens(content),
-            Self::ToolCall { name } => approx_tokens(name) + approx_tokens(TOOL_ARGUMENTS),
+            Self::ToolCalls { text, calls } => {
+                let calls: u64 = calls
+                    .iter()
+                    .map(|call| approx_tokens(&call.name) + approx_tokens(&call.arguments))
+                    .sum();
+                approx_tokens(text.as_deref().unwrap_or_default()) + calls
+            }
         }
     }
 
     fn finish_reason(&self) -> &'static str {
         match self {
             Self::Text { finish, .. } => finish,
-            Self::ToolCall { .. } => "tool_calls",
+            Self::ToolCalls { .. } => "tool_calls",
+        }
+    }
+
+    /// The message text: `None` (JSON `null`) for tool calls without text.
+    fn content(&self) -> Option<&str> {
+        match self {
+            Self::Text { content, .. } => Some(content),
+            Self::ToolCalls { text, .. } => text.as_deref(),
+        }
+    }
+
+    fn calls(&self) -> &[CallOut] {
+        match self {
+            Self::Text { .. } => &[],
+            Self::ToolCalls { calls, .. } => calls,
         }
     }
 }
@@ -491,7 +702,7 @@ struct AssistantMessage<'a> {
     role: &'static str,
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<[ToolCall<'a>; 1]>,
+    tool_calls: Option<Vec<ToolCall<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -558,13 +769,16 @@ fn respond(
         prompt_tokens_details: CachedTokens { cached_tokens: 0 },
     };
     let id = format!("chatcmpl-{seq}");
-    let call_id = format!("call_{seq}");
+    // One id per call and choice, unique across the server's requests.
+    let call_ids: Vec<String> = (0..answer.calls().len() * request.n)
+        .map(|k| format!("call_{seq}_{k}"))
+        .collect();
     let created = unix_now();
     let response = if request.stream {
         shared.stats.streamed();
         let events = stream_events(&Stream {
             id: &id,
-            call_id: &call_id,
+            call_ids: &call_ids,
             created,
             request,
             answer: &answer,
@@ -591,17 +805,13 @@ fn respond(
             }
         }
     } else {
-        let content = match &answer {
-            Answer::Text { content, .. } => Some(content.as_str()),
-            Answer::ToolCall { .. } => None,
-        };
         let choices = (0..request.n)
             .map(|index| Choice {
                 index,
                 message: AssistantMessage {
                     role: "assistant",
-                    content,
-                    tool_calls: tool_call(&answer, &call_id, None),
+                    content: answer.content(),
+                    tool_calls: tool_calls_of(&answer, &call_ids, index),
                 },
                 finish_reason: answer.finish_reason(),
             })
@@ -634,28 +844,38 @@ fn respond(
     with_limits(response, plan, FLAVOR)
 }
 
-fn tool_call<'a>(
+/// The `tool_calls` of choice `choice`'s message, if the answer has any.
+fn tool_calls_of<'a>(
     answer: &'a Answer,
-    call_id: &'a str,
-    index: Option<usize>,
-) -> Option<[ToolCall<'a>; 1]> {
-    match answer {
-        Answer::ToolCall { name } => Some([ToolCall {
-            index,
-            id: Some(call_id),
-            kind: Some("function"),
-            function: FunctionCall {
-                name: Some(name),
-                arguments: TOOL_ARGUMENTS,
-            },
-        }]),
-        Answer::Text { .. } => None,
+    call_ids: &'a [String],
+    choice: usize,
+) -> Option<Vec<ToolCall<'a>>> {
+    let calls = answer.calls();
+    if calls.is_empty() {
+        return None;
     }
+    let ids = call_ids.iter().skip(choice * calls.len());
+    Some(
+        calls
+            .iter()
+            .zip(ids)
+            .map(|(call, id)| ToolCall {
+                index: None,
+                id: Some(id),
+                kind: Some("function"),
+                function: FunctionCall {
+                    name: Some(&call.name),
+                    arguments: &call.arguments,
+                },
+            })
+            .collect(),
+    )
 }
 
 struct Stream<'a> {
     id: &'a str,
-    call_id: &'a str,
+    /// The tool calls' ids, choice after choice.
+    call_ids: &'a [String],
     created: u64,
     request: &'a ChatRequest,
     answer: &'a Answer,
@@ -721,42 +941,74 @@ fn stream_events(stream: &Stream<'_>) -> Vec<String> {
                     events.push(event(&[choice], usage_field));
                 }
             }
-            Answer::ToolCall { name } => {
-                let start = ChunkChoice {
-                    index,
-                    delta: Delta {
-                        role: Some("assistant"),
-                        content: None,
-                        tool_calls: Some([ToolCall {
-                            index: Some(0),
-                            id: Some(stream.call_id),
-                            kind: Some("function"),
-                            function: FunctionCall {
-                                name: Some(name),
-                                arguments: "",
+            Answer::ToolCalls { text, calls } => {
+                // As OpenAI streams them: any text first, then per call a
+                // fragment with its index, id and name, then pieces of its
+                // arguments under the same index.
+                let mut role = Some("assistant");
+                if let Some(text) = text {
+                    let start = ChunkChoice {
+                        index,
+                        delta: Delta {
+                            role: role.take(),
+                            content: Some(""),
+                            tool_calls: None,
+                        },
+                        finish_reason: None,
+                    };
+                    events.push(event(&[start], usage_field));
+                    for piece in pieces(text, stream.chunk_chars) {
+                        let choice = ChunkChoice {
+                            index,
+                            delta: Delta {
+                                content: Some(piece),
+                                ..Delta::default()
                             },
-                        }]),
-                    },
-                    finish_reason: None,
-                };
-                events.push(event(&[start], usage_field));
-                let arguments = ChunkChoice {
-                    index,
-                    delta: Delta {
-                        tool_calls: Some([ToolCall {
-                            index: Some(0),
-                            id: None,
-                            kind: None,
-                            function: FunctionCall {
-                                name: None,
-                                arguments: TOOL_ARGUMENTS,
+                            finish_reason: None,
+                        };
+                        events.push(event(&[choice], usage_field));
+                    }
+                }
+                let ids = stream.call_ids.iter().skip(index * calls.len());
+                for (at, (call, id)) in calls.iter().zip(ids).enumerate() {
+                    let start = ChunkChoice {
+                        index,
+                        delta: Delta {
+                            role: role.take(),
+                            content: None,
+                            tool_calls: Some([ToolCall {
+                                index: Some(at),
+                                id: Some(id),
+                                kind: Some("function"),
+                                function: FunctionCall {
+                                    name: Some(&call.name),
+                                    arguments: "",
+                                },
+                            }]),
+                        },
+                        finish_reason: None,
+                    };
+                    events.push(event(&[start], usage_field));
+                    for piece in pieces(&call.arguments, stream.chunk_chars) {
+                        let arguments = ChunkChoice {
+                            index,
+                            delta: Delta {
+                                tool_calls: Some([ToolCall {
+                                    index: Some(at),
+                                    id: None,
+                                    kind: None,
+                                    function: FunctionCall {
+                                        name: None,
+                                        arguments: piece,
+                                    },
+                                }]),
+                                ..Delta::default()
                             },
-                        }]),
-                        ..Delta::default()
-                    },
-                    finish_reason: None,
-                };
-                events.push(event(&[arguments], usage_field));
+                            finish_reason: None,
+                        };
+                        events.push(event(&[arguments], usage_field));
+                    }
+                }
             }
         }
         let finish = ChunkChoice {
@@ -818,6 +1070,126 @@ mod tests {
         assert_eq!(ok.prompt.last_user(), "ab");
     }
 
+    #[test]
+    fn tool_turns_parse_and_pair_up() {
+        let call = |id: &str, name: &str| json!({"id": id, "type": "function", "function": {"name": name, "arguments": "{\"q\":1}"}});
+        let ok = parse(&json!({"model": "m", "messages": [
+            {"role": "user", "content": "question"},
+            {"role": "assistant", "content": null, "tool_calls": [call("c1", "f"), call("c2", "g")]},
+            {"role": "tool", "tool_call_id": "c2", "content": "result two"},
+            {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "result one"}]},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            ok.prompt.full_text(),
+            "question\nf({\"q\":1})\ng({\"q\":1})\nresult two\nresult one"
+        );
+        assert_eq!(ok.prompt.last_turn_text(), "result two\nresult one");
+        assert!(ok.prompt.ends_with_tool_result());
+        assert!(
+            parse_common(
+                &serde_json::to_vec(&json!({"model": "m", "messages": [
+            {"role": "user", "content": "question"},
+            {"role": "assistant", "content": null, "tool_calls": [call("c1", "f")]},
+            {"role": "tool", "tool_call_id": "c1", "content": "r"}]}))
+                .unwrap()
+            )
+            .is_none()
+        );
+
+        let user = json!({"role": "user", "content": "q"});
+        let cases = [
+            (
+                json!([user, {"role": "tool", "tool_call_id": "c1", "content": "r"}]),
+                "messages[1].role",
+                "must be a response to a preceeding message",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [call("c1", "f")]},
+                    {"role": "tool", "tool_call_id": "c9", "content": "r"}]),
+                "messages[2].tool_call_id",
+                "'c9' not found",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [call("c1", "f"), call("c2", "f")]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "r"}, user]),
+                "messages[1].tool_calls",
+                "did not have response messages: c2",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [call("c1", "f")]}]),
+                "messages[1].tool_calls",
+                "did not have response messages: c1",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [call("c1", "f")]},
+                    {"role": "tool", "content": "r"}]),
+                "messages[2].tool_call_id",
+                "must have a 'tool_call_id'",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": {"id": "c1"}}]),
+                "messages[1].tool_calls",
+                "expected an array of objects, but got an object",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"q": 1}}}]}]),
+                "messages[1].tool_calls[0].function.arguments",
+                "expected a string, but got an object",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [
+                {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]),
+                "messages[1].tool_calls[0].id",
+                "Missing required parameter",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [
+                {"id": "c1", "type": "code", "function": {"name": "f", "arguments": "{}"}}]}]),
+                "messages[1].tool_calls[0].type",
+                "Supported values are: 'function'",
+            ),
+        ];
+        for (messages, param, needle) in cases {
+            let err = parse(&json!({"model": "m", "messages": messages})).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{messages}");
+            assert_eq!(
+                err.param.as_deref(),
+                Some(param),
+                "{messages}: {}",
+                err.message
+            );
+            assert!(err.message.contains(needle), "{messages}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn tool_call_answers() {
+        let reply = Reply::ToolCalls {
+            text: None,
+            calls: vec![
+                crate::ScriptToolCall::new("f", json!({"b": [1, 2], "a": "x"})),
+                crate::ScriptToolCall::new("g", json!({})),
+            ],
+        };
+        let tokens = reply_tokens(&reply);
+        let answer = answer(reply, &["x".into()], Some(1));
+        let Answer::ToolCalls { text: None, calls } = &answer else {
+            panic!("tool calls expected: {answer:?}")
+        };
+        // Whole, whatever the stop sequences and token limit.
+        assert_eq!(calls[0].arguments, r#"{"a":"x","b":[1,2]}"#);
+        assert_eq!(calls[1].arguments, "{}");
+        assert_eq!(answer.tokens(), tokens);
+        assert_eq!(
+            tokens,
+            approx_tokens("f") + approx_tokens(r#"{"a":"x","b":[1,2]}"#) + approx_tokens("g") + 1
+        );
+        assert_eq!(answer.finish_reason(), "tool_calls");
+        assert_eq!(answer.content(), None);
+    }
+
     /// The typed fast path reads exactly what `parse` reads, and leaves every
     /// request it cannot read, valid or not, to `parse`.
     #[test]
@@ -837,7 +1209,12 @@ mod tests {
             json!({"model": "m", "messages": [user], "response_format": {"type": "json_object"}}),
             json!({"model": "m", "messages": [user], "tools": [{"type": "function", "function": {"name": "f"}}]}),
             json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}),
+            json!({"model": "m", "messages": [user,
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "r"}]}),
             // Invalid: `parse` names the problem.
+            json!({"model": "m", "messages": [user, {"role": "tool", "content": "r"}]}),
             json!({"model": "m", "messages": []}),
             json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}),
             json!({"model": "m", "messages": [{"content": "x"}]}),
@@ -864,7 +1241,8 @@ mod tests {
                     let uncommon = ["stop", "response_format", "tools"]
                         .iter()
                         .any(|key| body.get(key).is_some_and(|v| !v.is_null()))
-                        || body["messages"][0]["content"].is_array();
+                        || body["messages"][0]["content"].is_array()
+                        || body["messages"][1]["tool_calls"].is_array();
                     assert!(
                         uncommon || slow.is_err(),
                         "{body}: the fast path refused a common request"

@@ -120,6 +120,26 @@ pub enum PromptError {
     #[error(transparent)]
     Config(dspex_core::CoreError),
 
+    /// A tool call failed: bad arguments, an error from the tool, a panic or
+    /// a timeout. An agent shows the model this message as the observation.
+    #[error("tool `{tool}` failed: {message}")]
+    Tool {
+        /// The tool's name.
+        tool: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A tool or a set of tools cannot be used (a bad name, a schema that is
+    /// not an object, two tools of one name).
+    #[error("invalid tool{}: {message}", if tool.is_empty() { String::new() } else { format!(" `{tool}`") })]
+    InvalidTool {
+        /// The tool's name (empty when it has none yet).
+        tool: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A composite module (a workflow) failed in one of its steps.
     #[error("{message}")]
     Composite {

@@ -28,13 +28,17 @@ pub mod module;
 pub mod optimize;
 pub mod signature;
 pub mod template;
+pub mod tool;
 
 pub use adapter::{Adapter, Example};
 pub use error::{PromptError, Result};
 pub use evaluate::{EvalReport, Evaluate, ExampleResult, Metric, load_dataset};
 pub use module::{
-    CallSettings, ChainOfThought, Inputs, Lm, LmCall, Module, Predict, Prediction, PredictorTrace,
-    ProgramState, RunContext, TemplateState, batch, load_program, program_state, save_program,
+    AgentMode, AgentStep, BestOfN, CallSettings, ChainOfThought, Inputs, Lm, LmCall, Module,
+    ModuleEvent, MultiChainComparison, Parallel, ParallelResults, Predict, Prediction,
+    PredictorTrace, ProgramState, ReAct, Refine, RewardFn, RunContext, TemplateState,
+    ToolCallRecord, Trajectory, batch, load_program, program_state, save_program,
 };
 pub use optimize::{BootstrapFewShot, CompileReport, LabeledFewShot};
 pub use signature::{Field, FieldType, Signature};
+pub use tool::Tool;

@@ -3,7 +3,9 @@
 //! The string form is DSPy's: `"context: list[str], question -> answer"`,
 //! `"question -> answer: float"`. Types: `str` (the default), `int`, `float`,
 //! `bool`, `list[T]`, a fixed set of choices written `Literal['a', 'b']` (or
-//! `choice[a, b]`), and JSON objects written `dict` or `json`. Instructions and
+//! `choice[a, b]`), JSON objects written `dict` or `json`, and the earlier
+//! turns of a conversation written `History` (an input only; see
+//! [`FieldType::History`]). Instructions and
 //! per-field descriptions are added with the builder or with
 //! [`Signature::with_instructions`] and [`Signature::describe`].
 //!
@@ -42,6 +44,13 @@ pub enum FieldType {
     Choice(Vec<String>),
     /// A JSON object.
     Json,
+    /// Earlier turns of a conversation with the same signature, as DSPy's
+    /// `dspy.History`: `{"messages": [{"question": "...", "answer": "..."}]}`
+    /// (or the list alone). Adapters send each turn as a real user message
+    /// (its input fields) and assistant message (its output fields) before
+    /// the current request. Only an input may have this type; a missing
+    /// history is an empty one.
+    History,
 }
 
 impl fmt::Display for FieldType {
@@ -57,6 +66,7 @@ impl fmt::Display for FieldType {
                 write!(f, "Literal[{}]", quoted.join(", "))
             }
             Self::Json => f.write_str("dict"),
+            Self::History => f.write_str("History"),
         }
     }
 }
@@ -73,6 +83,7 @@ impl FieldType {
             "bool" | "boolean" => return Ok(Self::Bool),
             "dict" | "json" | "object" | "dict[str, any]" => return Ok(Self::Json),
             "list" => return Ok(Self::List(Box::new(Self::Str))),
+            "history" | "dspy.history" => return Ok(Self::History),
             _ => {}
         }
         if let Some(inner) = bracketed(text, &["list", "List"]) {
@@ -90,7 +101,7 @@ impl FieldType {
             return Ok(Self::Choice(options));
         }
         Err(format!(
-            "unknown type `{text}` (expected str, int, float, bool, list[T], Literal['a', 'b'] or dict)"
+            "unknown type `{text}` (expected str, int, float, bool, list[T], Literal['a', 'b'], dict or History)"
         ))
     }
 
@@ -114,12 +125,38 @@ impl FieldType {
             Self::Choice(options) => value
                 .as_str()
                 .is_some_and(|v| options.iter().any(|o| o == v)),
+            Self::History => {
+                let turns = history_turns(value).ok_or_else(|| {
+                    format!(
+                        "expected History ({{\"messages\": [{{field: value, ...}}, ...]}}), got {}",
+                        value_summary(value)
+                    )
+                })?;
+                if let Some((i, turn)) = turns.iter().enumerate().find(|(_, t)| !t.is_object()) {
+                    return Err(format!(
+                        "History turn {i} must be an object of field values, got {}",
+                        kind(turn)
+                    ));
+                }
+                true
+            }
         };
         if ok {
             Ok(())
         } else {
             Err(format!("expected {self}, got {}", value_summary(value)))
         }
+    }
+}
+
+/// The turns of a [`FieldType::History`] value: `{"messages": [...]}` or the
+/// list itself; `None` for anything else.
+pub fn history_turns(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(turns) => Some(turns),
+        Value::Object(object) => object.get("messages")?.as_array().map(Vec::as_slice),
+        Value::Null => Some(&[]),
+        _ => None,
     }
 }
 
@@ -285,6 +322,25 @@ impl Signature {
                 return Err(error(format!("field `{}` appears twice", field.name)));
             }
         }
+        if let Some(field) = signature
+            .outputs
+            .iter()
+            .find(|f| f.ty == FieldType::History)
+        {
+            return Err(error(format!(
+                "output `{}` cannot be a History (only an input can)",
+                field.name
+            )));
+        }
+        if signature
+            .inputs
+            .iter()
+            .filter(|f| f.ty == FieldType::History)
+            .count()
+            > 1
+        {
+            return Err(error("at most one input can be a History".into()));
+        }
         Ok(signature)
     }
 
@@ -296,6 +352,17 @@ impl Signature {
     /// The input fields, in order.
     pub fn inputs(&self) -> &[Field] {
         &self.inputs
+    }
+
+    /// The input fields a request shows as sections: every input but the
+    /// [`History`](FieldType::History), which becomes earlier messages.
+    pub fn prompt_inputs(&self) -> impl Iterator<Item = &Field> {
+        self.inputs.iter().filter(|f| f.ty != FieldType::History)
+    }
+
+    /// The [`History`](FieldType::History) input, if there is one.
+    pub fn history_input(&self) -> Option<&Field> {
+        self.inputs.iter().find(|f| f.ty == FieldType::History)
     }
 
     /// The output fields, in order.
@@ -365,6 +432,8 @@ impl Signature {
         let mut problems = Vec::new();
         for field in &self.inputs {
             match inputs.get(&field.name) {
+                // No history yet is a first turn.
+                None | Some(Value::Null) if field.ty == FieldType::History => {}
                 None | Some(Value::Null) => problems.push(format!("`{}` is missing", field.name)),
                 Some(value) => {
                     if let Err(e) = field.ty.check(value) {

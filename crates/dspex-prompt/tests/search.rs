@@ -274,8 +274,7 @@ async fn failing_calls_and_a_failing_metric_score_zero_and_the_run_goes_on() {
 async fn a_killed_run_resumes_to_the_same_program() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("search.ckpt");
-    let run = |resume: bool, checkpoint: Option<std::path::PathBuf>| async move {
-        let lm = ScriptedLm::from_fn(needs_the_sarcasm_demo);
+    let run = |lm: ScriptedLm, resume: bool, checkpoint: Option<std::path::PathBuf>| async move {
         let client = client_with(lm.clone()).await;
         let engine = Engine::new(
             student(&client),
@@ -296,27 +295,40 @@ async fn a_killed_run_resumes_to_the_same_program() {
             lm.calls(),
         )
     };
-    let (uninterrupted, full_report, full_calls) = run(false, None).await;
-    // Kill a run after its third step by dropping its future.
+    let (uninterrupted, full_report, full_calls) =
+        run(ScriptedLm::from_fn(needs_the_sarcasm_demo), false, None).await;
+    // A run killed after its third trial leaves exactly the checkpoint it
+    // had written by then (writes are atomic). The LM copies that file the
+    // first time it is called after the third trial, so the "kill" happens
+    // at the same point whatever the scheduling (racing a watcher against
+    // the run's future was flaky: an LM that never waits can finish first).
+    let written = dir.path().join("written.ckpt");
     {
-        let path = checkpoint.clone();
-        let killed = run(false, Some(checkpoint.clone()));
-        tokio::select! {
-            _ = killed => panic!("the run finished before it was killed"),
-            () = async move {
-                loop {
-                    if let Ok(text) = std::fs::read_to_string(&path)
-                        && let Ok(file) = serde_json::from_str::<Value>(&text)
-                        && file["ledger"]["trials"].as_array().is_some_and(|t| t.len() >= 3)
-                    {
-                        return;
-                    }
-                    tokio::task::yield_now().await;
-                }
-            } => {}
-        }
+        let (seen, snapshot) = (written.clone(), checkpoint.clone());
+        let lm = ScriptedLm::from_fn(move |request| {
+            if !snapshot.exists()
+                && let Ok(text) = std::fs::read_to_string(&seen)
+                && let Ok(file) = serde_json::from_str::<Value>(&text)
+                && file["ledger"]["trials"]
+                    .as_array()
+                    .is_some_and(|t| t.len() >= 3)
+            {
+                std::fs::write(&snapshot, text).unwrap();
+            }
+            needs_the_sarcasm_demo(request)
+        });
+        run(lm, false, Some(written)).await;
     }
-    let (resumed, report, resumed_calls) = run(true, Some(checkpoint.clone())).await;
+    assert!(
+        checkpoint.exists(),
+        "the run was never cut after its third trial"
+    );
+    let (resumed, report, resumed_calls) = run(
+        ScriptedLm::from_fn(needs_the_sarcasm_demo),
+        true,
+        Some(checkpoint.clone()),
+    )
+    .await;
     // What the killed run paid for is not paid again.
     assert!(
         resumed_calls < full_calls,

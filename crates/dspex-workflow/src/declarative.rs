@@ -24,6 +24,19 @@
 //! outputs = { answer = "sub_answer" }
 //! ```
 //!
+//! An agent step names its tools (registered by the application, or served
+//! by MCP servers in the config; see [`load_file_with_tools`]):
+//!
+//! ```toml
+//! [[steps]]
+//! name = "research"
+//! module = "react"                 # a ReAct agent
+//! signature = "question -> answer"
+//! tools = ["search", "fetch_page"]
+//! max_iters = 8                    # 20 if absent
+//! mode = "auto"                    # or "native" / "text"
+//! ```
+//!
 //! A step may instead hold `parallel = [ {step}, ... ]` (with `merge =
 //! "error" | "last_wins" | "collect"`), or `map = { over = "items", as =
 //! "item", output = "answers", collect = "answer", concurrency = 4 }` next to
@@ -43,7 +56,9 @@ use std::time::Duration;
 use dspex_client::Client;
 use dspex_core::protect::Backoff;
 use dspex_prompt::template::PromptTemplate;
-use dspex_prompt::{CallSettings, ChainOfThought, Lm, Predict, Signature};
+use dspex_prompt::{
+    AgentMode, CallSettings, ChainOfThought, Lm, Module, Predict, ReAct, Signature, Tool,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
@@ -101,6 +116,9 @@ struct RawStep {
     parallel: Option<Vec<RawStep>>,
     merge: Option<String>,
     map: Option<RawMap>,
+    tools: Option<Vec<String>>,
+    max_iters: Option<usize>,
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +150,16 @@ pub fn load_file(
     client: &Client,
     default_provider: Option<&str>,
 ) -> Result<Workflow, WorkflowError> {
+    load_file_with_tools(path, client, default_provider, &[])
+}
+
+/// Like [`load_file`], with `tools` that `module = "react"` steps may name.
+pub fn load_file_with_tools(
+    path: &Path,
+    client: &Client,
+    default_provider: Option<&str>,
+    tools: &[Tool],
+) -> Result<Workflow, WorkflowError> {
     let text = std::fs::read_to_string(path).map_err(|e| WorkflowError::File {
         path: path.display().to_string(),
         problems: vec![FileProblem {
@@ -141,12 +169,13 @@ pub fn load_file(
         }],
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(
+    parse_with_tools(
         &text,
         &path.display().to_string(),
         &base,
         client,
         default_provider,
+        tools,
     )
 }
 
@@ -158,6 +187,18 @@ pub fn parse(
     base: &Path,
     client: &Client,
     default_provider: Option<&str>,
+) -> Result<Workflow, WorkflowError> {
+    parse_with_tools(text, label, base, client, default_provider, &[])
+}
+
+/// Like [`parse`], with `tools` that `module = "react"` steps may name.
+pub fn parse_with_tools(
+    text: &str,
+    label: &str,
+    base: &Path,
+    client: &Client,
+    default_provider: Option<&str>,
+    tools: &[Tool],
 ) -> Result<Workflow, WorkflowError> {
     let raw: RawWorkflow = toml::from_str(text).map_err(|e| WorkflowError::File {
         path: label.to_owned(),
@@ -172,6 +213,7 @@ pub fn parse(
         base: base.to_path_buf(),
         client,
         default_provider,
+        tools,
         problems: Vec::new(),
         names: BTreeSet::new(),
     };
@@ -199,6 +241,7 @@ struct Checker<'a> {
     base: PathBuf,
     client: &'a Client,
     default_provider: Option<&'a str>,
+    tools: &'a [Tool],
     problems: Vec<FileProblem>,
     names: BTreeSet<String>,
 }
@@ -422,12 +465,13 @@ impl Checker<'_> {
     ) -> (Option<Node>, Vec<String>) {
         let name = step.name.get_ref();
         let module = step.module.as_deref();
-        if !matches!(module, Some("predict" | "chain_of_thought")) {
+        if !matches!(module, Some("predict" | "chain_of_thought" | "react")) {
             match module {
-                None => self.problem(place, "module", "the step needs `module = \"predict\"` or `\"chain_of_thought\"` (or `parallel`)"),
-                Some(other) => self.problem(place, "module", format!("unknown module `{other}`; use predict or chain_of_thought")),
+                None => self.problem(place, "module", "the step needs `module = \"predict\"`, `\"chain_of_thought\"` or `\"react\"` (or `parallel`)"),
+                Some(other) => self.problem(place, "module", format!("unknown module `{other}`; use predict, chain_of_thought or react")),
             }
         }
+        let agent = self.agent_settings(step, place, module == Some("react"));
         let signature = match step.signature.as_deref() {
             None => {
                 self.problem(
@@ -584,7 +628,24 @@ impl Checker<'_> {
             None => signature,
         };
         let lm = Lm::new(self.client, &provider);
-        let mut module = if module == Some("chain_of_thought") {
+        let mut module = if let Some((tools, max_iters, mode)) = agent {
+            match ReAct::new(signature, tools, lm) {
+                Ok(agent) => {
+                    let mut agent = agent.mode(mode);
+                    if let Some(n) = max_iters {
+                        agent = agent.max_iters(n);
+                    }
+                    for (_, inner) in agent.predictors_mut() {
+                        *inner = inner.clone().with_settings(settings.clone());
+                    }
+                    StepModule::ReAct(Box::new(agent))
+                }
+                Err(e) => {
+                    self.problem(place, "tools", e.to_string());
+                    return (None, writes);
+                }
+            }
+        } else if module == Some("chain_of_thought") {
             let mut cot = ChainOfThought::new(signature, lm);
             let inner = cot.predict_mut();
             *inner = inner.clone().with_settings(settings);
@@ -596,7 +657,7 @@ impl Checker<'_> {
             let inner = match &mut module {
                 StepModule::Predict(p) => Some(p),
                 StepModule::ChainOfThought(c) => Some(c.predict_mut()),
-                StepModule::Shared(_) => None,
+                StepModule::ReAct(_) | StepModule::Shared(_) => None,
             };
             if let Some(inner) = inner
                 && let Err(e) =
@@ -620,6 +681,75 @@ impl Checker<'_> {
             node = node.timeout(limit);
         }
         (Some(node), writes)
+    }
+}
+
+impl Checker<'_> {
+    /// A react step's tools, step limit and mode; `None` for other modules
+    /// (where the agent keys are a problem).
+    fn agent_settings(
+        &mut self,
+        step: &RawStep,
+        place: &Place,
+        is_agent: bool,
+    ) -> Option<(Vec<Tool>, Option<usize>, AgentMode)> {
+        if !is_agent {
+            for (key, given) in [
+                ("tools", step.tools.is_some()),
+                ("max_iters", step.max_iters.is_some()),
+                ("mode", step.mode.is_some()),
+            ] {
+                if given {
+                    self.problem(place, key, "only a `module = \"react\"` step takes this");
+                }
+            }
+            return None;
+        }
+        if step.template.is_some() {
+            self.problem(
+                place,
+                "template",
+                "a react step takes `instructions`, not a template",
+            );
+        }
+        let mut tools = Vec::new();
+        for name in step.tools.iter().flatten() {
+            match self.tools.iter().find(|tool| tool.name() == name) {
+                Some(tool) => tools.push(tool.clone()),
+                None => {
+                    let known: Vec<&str> = self.tools.iter().map(Tool::name).collect();
+                    self.problem(
+                        place,
+                        "tools",
+                        format!(
+                            "unknown tool `{name}`; {}",
+                            if known.is_empty() {
+                                "no tools are registered (the application registers them, or [mcp.servers] in the config)".to_owned()
+                            } else {
+                                format!("registered: {}", known.join(", "))
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        if step.max_iters == Some(0) {
+            self.problem(place, "max_iters", "must be at least 1");
+        }
+        let mode = match step.mode.as_deref() {
+            None | Some("auto") => AgentMode::Auto,
+            Some("native") => AgentMode::Native,
+            Some("text") => AgentMode::Text,
+            Some(other) => {
+                self.problem(
+                    place,
+                    "mode",
+                    format!("unknown agent mode `{other}`; use auto, native or text"),
+                );
+                AgentMode::Auto
+            }
+        };
+        Some((tools, step.max_iters, mode))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dspex_core::protect::Backoff;
 use dspex_core::{Breadcrumb, CorrelationId};
-use dspex_prompt::{ChainOfThought, Inputs, Module, Predict, Prediction, RunContext};
+use dspex_prompt::{ChainOfThought, Inputs, Module, Predict, Prediction, ReAct, RunContext};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
@@ -68,6 +68,7 @@ impl<'a> Scope<'a> {
             correlation_id: Some(self.run.correlation_id.clone()),
             tags,
             record_traces: self.run.record_traces,
+            ..RunContext::default()
         }
     }
 
@@ -190,6 +191,8 @@ pub enum StepModule {
     Predict(Predict),
     /// A chain of thought.
     ChainOfThought(ChainOfThought),
+    /// A ReAct agent with its tools.
+    ReAct(Box<ReAct>),
     /// Any other module, shared (its predictors cannot be optimised in place).
     Shared(Arc<dyn Module>),
 }
@@ -199,6 +202,7 @@ impl StepModule {
         match self {
             Self::Predict(p) => p,
             Self::ChainOfThought(c) => c,
+            Self::ReAct(r) => r,
             Self::Shared(m) => m.as_ref(),
         }
     }
@@ -357,6 +361,12 @@ impl Node {
                 .collect(),
             StepModule::ChainOfThought(c) => c
                 .predict()
+                .signature()
+                .inputs()
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            StepModule::ReAct(r) => r
                 .signature()
                 .inputs()
                 .iter()
@@ -538,6 +548,7 @@ impl Node {
                 let inner: Vec<(String, &mut Predict)> = match &mut step.module {
                     StepModule::Predict(p) => p.predictors_mut(),
                     StepModule::ChainOfThought(c) => c.predictors_mut(),
+                    StepModule::ReAct(r) => r.predictors_mut(),
                     StepModule::Shared(_) => Vec::new(),
                 };
                 let single = inner.len() == 1;

@@ -13,7 +13,9 @@
 //! - the generic layer as [`core`]: config, registry, events, telemetry, error
 //!   context and protection, from `dspex-core`;
 //! - with the default `mock` feature, the deterministic mock upstream as
-//!   [`mock`], for tests that must not reach a real provider.
+//!   [`mock`], for tests that must not reach a real provider;
+//! - with the `mcp` feature, the tools of MCP servers as `mcp` (and
+//!   [`Runtime::tools`] connects the config's `[mcp.servers]`).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -40,12 +42,15 @@ pub use dspex_client::*;
 pub use dspex_core as core;
 #[cfg(feature = "gateway")]
 pub use dspex_gateway as gateway;
+#[cfg(feature = "mcp")]
+pub use dspex_mcp as mcp;
 #[cfg(feature = "mock")]
 pub use dspex_mock as mock;
 pub use dspex_prompt as prompt;
 pub use dspex_prompt::{
-    Adapter, ChainOfThought, Example, Lm, Module, Predict, Prediction, PromptError, Signature,
-    batch,
+    Adapter, AgentMode, BestOfN, ChainOfThought, Example, Lm, Module, ModuleEvent,
+    MultiChainComparison, Parallel, Predict, Prediction, PromptError, ReAct, Refine, Signature,
+    Tool, batch,
 };
 pub use dspex_workflow as workflow;
 pub use runtime::{Runtime, RuntimeError, RuntimeOptions, ShutdownReport, config_keys};

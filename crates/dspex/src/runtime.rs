@@ -32,6 +32,10 @@ pub enum RuntimeError {
     /// The config is invalid; the message names the key.
     #[error(transparent)]
     Config(#[from] CoreError),
+    /// An MCP server of `[mcp.servers]` is misconfigured or unreachable.
+    #[cfg(feature = "mcp")]
+    #[error(transparent)]
+    Mcp(#[from] dspex_mcp::McpError),
     /// A provider could not be built, or (in [`Runtime::provider`]) none fits.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -58,6 +62,8 @@ impl RuntimeError {
             Self::Client(error) => error.is_retryable(),
             Self::Cache(error) => error.is_retryable(),
             Self::Analytics(error) => error.is_retryable(),
+            #[cfg(feature = "mcp")]
+            Self::Mcp(error) => error.is_retryable(),
             Self::Config(_) | Self::NoProvider { .. } => false,
         }
     }
@@ -72,6 +78,9 @@ pub fn config_keys() -> Vec<&'static str> {
     // with the `gateway` feature: one dspex.toml serves a library program
     // and the gateway alike, so the key is known either way.
     keys.push("gateway");
+    // Read by dspex-mcp with the `mcp` feature; known either way for the
+    // same reason.
+    keys.push("mcp");
     for key in dspex_cache::CONFIG_KEYS
         .iter()
         .chain(dspex_analytics::CONFIG_KEYS)
@@ -99,6 +108,16 @@ pub struct Runtime {
     recorder: Option<RecorderHandle>,
     store: Option<dspex_analytics::Store>,
     prices: Option<Arc<dspex_analytics::PriceTable>>,
+    /// `[mcp.servers]`, checked at start; connected on first use.
+    #[cfg(feature = "mcp")]
+    mcp: McpState,
+}
+
+#[cfg(feature = "mcp")]
+#[derive(Debug, Default)]
+struct McpState {
+    servers: dspex_mcp::McpServers,
+    connected: tokio::sync::OnceCell<dspex_mcp::McpToolset>,
 }
 
 /// How [`Runtime::from_config_with`] builds a runtime.
@@ -207,6 +226,11 @@ impl Runtime {
             recorder,
             store: store_opened,
             prices,
+            #[cfg(feature = "mcp")]
+            mcp: McpState {
+                servers: dspex_mcp::McpServers::load(loader)?,
+                connected: tokio::sync::OnceCell::new(),
+            },
         })
     }
 
@@ -261,6 +285,22 @@ impl Runtime {
         self.prices.as_ref()
     }
 
+    /// The tools of the config's `[mcp.servers]`: the servers are started
+    /// (or connected to) on the first call and stay up until
+    /// [`Runtime::shutdown`]. None when the config names no server.
+    #[cfg(feature = "mcp")]
+    pub async fn tools(&self) -> Result<Vec<dspex_prompt::Tool>, RuntimeError> {
+        if self.mcp.servers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let toolset = self
+            .mcp
+            .connected
+            .get_or_try_init(|| self.mcp.servers.connect())
+            .await?;
+        Ok(toolset.tools())
+    }
+
     /// The recorder's counts so far, when `[analytics]` records calls.
     pub fn recorder_stats(&self) -> Option<RecorderStats> {
         self.recorder.as_ref().map(RecorderHandle::stats)
@@ -270,6 +310,10 @@ impl Runtime {
     /// recorder. Rows the store refused are counted in
     /// [`RecorderStats::rows_lost`], never dropped silently.
     pub async fn shutdown(self) -> Result<ShutdownReport, RuntimeError> {
+        #[cfg(feature = "mcp")]
+        if let Some(toolset) = self.mcp.connected.into_inner() {
+            toolset.shutdown().await;
+        }
         let recorded = match self.recorder {
             Some(recorder) => Some(recorder.shutdown().await?),
             None => None,

@@ -15,7 +15,7 @@ pub(super) const COMPLETED: &str = "[[ ## completed ## ]]";
 /// The system message's description of the structure.
 pub(super) fn structure(out: &mut String, signature: &Signature) {
     out.push_str("All interactions will be structured in the following way, with the appropriate values filled in.\n\n");
-    for field in signature.inputs() {
+    for field in signature.prompt_inputs() {
         section(out, &field.name);
         let _ = write!(out, "{{{}}}\n\n", field.name);
     }

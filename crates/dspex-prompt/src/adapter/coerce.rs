@@ -129,7 +129,7 @@ pub fn coerce_text(ty: &FieldType, text: &str) -> Result<(Value, bool), String> 
                 )),
             }
         }
-        FieldType::List(_) | FieldType::Json => {
+        FieldType::List(_) | FieldType::Json | FieldType::History => {
             if let Some((value, repaired)) = parse_json_lenient(text) {
                 let (value, more) = coerce_value(ty, &value)?;
                 return Ok((value, repaired || more));

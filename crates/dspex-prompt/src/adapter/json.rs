@@ -12,7 +12,7 @@ use crate::signature::{Field, FieldType, Signature};
 /// The system message's description of the structure.
 pub(super) fn structure(out: &mut String, signature: &Signature) {
     out.push_str("All interactions will be structured in the following way, with the appropriate values filled in.\n\nInputs will have the following structure:\n\n");
-    for field in signature.inputs() {
+    for field in signature.prompt_inputs() {
         section(out, &field.name);
         let _ = write!(out, "{{{}}}\n\n", field.name);
     }
@@ -68,7 +68,8 @@ pub(super) fn schema(signature: &Signature) -> Value {
     json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }
 
-fn schema_of(ty: &FieldType) -> Value {
+/// The JSON Schema of one field's type.
+pub(crate) fn schema_of(ty: &FieldType) -> Value {
     match ty {
         FieldType::Str => json!({"type": "string"}),
         FieldType::Int => json!({"type": "integer"}),
@@ -76,7 +77,7 @@ fn schema_of(ty: &FieldType) -> Value {
         FieldType::Bool => json!({"type": "boolean"}),
         FieldType::List(inner) => json!({"type": "array", "items": schema_of(inner)}),
         FieldType::Choice(options) => json!({"type": "string", "enum": options}),
-        FieldType::Json => json!({"type": "object"}),
+        FieldType::Json | FieldType::History => json!({"type": "object"}),
     }
 }
 

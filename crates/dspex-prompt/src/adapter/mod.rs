@@ -38,8 +38,10 @@ use crate::signature::{Field, FieldType, Signature};
 mod chat;
 mod coerce;
 mod json;
+mod stream;
 
 pub use coerce::{coerce_text, coerce_value};
+pub use stream::{FieldDelta, FieldStream};
 
 /// How prompts are laid out and replies read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +85,7 @@ pub fn format_value(value: &Value, out: &mut String) {
 
 pub(crate) fn type_hint(ty: &FieldType) -> Option<String> {
     match ty {
-        FieldType::Str => None,
+        FieldType::Str | FieldType::History => None,
         FieldType::Int => Some("must be formatted as a valid Python int".into()),
         FieldType::Float => Some("must be formatted as a valid Python float".into()),
         FieldType::Bool => Some("must be formatted as a valid Python bool".into()),
@@ -103,8 +105,8 @@ pub(crate) fn section(out: &mut String, name: &str) {
     out.push_str(" ## ]]\n");
 }
 
-fn field_list(out: &mut String, fields: &[Field]) {
-    for (i, field) in fields.iter().enumerate() {
+fn field_list<'a>(out: &mut String, fields: impl Iterator<Item = &'a Field>) {
+    for (i, field) in fields.enumerate() {
         let _ = write!(out, "{}. `{}` ({})", i + 1, field.name, field.ty);
         if let Some(description) = &field.description {
             out.push_str(": ");
@@ -117,11 +119,8 @@ fn field_list(out: &mut String, fields: &[Field]) {
 impl Adapter {
     /// The system message: the fields, the structure and the objective.
     pub fn system_message(&self, signature: &Signature) -> Message {
-        let mut out = String::with_capacity(512);
-        out.push_str("Your input fields are:\n");
-        field_list(&mut out, signature.inputs());
-        out.push_str("Your output fields are:\n");
-        field_list(&mut out, signature.outputs());
+        let mut out = describe_fields(signature);
+        out.reserve(512);
         match self {
             Self::Chat => chat::structure(&mut out, signature),
             Self::Json => json::structure(&mut out, signature),
@@ -140,7 +139,7 @@ impl Adapter {
         request: bool,
     ) -> Message {
         let mut out = String::with_capacity(256);
-        for field in signature.inputs() {
+        for field in signature.prompt_inputs() {
             section(&mut out, &field.name);
             if let Some(value) = inputs.get(&field.name) {
                 format_value(value, &mut out);
@@ -192,8 +191,46 @@ impl Adapter {
         messages
     }
 
-    /// Every message of a call: the [`prefix`](Self::prefix), then the
-    /// request with `inputs`.
+    /// The earlier turns of a conversation, from the signature's
+    /// [`History`](FieldType::History) input in `inputs`: each turn as a user
+    /// message with the input fields it has and an assistant message with
+    /// the output fields it has (DSPy's layout), so the model sees a real
+    /// conversation and a provider's prompt cache can reuse it. Empty when
+    /// there is no history.
+    pub fn history_messages(
+        &self,
+        signature: &Signature,
+        inputs: &Map<String, Value>,
+    ) -> Vec<Message> {
+        let Some(turns) = signature
+            .history_input()
+            .and_then(|field| inputs.get(&field.name))
+            .and_then(crate::signature::history_turns)
+        else {
+            return Vec::new();
+        };
+        let mut messages = Vec::with_capacity(turns.len() * 2);
+        for turn in turns.iter().filter_map(Value::as_object) {
+            let has_inputs = signature
+                .prompt_inputs()
+                .any(|f| turn.contains_key(&f.name));
+            let has_outputs = signature
+                .outputs()
+                .iter()
+                .any(|f| turn.contains_key(&f.name));
+            if has_inputs {
+                messages.push(self.user_message(signature, turn, false));
+            }
+            if has_outputs {
+                messages.push(self.assistant_message(signature, turn));
+            }
+        }
+        messages
+    }
+
+    /// Every message of a call: the [`prefix`](Self::prefix), the earlier
+    /// turns of a [`History`](FieldType::History) input, then the request
+    /// with `inputs`.
     pub fn format(
         &self,
         signature: &Signature,
@@ -201,6 +238,7 @@ impl Adapter {
         inputs: &Map<String, Value>,
     ) -> Vec<Message> {
         let mut messages = self.prefix(signature, demos);
+        messages.extend(self.history_messages(signature, inputs));
         messages.push(self.user_message(signature, inputs, true));
         messages
     }
@@ -264,6 +302,24 @@ impl Adapter {
             Self::Json => json::parse(fields, reply),
         }
     }
+}
+
+/// The JSON Schema of a signature's outputs: an object with one property per
+/// output field (what the JSON adapter asks providers for, and the arguments
+/// of an agent's `finish` tool).
+pub fn outputs_schema(signature: &Signature) -> Value {
+    json::schema(signature)
+}
+
+/// The system message's list of input and output fields, with types and
+/// descriptions, as every adapter starts it.
+pub(crate) fn describe_fields(signature: &Signature) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("Your input fields are:\n");
+    field_list(&mut out, signature.prompt_inputs());
+    out.push_str("Your output fields are:\n");
+    field_list(&mut out, signature.outputs().iter());
+    out
 }
 
 /// A reply's text without the code fence around it, if any.

@@ -1,8 +1,9 @@
 //! [`ChainOfThought`]: Predict with a reasoning field before the outputs.
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
-use super::{Inputs, Lm, Module, Predict, Prediction, RunContext};
+use super::{Inputs, Lm, Module, ModuleEvent, Predict, Prediction, RunContext};
 use crate::error::Result;
 use crate::signature::{Field, FieldType, Signature};
 
@@ -48,6 +49,14 @@ impl Module for ChainOfThought {
         run: RunContext,
     ) -> BoxFuture<'a, Result<Prediction>> {
         self.predict.forward_with(inputs, run)
+    }
+
+    fn stream_with<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        run: RunContext,
+    ) -> BoxStream<'a, Result<ModuleEvent>> {
+        self.predict.stream_with(inputs, run)
     }
 
     fn predictors(&self) -> Vec<(String, &Predict)> {

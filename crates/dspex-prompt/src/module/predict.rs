@@ -3,15 +3,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use dspex_client::{ChatParams, Message, RequestOptions};
+use dspex_client::{ChatParams, Message, RequestOptions, StreamEvent};
 use dspex_core::CorrelationId;
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::state::{PredictState, TemplateState};
-use super::{Inputs, Lm, LmCall, Module, Prediction, PredictorTrace, RunContext};
-use crate::adapter::{Adapter, Example};
+use super::{
+    EventSink, Inputs, Lm, LmCall, Module, ModuleEvent, Prediction, PredictorTrace, RunContext,
+    event_stream,
+};
+use crate::adapter::{Adapter, Example, FieldDelta, FieldStream};
 use crate::error::{PromptError, Result};
 use crate::module::CallPurpose;
 use crate::signature::{Field, Signature};
@@ -179,13 +184,40 @@ impl Predict {
 
     /// The messages a call with `inputs` sends (for inspection and tests).
     pub fn messages(&self, inputs: &Inputs) -> Vec<Message> {
-        let mut messages = Vec::with_capacity(self.prefix.len() + 1);
+        let history = self.adapter.history_messages(&self.signature, inputs);
+        let mut messages = Vec::with_capacity(self.prefix.len() + history.len() + 1);
         messages.extend(self.prefix.iter().cloned());
+        messages.extend(history);
         messages.push(self.adapter.user_message(&self.signature, inputs, true));
         messages
     }
 
-    fn options(&self, run: &RunContext, structured: bool) -> RequestOptions {
+    /// The messages of a call within `run`: with its hint, if any, as a
+    /// `hint_` section before the request (where DSPy's `Refine` puts it).
+    fn messages_for(&self, inputs: &Inputs, run: &RunContext) -> Vec<Message> {
+        let mut messages = self.messages(inputs);
+        if let Some(hint) = &run.hint
+            && let Some(request) = messages.last_mut()
+        {
+            let mut content = String::with_capacity(hint.len() + request.content.len() + 24);
+            let (fields, ask) = request
+                .content
+                .rsplit_once("\n\n")
+                .unwrap_or(("", request.content.as_str()));
+            if !fields.is_empty() {
+                content.push_str(fields);
+                content.push_str("\n\n");
+            }
+            content.push_str("[[ ## hint_ ## ]]\n");
+            content.push_str(hint);
+            content.push_str("\n\n");
+            content.push_str(ask);
+            request.content = content;
+        }
+        messages
+    }
+
+    pub(crate) fn options(&self, run: &RunContext, structured: bool) -> RequestOptions {
         RequestOptions {
             params: ChatParams {
                 model: self
@@ -193,7 +225,7 @@ impl Predict {
                     .model
                     .clone()
                     .or_else(|| self.lm.model().map(str::to_owned)),
-                temperature: self.settings.temperature,
+                temperature: run.temperature.or(self.settings.temperature),
                 max_tokens: self.settings.max_tokens,
                 n: self.settings.n,
                 response_format: self.adapter.response_format(&self.signature, structured),
@@ -221,12 +253,30 @@ impl Predict {
     ) -> Result<dspex_client::ChatResponse> {
         // Asked only for the JSON adapter: the chat adapter never sends a schema.
         let structured = self.adapter == Adapter::Json && self.lm.capabilities().json_schema;
+        self.request(messages, self.options(run, structured), purpose, prediction)
+            .await
+    }
+
+    /// Sends `messages` with `options` to this predictor's LM and adds the
+    /// call to `prediction`'s trace (agents send their own tool turns).
+    pub(crate) async fn request(
+        &self,
+        messages: Vec<Message>,
+        options: RequestOptions,
+        purpose: CallPurpose,
+        prediction: &mut Prediction,
+    ) -> Result<dspex_client::ChatResponse> {
         let response = self
             .lm
             .client
-            .request(&self.lm.provider, messages, self.options(run, structured))
+            .request(&self.lm.provider, messages, options)
             .await?;
-        prediction.add_call(LmCall {
+        prediction.add_call(self.lm_call(&response, purpose));
+        Ok(response)
+    }
+
+    fn lm_call(&self, response: &dspex_client::ChatResponse, purpose: CallPurpose) -> LmCall {
+        LmCall {
             correlation_id: response.correlation_id.clone(),
             provider: Arc::clone(&response.provider),
             model: response.model.clone(),
@@ -235,31 +285,106 @@ impl Predict {
             attempts: response.attempts,
             purpose,
             cached: response.cache.is_some(),
-        });
-        Ok(response)
+        }
     }
 
-    async fn run(&self, inputs: &Inputs, run: RunContext) -> Result<Prediction> {
-        let started = Instant::now();
+    /// The run with its correlation id: one for the prediction and its
+    /// re-ask.
+    fn begin(&self, inputs: &Inputs, run: RunContext) -> Result<RunContext> {
         self.signature.validate_inputs(inputs)?;
-        // One correlation id for the prediction and its re-ask.
-        let run = RunContext {
+        Ok(RunContext {
             correlation_id: Some(
                 run.correlation_id
                     .clone()
                     .unwrap_or_else(CorrelationId::generate),
             ),
             ..run
-        };
+        })
+    }
+
+    async fn run(&self, inputs: &Inputs, run: RunContext) -> Result<Prediction> {
+        let started = Instant::now();
+        let run = self.begin(inputs, run)?;
         let mut prediction = Prediction::default();
         let response = self
             .call(
-                self.messages(inputs),
+                self.messages_for(inputs, &run),
                 &run,
                 CallPurpose::Predict,
                 &mut prediction,
             )
             .await?;
+        self.complete(inputs, &run, &response, prediction, started)
+            .await
+    }
+
+    /// Like `run`, with the reply streamed: each output field's text goes to
+    /// `sink` as it arrives. A re-ask, if one is needed, is not streamed.
+    async fn run_streamed(
+        &self,
+        inputs: &Inputs,
+        run: RunContext,
+        sink: EventSink,
+    ) -> Result<Prediction> {
+        let started = Instant::now();
+        let run = self.begin(inputs, run)?;
+        let structured = self.adapter == Adapter::Json && self.lm.capabilities().json_schema;
+        let mut stream = self
+            .lm
+            .client
+            .request_stream(
+                &self.lm.provider,
+                self.messages_for(inputs, &run),
+                self.options(&run, structured),
+            )
+            .await?;
+        let mut fields = FieldStream::new(self.adapter, self.signature.outputs().to_vec());
+        let mut deltas = Vec::new();
+        let mut response = None;
+        while let Some(event) = stream.next().await {
+            match event? {
+                StreamEvent::Delta(delta) if delta.index == 0 => {
+                    fields.push(&delta.content, &mut deltas);
+                    self.send_fields(&mut deltas, &sink);
+                }
+                StreamEvent::Delta(_) => {}
+                StreamEvent::Done(done) => response = Some(done),
+            }
+        }
+        fields.finish(&mut deltas);
+        self.send_fields(&mut deltas, &sink);
+        let response = response.ok_or_else(|| PromptError::Composite {
+            message: "the reply's stream ended without its final response".into(),
+            retryable: true,
+        })?;
+        let mut prediction = Prediction::default();
+        prediction.add_call(self.lm_call(&response, CallPurpose::Predict));
+        self.complete(inputs, &run, &response, prediction, started)
+            .await
+    }
+
+    fn send_fields(&self, deltas: &mut Vec<FieldDelta>, sink: &EventSink) {
+        for delta in deltas.drain(..) {
+            if let Some(field) = self.signature.outputs().get(delta.field) {
+                sink.send(ModuleEvent::Field {
+                    field: field.name.clone(),
+                    text: delta.text,
+                });
+            }
+        }
+    }
+
+    /// Reads the reply into the outputs, re-asking once for fields that
+    /// fail to parse.
+    async fn complete(
+        &self,
+        inputs: &Inputs,
+        run: &RunContext,
+        response: &dspex_client::ChatResponse,
+        mut prediction: Prediction,
+        started: Instant,
+    ) -> Result<Prediction> {
+        let run = run.clone();
         let reply = response.text();
         let mut parsed = self.adapter.parse(&self.signature, reply);
         prediction.repairs += parsed.repairs;
@@ -276,7 +401,7 @@ impl Predict {
                 .collect();
             // Rebuilt rather than kept: re-asks are rare, copies on every call
             // are not.
-            let mut follow_up = self.messages(inputs);
+            let mut follow_up = self.messages_for(inputs, &run);
             follow_up.push(Message::assistant(reply));
             follow_up.push(
                 self.adapter
@@ -389,6 +514,14 @@ impl Module for Predict {
         run: RunContext,
     ) -> BoxFuture<'a, Result<Prediction>> {
         Box::pin(self.run(inputs, run))
+    }
+
+    fn stream_with<'a>(
+        &'a self,
+        inputs: &'a Inputs,
+        run: RunContext,
+    ) -> BoxStream<'a, Result<ModuleEvent>> {
+        event_stream(move |sink| self.run_streamed(inputs, run, sink))
     }
 
     fn predictors(&self) -> Vec<(String, &Predict)> {

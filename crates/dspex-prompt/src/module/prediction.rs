@@ -68,6 +68,68 @@ pub struct Prediction {
     /// run asks for it ([`RunContext::record_traces`]), as optimisers do.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traces: Vec<PredictorTrace>,
+    /// An agent's steps ([`ReAct`](crate::ReAct)): every tool call with its
+    /// arguments, observation, duration and error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trajectory: Option<Trajectory>,
+}
+
+/// What an agent did, step by step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// The steps, in order.
+    pub steps: Vec<AgentStep>,
+    /// Whether the agent called `finish` (otherwise it ran out of steps, or
+    /// a step failed, and the outputs were extracted from what it had).
+    pub finished: bool,
+    /// Observations left out of the prompt because it outgrew the model's
+    /// context window (the oldest first, as DSPy does).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One step of an agent: its thought and the tool calls it made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStep {
+    /// What the model thought before acting (may be empty in native mode).
+    pub thought: String,
+    /// The tool calls of the step: one in text mode, one or more (run
+    /// concurrently) in native mode.
+    pub calls: Vec<ToolCallRecord>,
+    /// The index in [`Prediction::trace`] of the LM call that chose them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_call: Option<usize>,
+    /// Why the step failed, when the model's reply could not be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The step's time: the LM call and its tools.
+    #[serde(rename = "duration_ms", with = "dspex_client::duration_ms")]
+    pub duration: Duration,
+}
+
+/// One tool call within an [`AgentStep`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// The provider's call id (native mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The tool called.
+    pub tool: String,
+    /// Its arguments.
+    pub arguments: Value,
+    /// What the model was shown: the result, or the error.
+    pub observation: String,
+    /// The error, when the call failed (bad arguments, an unknown tool, the
+    /// tool's own error, a panic or a timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the tool ran.
+    #[serde(rename = "duration_ms", with = "dspex_client::duration_ms")]
+    pub duration: Duration,
 }
 
 /// One predictor's inputs and outputs within a prediction: the raw material of
