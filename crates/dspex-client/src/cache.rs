@@ -198,7 +198,7 @@ impl<'a> ParamsWithoutModel<'a> {
             n: *n,
             seed: *seed,
             response_format: response_format.as_ref(),
-            tools: tools.as_ref(),
+            tools: tools.as_deref(),
             tool_choice: tool_choice.as_ref(),
             extra,
         }
@@ -318,7 +318,7 @@ mod tests {
             n: Some(2),
             seed: Some(7),
             response_format: None,
-            tools: Some(json!([{"type": "function"}])),
+            tools: Some(std::sync::Arc::new(json!([{"type": "function"}]))),
             tool_choice: Some(json!("auto")),
             extra: [("user".to_owned(), json!("u-1"))].into(),
         };

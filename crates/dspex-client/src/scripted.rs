@@ -44,7 +44,7 @@
 //! let calls = first.choices[0].tool_calls.clone().unwrap_or_default();
 //! assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
 //! let mut call = Message::assistant("");
-//! call.tool_calls = Some(calls.clone());
+//! call.tool_calls = Some(std::sync::Arc::new(calls.clone()));
 //! let mut result = Message::new(Role::Tool, "sunny");
 //! result.tool_call_id = calls[0]["id"].as_str().map(str::to_owned);
 //! messages.extend([call, result]);
@@ -483,8 +483,8 @@ impl ScriptedTransport {
         let earlier_calls: u64 = request
             .messages
             .iter()
-            .filter_map(|m| m.tool_calls.as_ref())
-            .map(|calls| tokens::heuristic_tokens(&calls.to_string()))
+            .filter_map(|m| m.tool_calls.as_deref())
+            .map(json_heuristic_tokens)
             .sum();
         let usage = Usage {
             input_tokens: tokens::estimate_chat_tokens_heuristic(&request.messages) + earlier_calls,
@@ -517,6 +517,29 @@ impl ScriptedTransport {
         };
         Ok(Reply::new(body, None))
     }
+}
+
+/// `tokens::heuristic_tokens` of `value`'s compact JSON text, counted while
+/// serialising instead of building the text: an agent's every call resends
+/// all earlier tool calls, and allocating their text again each time made
+/// this test double the largest cost of a scripted ReAct step.
+fn json_heuristic_tokens(value: &Value) -> u64 {
+    /// Counts the characters written (UTF-8 bytes that start a character).
+    struct CharCount(u64);
+    impl std::io::Write for CharCount {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.iter().filter(|&&b| b & 0xC0 != 0x80).count() as u64;
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = CharCount(0);
+    // Writing a `Value` to an infallible writer cannot fail (its map keys
+    // are strings); a count of 0 would only under-bill a scripted call.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0.div_ceil(4)
 }
 
 /// Characters per streamed piece of a tool call's arguments.
@@ -588,6 +611,16 @@ fn pieces(text: &str, chars: usize) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_tokens_match_the_heuristic_on_the_text() {
+        let value =
+            serde_json::json!([{"id": "call_1", "arguments": r#"{"city": "Zürich"}"#}, "ü€😀"]);
+        assert_eq!(
+            json_heuristic_tokens(&value),
+            tokens::heuristic_tokens(&value.to_string())
+        );
+    }
 
     #[test]
     fn pieces_cut_on_char_boundaries() {

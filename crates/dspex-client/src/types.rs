@@ -45,9 +45,11 @@ pub struct Message {
     /// An optional participant name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Tool calls the assistant made (passed through as the provider wrote them).
+    /// Tool calls the assistant made (passed through as the provider wrote
+    /// them). Shared, because an agent resends every earlier call with each
+    /// step: copying the history then copies no JSON trees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Value>,
+    pub tool_calls: Option<Arc<Value>>,
     /// For a tool result: the call it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
@@ -129,9 +131,11 @@ pub struct ChatParams {
     /// The reply's shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
-    /// Tool definitions, passed through in the provider's format.
+    /// Tool definitions, passed through in the provider's format. Shared,
+    /// because an agent sends the same definitions with every step: its
+    /// requests then share them instead of copying every schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Value>,
+    pub tools: Option<Arc<Value>>,
     /// Tool choice, passed through in the provider's format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<Value>,

@@ -727,7 +727,7 @@ async fn n_choices_tools_and_json_mode_pass_through() {
             "oa",
             user("what is the weather in Paris?"),
             RequestOptions::new().params(ChatParams {
-                tools: Some(tools.clone()),
+                tools: Some(Arc::new(tools.clone())),
                 tool_choice: Some(json!("auto")),
                 ..ChatParams::default()
             }),
@@ -1280,7 +1280,7 @@ async fn streamed_tool_calls_assemble_like_complete_responses() {
     for (id, tools) in [("oa", openai_tools), ("claude", anthropic_tools)] {
         let options = || {
             RequestOptions::new().params(ChatParams {
-                tools: Some(tools.clone()),
+                tools: Some(Arc::new(tools.clone())),
                 ..ChatParams::default()
             })
         };

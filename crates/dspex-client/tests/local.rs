@@ -280,7 +280,9 @@ async fn bad_requests_are_typed_errors_naming_the_limit() {
     assert!(error.message().contains("context of 64 tokens"), "{error}");
     let tools = RequestOptions {
         params: ChatParams {
-            tools: Some(serde_json::json!([{"type": "function", "function": {"name": "f"}}])),
+            tools: Some(std::sync::Arc::new(
+                serde_json::json!([{"type": "function", "function": {"name": "f"}}]),
+            )),
             ..ChatParams::default()
         },
         ..RequestOptions::new()

@@ -31,7 +31,7 @@ async fn scripted(lm: ScriptedLm) -> Client {
 
 fn with_tools(tools: Value) -> RequestOptions {
     RequestOptions::new().params(ChatParams {
-        tools: Some(tools),
+        tools: Some(std::sync::Arc::new(tools)),
         ..ChatParams::default()
     })
 }
@@ -252,7 +252,7 @@ async fn a_turn_function_drives_an_agent_from_the_tool_results() {
             call["function"]["arguments"].as_str().unwrap()
         ));
         let mut assistant = Message::assistant(choice.content.unwrap_or_default());
-        assistant.tool_calls = Some(calls.clone());
+        assistant.tool_calls = Some(std::sync::Arc::new(calls.clone()));
         let mut result = Message::new(Role::Tool, observations.next().unwrap());
         result.tool_call_id = call["id"].as_str().map(str::to_owned);
         messages.extend([assistant, result]);
@@ -288,7 +288,7 @@ async fn several_choices_raw_arguments_and_errors() {
             vec![Message::user("go")],
             RequestOptions::new().params(ChatParams {
                 n: Some(2),
-                tools: Some(openai_tools()),
+                tools: Some(std::sync::Arc::new(openai_tools())),
                 ..ChatParams::default()
             }),
         )
@@ -433,7 +433,7 @@ async fn run_agent(client: &Client, id: &str, tools: &Value, streamed: [bool; 3]
         }
         steps.push(step.join(" "));
         let mut assistant = Message::assistant(choice.content.unwrap_or_default());
-        assistant.tool_calls = Some(calls);
+        assistant.tool_calls = Some(std::sync::Arc::new(calls));
         messages.push(assistant);
         messages.extend(results);
     }
@@ -519,8 +519,10 @@ async fn unpaired_tool_turns_are_refused_by_the_mock_as_invalid() {
         .await
         .unwrap();
     let mut assistant = Message::assistant("");
-    assistant.tool_calls = Some(json!([{"id": "call_a", "type": "function",
-        "function": {"name": "search", "arguments": "{}"}}]));
+    assistant.tool_calls = Some(std::sync::Arc::new(
+        json!([{"id": "call_a", "type": "function",
+        "function": {"name": "search", "arguments": "{}"}}]),
+    ));
     let mut result = Message::new(Role::Tool, "r");
     result.tool_call_id = Some("call_b".into());
     let error = client

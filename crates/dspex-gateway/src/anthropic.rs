@@ -217,7 +217,7 @@ impl MessagesRequest {
             }
             if !tool_uses.is_empty() {
                 let mut assistant = Message::new(Role::Assistant, text);
-                assistant.tool_calls = Some(Value::Array(tool_uses));
+                assistant.tool_calls = Some(std::sync::Arc::new(Value::Array(tool_uses)));
                 messages.push(assistant);
             } else if !text.is_empty() || role == Role::Assistant {
                 messages.push(Message::new(role, text));
@@ -230,7 +230,7 @@ impl MessagesRequest {
             top_p: self.top_p,
             max_tokens: Some(max_tokens),
             stop: self.stop_sequences.unwrap_or_default(),
-            tools: self.tools,
+            tools: self.tools.map(std::sync::Arc::new),
             tool_choice: self.tool_choice,
             extra,
             ..ChatParams::default()

@@ -293,7 +293,7 @@ impl ChatCompletionRequest {
             n: self.n,
             seed: self.seed,
             response_format,
-            tools: self.tools,
+            tools: self.tools.map(std::sync::Arc::new),
             tool_choice: self.tool_choice,
             extra: self.extra,
             model: None,
@@ -333,7 +333,7 @@ impl InMessage {
         };
         let mut message = Message::new(role, content);
         message.name = self.name;
-        message.tool_calls = self.tool_calls;
+        message.tool_calls = self.tool_calls.map(std::sync::Arc::new);
         message.tool_call_id = self.tool_call_id;
         Ok(message)
     }

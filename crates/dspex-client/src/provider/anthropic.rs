@@ -221,7 +221,7 @@ pub(crate) fn chat_body(
                 role: "user",
                 content: WireContent::Text(&message.content),
             }),
-            Role::Assistant => match &message.tool_calls {
+            Role::Assistant => match message.tool_calls.as_deref() {
                 // Tool calls are passed in Anthropic's own block format.
                 Some(Value::Array(blocks)) => {
                     let mut content = Vec::with_capacity(blocks.len() + 1);
@@ -263,7 +263,7 @@ pub(crate) fn chat_body(
         temperature: params.temperature,
         top_p: params.top_p,
         stop_sequences: &params.stop,
-        tools: params.tools.as_ref(),
+        tools: params.tools.as_deref(),
         tool_choice: params.tool_choice.as_ref(),
         stream,
         extra: PassThrough {
@@ -483,6 +483,7 @@ pub(crate) fn parse_error(body: &[u8]) -> Option<(String, Option<String>)> {
 mod tests {
     use super::*;
     use crate::types::{ChatParams, Message};
+    use std::sync::Arc;
 
     #[test]
     fn system_goes_top_level_and_max_tokens_is_filled() {
@@ -531,9 +532,9 @@ mod tests {
         let tool_use = json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather",
                               "input": {"city": "Paris"}});
         let mut calls_with_text = Message::assistant("Let me look.");
-        calls_with_text.tool_calls = Some(json!([tool_use]));
+        calls_with_text.tool_calls = Some(Arc::new(json!([tool_use])));
         let mut calls_only = Message::assistant("");
-        calls_only.tool_calls = Some(json!([tool_use, tool_use]));
+        calls_only.tool_calls = Some(Arc::new(json!([tool_use, tool_use])));
         let mut result = Message::new(Role::Tool, "{\"temp\": 21}");
         result.tool_call_id = Some("toolu_1".into());
         let request = ChatRequest {

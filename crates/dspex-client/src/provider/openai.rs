@@ -196,7 +196,7 @@ pub(crate) fn chat_body(
         n: params.n,
         seed: params.seed,
         response_format: params.response_format.as_ref().map(response_format),
-        tools: params.tools.as_ref(),
+        tools: params.tools.as_deref(),
         tool_choice: params.tool_choice.as_ref(),
         stream,
         stream_options: (stream && stream_usage).then(|| json!({"include_usage": true})),
@@ -560,7 +560,9 @@ mod tests {
                     schema: json!({"type": "object"}),
                     strict: true,
                 }),
-                tools: Some(json!([{"type": "function", "function": {"name": "f"}}])),
+                tools: Some(std::sync::Arc::new(
+                    json!([{"type": "function", "function": {"name": "f"}}]),
+                )),
                 tool_choice: Some(json!("auto")),
                 ..ChatParams::default()
             },
@@ -598,8 +600,8 @@ mod tests {
             max_tokens: Option<u32>,
         }
         let mut assistant = Message::assistant("calling \"f\"\n");
-        assistant.tool_calls = Some(json!([{"id": "c1", "type": "function",
-            "function": {"name": "f", "arguments": "{\"x\": 1}"}}]));
+        assistant.tool_calls = Some(std::sync::Arc::new(json!([{"id": "c1", "type": "function",
+            "function": {"name": "f", "arguments": "{\"x\": 1}"}}])));
         let mut tool = Message::new(crate::types::Role::Tool, "{\"ok\": true}");
         tool.tool_call_id = Some("c1".into());
         let mut named = Message::user("tab\there \u{1} ✓ 😀");

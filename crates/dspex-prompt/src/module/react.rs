@@ -377,7 +377,7 @@ impl ReAct {
         let wire = self.react.lm().capabilities().wire_format;
         let mut options = self.react.options(run, false);
         options.params.stop.clear();
-        options.params.tools = Some(self.tool_definitions(wire));
+        options.params.tools = Some(Arc::new(self.tool_definitions(wire)));
         options.params.tool_choice = Some(match wire {
             Some(WireFormat::AnthropicMessages) => json!({"type": "any"}),
             _ => json!("required"),
@@ -418,14 +418,18 @@ impl ReAct {
                 }
             };
             let lm_call = prediction.trace.len().checked_sub(1);
-            let choice = response.choices.first();
+            let mut choice = response.choices.into_iter().next();
             let thought = choice
+                .as_ref()
                 .and_then(|c| c.content.as_deref())
                 .unwrap_or_default()
                 .trim()
                 .to_owned();
-            let raw_calls = choice.and_then(|c| c.tool_calls.clone());
-            let calls = parse_tool_calls(raw_calls.as_ref());
+            let raw_calls = choice
+                .as_mut()
+                .and_then(|c| c.tool_calls.take())
+                .map(Arc::new);
+            let calls = parse_tool_calls(raw_calls.as_deref());
             if calls.is_empty() {
                 // An answer in plain text: take it if it holds the outputs.
                 let parsed = Adapter::Chat.parse(&self.signature, &thought);
