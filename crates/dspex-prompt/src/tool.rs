@@ -181,10 +181,15 @@ impl Tool {
 
     /// Calls the tool. The arguments must be a JSON object with every
     /// `required` property; an error, a panic or the timeout comes back as
-    /// [`PromptError::Tool`] naming the tool.
+    /// [`PromptError::Tool`] naming the tool. The timeout can only stop a
+    /// tool at an `.await`: a tool that blocks its thread should run its
+    /// work under `tokio::task::spawn_blocking`.
     pub async fn call(&self, args: Value) -> Result<Value> {
         self.check_arguments(&args)?;
-        let call = AssertUnwindSafe((self.function)(args)).catch_unwind();
+        // The function runs inside the caught future, so a panic while it
+        // builds its future is caught as well as one while it runs.
+        let function = &self.function;
+        let call = AssertUnwindSafe(async move { function(args).await }).catch_unwind();
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(message))) => Err(self.failure(message)),
@@ -425,6 +430,17 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "tool `boom` failed: the tool panicked: kaboom"
+        );
+        // A panic before the function's future exists is caught too.
+        let eager = Tool::new("eager", "Panics at once.", json!({}), |args: Value| {
+            let n = args["n"].as_i64().expect("n is a number");
+            std::future::ready(Ok::<_, String>(Value::from(n)))
+        })
+        .unwrap();
+        let error = eager.call(json!({})).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "tool `eager` failed: the tool panicked: n is a number"
         );
         let slow = Tool::new("slow", "Sleeps.", json!({}), |_args: Value| async move {
             tokio::time::sleep(Duration::from_secs(60)).await;

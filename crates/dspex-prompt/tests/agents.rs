@@ -22,8 +22,8 @@ use dspex_mock::{Fault, MockConfig, MockServer, Script, ScriptRule, ScriptToolCa
 use dspex_prompt::adapter::Adapter;
 use dspex_prompt::{
     AgentMode, BestOfN, BootstrapFewShot, ChainOfThought, Example, Inputs, Lm, Metric, Module,
-    ModuleEvent, MultiChainComparison, Parallel, Predict, PromptError, ReAct, Refine, Signature,
-    Tool,
+    ModuleEvent, MultiChainComparison, Parallel, Predict, PromptError, ReAct, Refine, RunContext,
+    Signature, Tool,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -205,12 +205,12 @@ async fn the_oldest_steps_are_dropped_when_the_context_window_is_exceeded() {
     // A model whose context holds at most two earlier steps.
     let client = scripted(ScriptedLm::from_fn(move |request| {
         let last = last_user(request).to_owned();
-        if last.contains("`[[ ## reasoning ## ]]`") {
-            return Ok(EXTRACT.to_owned());
-        }
         let steps = last.matches("[[ ## observation_").count();
         if steps > 2 {
             return Err("This model's maximum context length is 100 tokens.".to_owned());
+        }
+        if last.contains("`[[ ## reasoning ## ]]`") {
+            return Ok(EXTRACT.to_owned());
         }
         seen.lock().unwrap().push(last);
         Ok(STEP_ADD.to_owned())
@@ -230,7 +230,10 @@ async fn the_oldest_steps_are_dropped_when_the_context_window_is_exceeded() {
         .unwrap();
     let trajectory = prediction.trajectory.as_ref().unwrap();
     assert_eq!(trajectory.steps.len(), 5);
-    assert_eq!(trajectory.truncated, 2, "steps 3 and 4 each dropped one");
+    assert_eq!(
+        trajectory.truncated, 3,
+        "steps 3 and 4 each dropped one, and the extraction (after step 5) one more"
+    );
     {
         let prompts = step_prompts.lock().unwrap();
         let last = prompts.last().unwrap();
@@ -443,6 +446,66 @@ async fn refine_feeds_advice_from_a_failed_attempt_into_the_next() {
 }
 
 #[tokio::test]
+async fn refine_advice_is_about_the_attempt_just_made() {
+    let prompts = Arc::new(Mutex::new(Vec::new()));
+    let seen = prompts.clone();
+    let client = scripted(ScriptedLm::from_fn(move |request| {
+        let last = last_user(request).to_owned();
+        seen.lock().unwrap().push(last.clone());
+        let advice = |text: &str| {
+            format!(
+                "[[ ## discussion ## ]]\nNo.\n[[ ## advice ## ]]\n{text}\n[[ ## completed ## ]]"
+            )
+        };
+        let answer = |n: i64| format!("[[ ## answer ## ]]\n{n}\n[[ ## completed ## ]]");
+        Ok(if last.contains("[[ ## reward_value ## ]]") {
+            if last.contains("{\"answer\":1}") {
+                advice("Try 2.")
+            } else {
+                advice("Answer 42.")
+            }
+        } else if last.contains("[[ ## hint_ ## ]]\nTry 2.") {
+            answer(2)
+        } else if last.contains("[[ ## hint_ ## ]]\nAnswer 42.") {
+            answer(42)
+        } else {
+            answer(1)
+        })
+    }))
+    .await;
+    let predict = Predict::new(
+        Signature::parse("question -> answer: int").unwrap(),
+        Lm::new(&client, "dummy"),
+    );
+    // The first attempt stays the best of the two failed ones.
+    let reward = |_: &Inputs, p: &dspex_prompt::Prediction| match p.outputs["answer"].as_i64() {
+        Some(42) => 1.0,
+        Some(1) => 0.5,
+        _ => 0.25,
+    };
+    let prediction = Refine::new(predict, 3, reward, 1.0)
+        .forward(&inputs(json!({"question": "q"})))
+        .await
+        .unwrap();
+    assert_eq!(prediction.outputs["answer"], 42);
+    let prompts = prompts.lock().unwrap();
+    let advice_prompts: Vec<&String> = prompts
+        .iter()
+        .filter(|p| p.contains("[[ ## reward_value ## ]]"))
+        .collect();
+    assert_eq!(advice_prompts.len(), 2);
+    assert!(advice_prompts[0].contains("[[ ## reward_value ## ]]\n0.5"));
+    // The second advice reads the second attempt and its own reward, not
+    // the best score so far.
+    assert!(
+        advice_prompts[1].contains("{\"answer\":2}")
+            && advice_prompts[1].contains("[[ ## reward_value ## ]]\n0.25"),
+        "{}",
+        advice_prompts[1]
+    );
+}
+
+#[tokio::test]
 async fn multi_chain_comparison_compares_concurrent_attempts() {
     let compare_prompt = Arc::new(Mutex::new(String::new()));
     let seen = compare_prompt.clone();
@@ -529,12 +592,12 @@ async fn parallel_runs_pairs_with_per_item_results_and_an_error_budget() {
     );
     assert!(results.results[2].as_ref().unwrap().is_err());
 
-    // No errors allowed, one at a time: the first failure stops the run.
+    // One error allowed, one at a time: the first failure stops the run.
     let jobs: Vec<(&dyn Module, Inputs)> = vec![
         (&answer, inputs(json!({"question": "unknown"}))),
         (&answer, inputs(json!({"question": "ok"}))),
     ];
-    let results = Parallel::new(1).max_errors(0).run(&jobs).await;
+    let results = Parallel::new(1).max_errors(1).run(&jobs).await;
     assert!(results.stopped);
     assert!(results.results[1].is_none(), "never started");
     assert!(results.into_predictions().is_err());
@@ -885,7 +948,9 @@ async fn native_react_reports_bad_calls_as_observations() {
                 ScriptedToolCall::new("subtract", json!({"a": 1})),
                 ScriptedToolCall::new("add", json!({"a": 1})),
             ]),
-            _ => ScriptedTurn::tool_call("finish", json!({"answer": "many"})),
+            3 => ScriptedTurn::tool_call("finish", json!({"answer": "many"})),
+            // Told what was wrong with `finish`, it tries again.
+            _ => ScriptedTurn::tool_call("finish", json!({"answer": 5})),
         })
     }))
     .await;
@@ -916,14 +981,71 @@ async fn native_react_reports_bad_calls_as_observations() {
         calls[2].observation,
         "Execution error in add: invalid arguments: missing field `b`"
     );
-    let finish = &trajectory.steps[1];
+    let finish = &trajectory.steps[1].calls[0];
     assert!(
         finish.error.as_deref().unwrap().contains("`answer`"),
         "{finish:?}"
     );
-    // The unusable `finish` fell back to the extraction step.
+    assert!(
+        finish
+            .observation
+            .starts_with("Execution error in finish: `finish` arguments unusable"),
+        "{finish:?}"
+    );
+    // The second `finish` answers; no extraction step was needed.
     assert_eq!(prediction.outputs["answer"], 5);
+    assert_eq!(trajectory.steps.len(), 3);
+    assert!(trajectory.finished);
     assert_eq!(prediction.trace.len(), 3);
+}
+
+#[tokio::test]
+async fn native_react_asks_again_after_a_turn_without_a_tool_call() {
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    let client = scripted(ScriptedLm::from_turn_fn(move |request| {
+        seen.lock().unwrap().push(request.clone());
+        Ok(match request.messages.len() {
+            // The first turn: a thought in plain text, no tool call (a lone
+            // answer without markers must not be taken as the answer).
+            2 => ScriptedTurn::text("Let me think about it."),
+            _ => ScriptedTurn::tool_call("finish", json!({"answer": 7})),
+        })
+    }))
+    .await;
+    let agent = ReAct::new(
+        Signature::parse("question -> answer").unwrap(),
+        vec![add_tool()],
+        Lm::new(&client, "dummy"),
+    )
+    .unwrap();
+    let run = RunContext {
+        hint: Some("Use the adder.".into()),
+        ..RunContext::default()
+    };
+    let prediction = agent
+        .forward_with(&inputs(json!({"question": "q"})), run)
+        .await
+        .unwrap();
+    assert_eq!(prediction.outputs["answer"], "7");
+    let trajectory = prediction.trajectory.unwrap();
+    assert_eq!(trajectory.steps.len(), 2);
+    assert!(trajectory.steps[0].error.is_some());
+    let requests = requests.lock().unwrap();
+    let second = &requests[1].messages;
+    assert_eq!(second[2].content, "Let me think about it.");
+    assert!(
+        second[3].content.contains("Call one of the tools"),
+        "{second:?}"
+    );
+    // Refine's hint reaches the native request too.
+    assert!(
+        second[1]
+            .content
+            .contains("[[ ## hint_ ## ]]\nUse the adder."),
+        "{:?}",
+        second[1].content
+    );
 }
 
 #[tokio::test]

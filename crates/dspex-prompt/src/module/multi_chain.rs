@@ -11,8 +11,10 @@ use crate::error::{PromptError, Result};
 use crate::signature::{Field, FieldType, Signature};
 
 /// Runs `m` chain-of-thought attempts concurrently (each under its own
-/// rollout id, at temperature 0.7 as DSPy), then asks the model to compare
-/// them and answer. The comparison sees each attempt as DSPy shows it:
+/// rollout id, at temperature 0.7), then asks the model to compare them and
+/// answer, also at 0.7, DSPy's temperature for the comparison. (DSPy leaves
+/// making the attempts to the caller; [`compare`](Self::compare) takes
+/// attempts made elsewhere in the same way.) The comparison sees each attempt as DSPy shows it:
 /// «I'm trying to {first line of the reasoning} I'm not sure but my
 /// prediction is {first line of the last output}».
 #[derive(Clone, Debug)]
@@ -59,7 +61,7 @@ impl MultiChainComparison {
         })
     }
 
-    /// The attempts' temperature (0.7 by default).
+    /// The temperature of the attempts and the comparison (0.7 by default).
     #[must_use]
     pub fn temperature(mut self, temperature: f32) -> Self {
         self.temperature = temperature;
@@ -112,6 +114,8 @@ impl MultiChainComparison {
             );
             ask.insert(format!("reasoning_attempt_{}", i + 1), Value::String(text));
         }
+        let mut run = run;
+        run.temperature = Some(self.temperature);
         self.compare.forward_with(&ask, run).await
     }
 

@@ -10,7 +10,7 @@ use crate::error::{PromptError, Result};
 
 /// Runs (module, inputs) pairs with at most `concurrency` in flight, like
 /// [`batch`](super::batch) but over different modules, and with an error
-/// budget: once more than `max_errors` items have failed, nothing new
+/// budget: once `max_errors` items have failed, nothing new
 /// starts and the items in flight are cancelled.
 #[derive(Clone, Copy, Debug)]
 pub struct Parallel {
@@ -70,7 +70,8 @@ impl Parallel {
         }
     }
 
-    /// Stops once more than `max_errors` items have failed.
+    /// Stops once `max_errors` items have failed (as DSPy's `Parallel`;
+    /// 0 stops at the first failure, as 1 does).
     #[must_use]
     pub fn max_errors(mut self, max_errors: usize) -> Self {
         self.max_errors = Some(max_errors);
@@ -100,13 +101,14 @@ impl Parallel {
             .buffer_unordered(self.concurrency);
         while let Some((i, result)) = running.next().await {
             bar.inc(1);
-            if result.is_err() {
+            let failed = result.is_err();
+            if failed {
                 errors += 1;
             }
             if let Some(slot) = results.get_mut(i) {
                 *slot = Some(result);
             }
-            if self.max_errors.is_some_and(|max| errors > max) {
+            if failed && self.max_errors.is_some_and(|max| errors >= max) {
                 // Dropping the stream cancels what is in flight.
                 stopped = true;
                 break;

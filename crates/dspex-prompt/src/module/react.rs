@@ -180,13 +180,17 @@ impl ReAct {
         };
         let mut prediction = Prediction::default();
         let mut trajectory = Trajectory::default();
+        // Steps the text loop left out of its prompt for the context window:
+        // the extraction starts without them too.
+        let mut skipped = 0;
         let outputs = match self.resolved_mode() {
             AgentMode::Native => {
                 self.native_steps(inputs, &run, &sink, &mut prediction, &mut trajectory)
                     .await?
             }
             _ => {
-                self.text_steps(inputs, &run, &sink, &mut prediction, &mut trajectory)
+                skipped = self
+                    .text_steps(inputs, &run, &sink, &mut prediction, &mut trajectory)
                     .await?;
                 None
             }
@@ -194,19 +198,9 @@ impl ReAct {
         let outputs = match outputs {
             Some(outputs) => outputs,
             None => {
-                let mut extract_inputs = inputs.clone();
-                extract_inputs.insert(
-                    "trajectory".to_owned(),
-                    Value::String(format_trajectory(&trajectory.steps, 0)),
-                );
-                let extracted = if sink.is_listening() {
-                    self.extract_streamed(&extract_inputs, run.clone(), &sink)
-                        .await?
-                } else {
-                    self.extract
-                        .forward_with(&extract_inputs, run.clone())
-                        .await?
-                };
+                let extracted = self
+                    .extract_outputs(inputs, &run, &sink, &mut trajectory, skipped)
+                    .await?;
                 let outputs = extracted.outputs.clone();
                 prediction.absorb(extracted);
                 outputs
@@ -216,6 +210,51 @@ impl ReAct {
         prediction.trajectory = Some(trajectory);
         prediction.latency = started.elapsed();
         Ok(prediction)
+    }
+
+    /// The extraction step over the trajectory from step `skipped` on,
+    /// dropping further oldest steps while the context window is exceeded
+    /// (within the same `max_truncations` bound as a step).
+    async fn extract_outputs(
+        &self,
+        inputs: &Inputs,
+        run: &RunContext,
+        sink: &EventSink,
+        trajectory: &mut Trajectory,
+        mut skipped: usize,
+    ) -> Result<Prediction> {
+        let mut extract_inputs = inputs.clone();
+        let mut truncations = 0;
+        loop {
+            extract_inputs.insert(
+                "trajectory".to_owned(),
+                Value::String(format_trajectory(&trajectory.steps, skipped)),
+            );
+            let extracted = if sink.is_listening() {
+                self.extract_streamed(&extract_inputs, run.clone(), sink)
+                    .await
+            } else {
+                self.extract
+                    .forward_with(&extract_inputs, run.clone())
+                    .await
+            };
+            match extracted {
+                Err(PromptError::Client(error))
+                    if error.is_context_window_exceeded()
+                        && truncations < self.max_truncations
+                        && skipped < trajectory.steps.len() =>
+                {
+                    truncations += 1;
+                    skipped += 1;
+                    trajectory.truncated += 1;
+                    tracing::warn!(
+                        dropped = skipped,
+                        "ReAct extraction exceeds the context window: dropping the oldest step"
+                    );
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The extraction step with its fields streamed to `sink`.
@@ -240,7 +279,8 @@ impl ReAct {
     }
 
     /// DSPy's loop: one `react` prediction per step, one tool call each,
-    /// until `finish`.
+    /// until `finish`. Returns how many of the oldest steps were left out
+    /// of the prompt for the context window.
     async fn text_steps(
         &self,
         inputs: &Inputs,
@@ -248,7 +288,7 @@ impl ReAct {
         sink: &EventSink,
         prediction: &mut Prediction,
         trajectory: &mut Trajectory,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let mut step_inputs = inputs.clone();
         // Steps left out of the prompt after a context-window error.
         let mut skipped = 0usize;
@@ -320,7 +360,7 @@ impl ReAct {
                 break;
             }
         }
-        Ok(())
+        Ok(skipped)
     }
 
     /// Runs one tool call and records it; failures become the observation.
@@ -382,7 +422,7 @@ impl ReAct {
             Some(WireFormat::AnthropicMessages) => json!({"type": "any"}),
             _ => json!("required"),
         });
-        let mut messages = self.native_prefix(inputs);
+        let mut messages = self.native_prefix(inputs, run.hint.as_deref());
         // Tool-result messages whose content was dropped for the context
         // window, oldest first.
         let mut dropped = 0usize;
@@ -431,23 +471,34 @@ impl ReAct {
                 .map(Arc::new);
             let calls = parse_tool_calls(raw_calls.as_deref());
             if calls.is_empty() {
-                // An answer in plain text: take it if it holds the outputs.
+                // An answer in plain text (the provider ignored
+                // `tool_choice`): taken only if it marks every output field,
+                // since a lone answer without markers is indistinguishable
+                // from a thought. Otherwise the model is asked again.
                 let parsed = Adapter::Chat.parse(&self.signature, &thought);
+                let marked = self
+                    .signature
+                    .outputs()
+                    .iter()
+                    .all(|field| thought.contains(&format!("[[ ## {} ## ]]", field.name)));
+                let answered = marked && parsed.failures.is_empty();
                 let step = AgentStep {
-                    thought,
+                    thought: thought.clone(),
                     calls: Vec::new(),
                     lm_call,
-                    error: (!parsed.failures.is_empty())
+                    error: (!answered)
                         .then(|| "the model answered without calling a tool".to_owned()),
                     duration: step_started.elapsed(),
                 };
                 sink.send(ModuleEvent::Step(step.clone()));
                 trajectory.steps.push(step);
-                if parsed.failures.is_empty() {
+                if answered {
                     trajectory.finished = true;
                     return Ok(Some(parsed.outputs));
                 }
-                return Ok(None);
+                messages.push(Message::assistant(thought));
+                messages.push(Message::user(NO_TOOL_CALLED));
+                continue;
             }
             let mut assistant = Message::assistant(thought.clone());
             assistant.tool_calls = raw_calls;
@@ -459,7 +510,19 @@ impl ReAct {
                         id,
                         name,
                         arguments,
-                    } if name == FINISH_TOOL => finish_record(Some(id), arguments),
+                    } if name == FINISH_TOOL => match self.finish_outputs(&arguments) {
+                        Ok(_) => finish_record(Some(id), arguments),
+                        // Unusable outputs go back to the model like any
+                        // tool's error, so it can call `finish` again.
+                        Err(problem) => ToolCallRecord {
+                            observation: format!("Execution error in {FINISH_TOOL}: {problem}"),
+                            id: Some(id),
+                            tool: name,
+                            arguments,
+                            error: Some(problem),
+                            duration: Duration::ZERO,
+                        },
+                    },
                     NativeCall::Call {
                         id,
                         name,
@@ -599,10 +662,11 @@ impl ReAct {
     }
 
     /// The native conversation's start: the system message (fields,
-    /// instructions, demos), earlier turns of a history, and the request.
-    /// It depends only on the program and the inputs, so every step of an
-    /// episode sends the same prefix.
-    fn native_prefix(&self, inputs: &Inputs) -> Vec<Message> {
+    /// instructions, demos), earlier turns of a history, and the request
+    /// (with `Refine`'s hint, if any, as a `hint_` section). It depends only
+    /// on the program, the inputs and the hint, so every step of an episode
+    /// sends the same prefix.
+    fn native_prefix(&self, inputs: &Inputs, hint: Option<&str>) -> Vec<Message> {
         let mut system = adapter::describe_fields(&self.signature);
         system.push_str("In adhering to this structure, your objective is: \n        ");
         system.push_str(&native_instructions(self.react.signature()));
@@ -631,7 +695,12 @@ impl ReAct {
         }
         let mut messages = vec![Message::system(system)];
         messages.extend(Adapter::Chat.history_messages(&self.signature, inputs));
-        messages.push(Adapter::Chat.user_message(&self.signature, inputs, false));
+        let mut request = Adapter::Chat.user_message(&self.signature, inputs, false);
+        if let Some(hint) = hint {
+            request.content.push_str("\n\n[[ ## hint_ ## ]]\n");
+            request.content.push_str(hint);
+        }
+        messages.push(request);
         messages
     }
 }
@@ -652,6 +721,10 @@ fn native_instructions(step: &Signature) -> String {
 
 /// Where the text-mode instructions start listing the tools.
 const TOOL_LIST_MARKER: &str = "When selecting the next_tool_name and its next_tool_args";
+
+/// What the model is told after a turn without a tool call.
+const NO_TOOL_CALLED: &str =
+    "Call one of the tools, or `finish` with the values of the output fields.";
 
 fn finish_record(id: Option<String>, arguments: Value) -> ToolCallRecord {
     ToolCallRecord {

@@ -28,10 +28,14 @@ const ATTEMPT_TEMPERATURE: f32 = 1.0;
 /// reaches the threshold, or else the best one.
 ///
 /// Attempts run concurrently (up to [`concurrency`](Self::concurrency) at
-/// once) but are judged in order, so the result is the one a sequential run
-/// would return; attempts after the first good one are cancelled. The
-/// prediction carries every attempt's LM calls and usage, so what the
-/// attempts cost is accounted for.
+/// once, all `n` by default) but are judged in order, so the result is the
+/// one a sequential run would return; attempts after the first good one
+/// are cancelled. Running them at once trades cost for time: with the
+/// default concurrency all `n` requests are sent (and billed) even when the
+/// first attempt is good, where DSPy's sequential loop would stop; set
+/// `.concurrency(1)` to pay only for the attempts judged. The prediction
+/// carries the LM calls and usage of every attempt judged (successful
+/// ones; a failed attempt's calls go with its error).
 #[derive(Clone)]
 pub struct BestOfN<M> {
     module: M,
@@ -139,6 +143,8 @@ struct Judge<'r> {
     spent: Prediction,
     failures: usize,
     last_error: Option<PromptError>,
+    /// The score of the attempt judged last (none if it failed).
+    last_score: Option<f64>,
 }
 
 impl<'r> Judge<'r> {
@@ -155,6 +161,7 @@ impl<'r> Judge<'r> {
             spent: Prediction::default(),
             failures: 0,
             last_error: None,
+            last_score: None,
         }
     }
 
@@ -164,6 +171,7 @@ impl<'r> Judge<'r> {
         let prediction = match result {
             Ok(prediction) => prediction,
             Err(error) => {
+                self.last_score = None;
                 self.failures += 1;
                 if self.failures >= self.fail_count {
                     return Err(error);
@@ -173,6 +181,7 @@ impl<'r> Judge<'r> {
             }
         };
         let score = (self.reward)(inputs, &prediction);
+        self.last_score = Some(score);
         let better = self.best.as_ref().is_none_or(|(best, _)| score > *best);
         let reached = score >= self.threshold;
         if better {
@@ -191,8 +200,9 @@ impl<'r> Judge<'r> {
         }
     }
 
+    /// The score of the attempt judged last, which the advice is about.
     fn last_score(&self) -> Option<f64> {
-        self.best.as_ref().map(|(score, _)| *score)
+        self.last_score
     }
 
     fn finish(self, started: Instant) -> Result<Prediction> {
