@@ -68,7 +68,8 @@ impl<'a> Scope<'a> {
             correlation_id: Some(self.run.correlation_id.clone()),
             tags,
             record_traces: self.run.record_traces,
-            ..RunContext::default()
+            temperature: self.run.temperature,
+            hint: self.run.hint.clone(),
         }
     }
 
@@ -590,6 +591,11 @@ pub struct RunOptions {
     pub cancel: Option<CancellationToken>,
     /// Records each predictor's inputs and outputs (for optimisers).
     pub record_traces: bool,
+    /// A temperature every module step uses instead of its own (set when
+    /// the workflow is an attempt of `BestOfN` or `Refine`).
+    pub temperature: Option<f32>,
+    /// Advice every module step shows the model (`Refine`'s hint).
+    pub hint: Option<String>,
 }
 
 /// A finished run.
@@ -703,6 +709,8 @@ impl Workflow {
             correlation_id: correlation_id.clone(),
             tags: options.tags,
             record_traces: options.record_traces,
+            temperature: options.temperature,
+            hint: options.hint,
             start: Instant::now(),
             seq: AtomicU64::new(0),
             records: Mutex::new(Vec::new()),
@@ -787,6 +795,8 @@ impl Module for Workflow {
                 tags: run.tags,
                 cancel: None,
                 record_traces: run.record_traces,
+                temperature: run.temperature,
+                hint: run.hint,
             };
             let output = self.run(inputs.clone(), options).await?;
             let mut prediction = output.prediction;
@@ -825,6 +835,8 @@ pub(crate) struct RunState {
     correlation_id: CorrelationId,
     tags: BTreeMap<String, String>,
     record_traces: bool,
+    temperature: Option<f32>,
+    hint: Option<String>,
     start: Instant,
     seq: AtomicU64,
     records: Mutex<Vec<(u64, StepRecord)>>,

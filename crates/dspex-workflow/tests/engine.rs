@@ -524,6 +524,64 @@ async fn the_correlation_id_and_step_tags_reach_every_lm_call_and_event() {
     assert_eq!(json["steps"][0]["lm_calls"], json!(1));
 }
 
+#[tokio::test]
+async fn an_attempts_temperature_hint_and_rollout_reach_every_step() {
+    let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    client
+        .add_scripted(
+            "lm",
+            ScriptedLm::from_fn(move |request| {
+                let prompt: String = request
+                    .messages
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .collect();
+                record.lock().push((request.params.temperature, prompt));
+                Ok("[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]".to_owned())
+            }),
+        )
+        .await
+        .unwrap();
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    let workflow = Workflow::new("attempted").then(Node::module(
+        "answer",
+        StepModule::Predict(Predict::new(
+            Signature::parse("question -> answer").unwrap(),
+            Lm::new(&client, "lm"),
+        )),
+    ));
+    // What BestOfN and Refine hand each attempt of a module.
+    let mut attempt = dspex_prompt::RunContext {
+        temperature: Some(1.0),
+        hint: Some("Think twice.".into()),
+        ..dspex_prompt::RunContext::default()
+    }
+    .with_rollout("refine/1");
+    attempt.tags.insert("team".into(), "a".into());
+    let inputs = json!({"question": "q"}).as_object().unwrap().clone();
+    let prediction = dspex_prompt::Module::forward_with(&workflow, &inputs, attempt)
+        .await
+        .unwrap();
+    assert_eq!(prediction.outputs["answer"], json!("42"));
+    let seen = seen.lock();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, Some(1.0));
+    assert!(
+        seen[0].1.contains("[[ ## hint_ ## ]]\nThink twice."),
+        "{}",
+        seen[0].1
+    );
+    let mut rollouts = Vec::new();
+    while let Some(event) = events.try_recv() {
+        if let EventKind::RequestCompleted(completion) = &event.kind {
+            rollouts.push(completion.call.tags.get(dspex_prompt::module::ROLLOUT_TAG).cloned());
+        }
+    }
+    assert_eq!(rollouts, [Some("refine/1".to_owned())]);
+}
+
 #[test]
 fn invalid_definitions_are_refused_with_every_problem() {
     let error = Workflow::new("bad")
