@@ -576,7 +576,13 @@ async fn an_attempts_temperature_hint_and_rollout_reach_every_step() {
     let mut rollouts = Vec::new();
     while let Some(event) = events.try_recv() {
         if let EventKind::RequestCompleted(completion) = &event.kind {
-            rollouts.push(completion.call.tags.get(dspex_prompt::module::ROLLOUT_TAG).cloned());
+            rollouts.push(
+                completion
+                    .call
+                    .tags
+                    .get(dspex_prompt::module::ROLLOUT_TAG)
+                    .cloned(),
+            );
         }
     }
     assert_eq!(rollouts, [Some("refine/1".to_owned())]);
