@@ -240,21 +240,42 @@ impl ReAct {
             };
             match extracted {
                 Err(PromptError::Client(error))
-                    if error.is_context_window_exceeded()
-                        && truncations < self.max_truncations
-                        && skipped < trajectory.steps.len() =>
-                {
-                    truncations += 1;
-                    skipped += 1;
-                    trajectory.truncated += 1;
-                    tracing::warn!(
-                        dropped = skipped,
-                        "ReAct extraction exceeds the context window: dropping the oldest step"
-                    );
-                }
+                    if self.drop_oldest_step(
+                        &error,
+                        &mut truncations,
+                        &mut skipped,
+                        trajectory,
+                    ) => {}
                 other => return other,
             }
         }
+    }
+
+    /// After `error`, whether to retry with one more of the oldest steps
+    /// left out of the prompt (a context-window error, within
+    /// `max_truncations` for this call, with a step left to drop); counts
+    /// the drop when so.
+    fn drop_oldest_step(
+        &self,
+        error: &dspex_client::ClientError,
+        truncations: &mut u32,
+        skipped: &mut usize,
+        trajectory: &mut Trajectory,
+    ) -> bool {
+        if !error.is_context_window_exceeded()
+            || *truncations >= self.max_truncations
+            || *skipped >= trajectory.steps.len()
+        {
+            return false;
+        }
+        *truncations += 1;
+        *skipped += 1;
+        trajectory.truncated += 1;
+        tracing::warn!(
+            dropped = *skipped,
+            "ReAct prompt exceeds the context window: dropping the oldest step"
+        );
+        true
     }
 
     /// The extraction step with its fields streamed to `sink`.
@@ -302,18 +323,12 @@ impl ReAct {
                 );
                 match self.react.forward_with(&step_inputs, run.clone()).await {
                     Err(PromptError::Client(error))
-                        if error.is_context_window_exceeded()
-                            && truncations < self.max_truncations
-                            && skipped < trajectory.steps.len() =>
-                    {
-                        truncations += 1;
-                        skipped += 1;
-                        trajectory.truncated += 1;
-                        tracing::warn!(
-                            dropped = skipped,
-                            "ReAct prompt exceeds the context window: dropping the oldest step"
-                        );
-                    }
+                        if self.drop_oldest_step(
+                            &error,
+                            &mut truncations,
+                            &mut skipped,
+                            trajectory,
+                        ) => {}
                     other => break other,
                 }
             };
