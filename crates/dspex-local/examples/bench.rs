@@ -3,7 +3,7 @@
 //! and peak RSS.
 //!
 //! ```text
-//! cargo run --release --example bench -- MODEL.gguf [--requantize keep|slow|all] [--threads N]
+//! cargo run --release --example bench -- MODEL.gguf [--requantize keep|slow|all] [--threads N] [--no-vnni]
 //! ```
 #![allow(
     clippy::print_stdout,
@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: bench MODEL.gguf [--requantize keep|slow|all] [--threads N]")?;
+        .ok_or("usage: bench MODEL.gguf [--requantize keep|slow|all] [--threads N] [--no-vnni]")?;
     let mut options = LoadOptions {
         context_length: Some(4096),
         ..LoadOptions::default()
@@ -47,6 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             "--threads" => options.threads = args.next().and_then(|t| t.parse().ok()),
+            // The portable prompt path, for comparison on a VNNI CPU.
+            "--no-vnni" => options.vnni = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }

@@ -35,24 +35,64 @@ impl QuantizedVector {
     /// Quantizes `x`, whose length must be a multiple of 32.
     pub(crate) fn new(x: &[f32]) -> Self {
         let mut values = vec![0i8; x.len()];
-        let mut scales = Vec::with_capacity(x.len() / BLOCK);
-        for (block, out) in x.chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK)) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = max / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (o, v) in out.iter_mut().zip(block) {
-                // |v * inverse| <= 127 by construction; the cast saturates anyway.
-                #[allow(clippy::cast_possible_truncation)]
-                let q = (v * inverse).round() as i8;
-                *o = q;
-                sum += i32::from(q);
-            }
-            #[allow(clippy::cast_precision_loss)]
-            scales.push((scale, scale * sum as f32));
-        }
+        let scales = x
+            .chunks_exact(BLOCK)
+            .zip(values.chunks_exact_mut(BLOCK))
+            .map(|(block, out)| quantize_block(block, out))
+            .collect();
         Self { values, scales }
     }
+}
+
+/// Quantizes one block of activations to i8 with scale `max|x| / 127`;
+/// returns the scale `s` and `s * Σ q`.
+///
+/// Written so that LLVM vectorises it (eight running maxima, a rounding
+/// that is one instruction): the prompt pass quantizes every activation of
+/// every matrix product.
+pub(crate) fn quantize_block(block: &[f32], out: &mut [i8]) -> (f32, f32) {
+    // Fixed sizes let LLVM unroll and vectorise; callers pass whole blocks.
+    let (Ok(block), Ok(out)) = (
+        <&[f32; BLOCK]>::try_from(block),
+        <&mut [i8; BLOCK]>::try_from(out),
+    ) else {
+        return (0.0, 0.0);
+    };
+    // A compare-and-select maximum (`f32::max`'s NaN rule keeps LLVM from
+    // vectorising it); a NaN activation is ignored here and becomes 0.
+    let mut lanes = [0f32; 8];
+    for chunk in block.chunks_exact(8) {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            let a = v.abs();
+            *l = if a > *l { a } else { *l };
+        }
+    }
+    let max = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+    let scale = max / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    // Ties to even, as ggml's SIMD quantizers round. |v * inverse| <= 127
+    // by construction; the clamp (selects, which vectorise) tells LLVM so,
+    // which turns the casts into plain vector conversions.
+    let mut wide = [0i32; BLOCK];
+    for (w, v) in wide.iter_mut().zip(block) {
+        let q = (v * inverse).round_ties_even();
+        let q = if q > 127.0 { 127.0 } else { q };
+        let q = if q < -127.0 { -127.0 } else { q };
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            *w = q as i32;
+        }
+    }
+    let mut sum = 0i32;
+    for (o, &w) in out.iter_mut().zip(&wide) {
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            *o = w as i8;
+        }
+        sum += w;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    (scale, scale * sum as f32)
 }
 
 /// One row's dot product with `x`.

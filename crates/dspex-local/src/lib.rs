@@ -44,6 +44,7 @@ mod model;
 mod sampling;
 mod stream;
 mod tokenizer;
+mod vnni;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -58,8 +59,9 @@ pub use error::LocalError;
 pub use model::{Requantize, SUPPORTED_ARCHITECTURES};
 
 /// Prompt tokens are reused from the prefix cache in whole blocks of this
-/// many: the attention runs over aligned blocks, so a reused prefix gives
-/// bit-identical logits to a cold run (and seeded sampling the same text).
+/// many. A reused prefix gives bit-identical logits to a cold run (and
+/// seeded sampling the same text): a prompt row's arithmetic does not
+/// depend on which call processes it.
 pub const PREFIX_ALIGN: usize = model::ATTN_BLOCK;
 
 use cache::{Entry, PrefixCache};
@@ -94,6 +96,11 @@ pub struct LoadOptions {
     pub prefix_cache_bytes: usize,
     /// Load-time re-quantization of slow tensor types.
     pub requantize: Requantize,
+    /// Run the prompt pass of Q4_1 matrices on the AVX-512 VNNI kernel
+    /// when the CPU has it (the default). The kernel keeps a repacked copy
+    /// of those matrices (about as large as the file's). `false` keeps the
+    /// portable path (dequantize, then f32 GEMM) on every CPU.
+    pub vnni: bool,
 }
 
 impl Default for LoadOptions {
@@ -104,6 +111,7 @@ impl Default for LoadOptions {
             expected_sha256: None,
             prefix_cache_bytes: 128 << 20,
             requantize: Requantize::default(),
+            vnni: true,
         }
     }
 }
@@ -302,7 +310,14 @@ impl LocalModel {
             .map_err(|e| LocalError::ThreadPool(e.to_string()))?;
 
         let tokenizer = GgufTokenizer::from_gguf(&g)?;
-        let model = pool.install(|| Model::load(&mut g, arch, options.requantize))?;
+        let model = pool.install(|| {
+            Model::load(
+                &mut g,
+                arch,
+                options.requantize,
+                options.vnni.then(vnni::Vnni::detect).flatten(),
+            )
+        })?;
         if model.vocab_rows() < tokenizer.vocab_size() {
             return Err(LocalError::Corrupt {
                 path: path.to_path_buf(),
@@ -588,9 +603,40 @@ impl Inner {
             }
             logits = self.forward(chunk, &mut kv, true)?;
         }
-        self.remember(prompt, &kv)?;
         result.prompt_time = start.elapsed();
         let decode_start = Instant::now();
+        self.decode(
+            prompt,
+            params,
+            cancel,
+            on_piece,
+            logits,
+            &mut kv,
+            &mut result,
+        )?;
+        result.decode_time = decode_start.elapsed();
+        // The prompt's KV goes to the prefix cache once the reply is out:
+        // copying it (~10 ms for 400 tokens of SmolLM2) would otherwise
+        // delay the first token.
+        self.remember(prompt, &kv)?;
+        Ok(result)
+    }
+
+    /// Samples and decodes until a stop, the token limit or cancellation,
+    /// starting from the prompt's last logits; fills `result`'s text,
+    /// count and finish.
+    #[allow(clippy::too_many_arguments)]
+    fn decode(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        cancel: &AtomicBool,
+        on_piece: &mut dyn FnMut(&str),
+        mut logits: Vec<f32>,
+        kv: &mut KvState,
+        result: &mut Generation,
+    ) -> Result<(), LocalError> {
+        let ctx = self.info.context_length;
 
         let mut rng = params.seed.map_or_else(Rng::from_entropy, Rng::new);
         let mut text = TextStream::new(&params.stop);
@@ -616,10 +662,9 @@ impl Inner {
                         if !p.is_empty() {
                             on_piece(&p);
                         }
-                        result.decode_time = decode_start.elapsed();
                         result.finish = Finish::Stop;
                         result.text = text.into_text();
-                        return Ok(result);
+                        return Ok(());
                     }
                 }
             }
@@ -628,7 +673,7 @@ impl Inner {
             {
                 break Finish::Length;
             }
-            logits = self.forward(&[token], &mut kv, false)?;
+            logits = self.forward(&[token], kv, false)?;
         };
         let tail = text.finish();
         if !tail.is_empty() {
@@ -636,8 +681,7 @@ impl Inner {
         }
         result.finish = finish;
         result.text = text.into_text();
-        result.decode_time = decode_start.elapsed();
-        Ok(result)
+        Ok(())
     }
 
     /// A forward pass on the dedicated pool. Only the forward pass runs
@@ -664,7 +708,7 @@ impl Inner {
         // Copy outside the lock; other generations may look up meanwhile.
         let snapshot = self
             .pool
-            .install(|| kv.snapshot())
+            .install(|| kv.snapshot(prompt.len()))
             .ctx("copying the prompt's KV")?;
         self.cache.lock().insert(Entry {
             tokens: prompt.to_vec(),
@@ -698,8 +742,20 @@ mod reuse_tests {
     #[ignore = "needs DSPEX_TEST_GGUF_SMOLLM2"]
     #[allow(clippy::unwrap_used, clippy::float_cmp)]
     fn reused_prefix_is_bit_exact() {
+        // The VNNI prompt kernel (where the CPU has it) and the portable path.
+        for vnni in [true, false] {
+            reused_prefix_is_bit_exact_with(vnni);
+        }
+    }
+
+    #[allow(clippy::unwrap_used, clippy::float_cmp)]
+    fn reused_prefix_is_bit_exact_with(vnni: bool) {
         let path = std::env::var("DSPEX_TEST_GGUF_SMOLLM2").unwrap();
-        let m = LocalModel::load(path.as_ref(), &LoadOptions::default()).unwrap();
+        let options = LoadOptions {
+            vnni,
+            ..LoadOptions::default()
+        };
+        let m = LocalModel::load(path.as_ref(), &options).unwrap();
         let inner = &*m.inner;
         let cfg = &inner.model.cfg;
         let text = m
@@ -715,12 +771,12 @@ mod reuse_tests {
         for reuse in [model::ATTN_BLOCK, 2 * model::ATTN_BLOCK] {
             let mut first = KvState::new(cfg, 256, 2048).unwrap();
             inner.forward(&p[..reuse + 3], &mut first, true).unwrap();
-            let snap = first.snapshot().unwrap();
+            let snap = first.snapshot(first.len()).unwrap();
             let mut warm = KvState::from_snapshot(cfg, &snap, reuse, 256, 2048).unwrap();
             let warm_logits = inner.forward(&p[reuse..], &mut warm, true).unwrap();
             assert_eq!(cold.max_abs_diff(&warm), 0.0, "reuse {reuse}");
             assert_eq!(cold_logits, warm_logits, "reuse {reuse}");
-            let mut c = cold.snapshot().unwrap();
+            let mut c = cold.snapshot(cold.len()).unwrap();
             let mut cold2 = KvState::from_snapshot(cfg, &c, p.len(), 256, 2048).unwrap();
             for t in [504u32, 1194, 28, 339, 761] {
                 let a = inner.forward(&[t], &mut cold2, false).unwrap();

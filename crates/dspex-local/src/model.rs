@@ -14,12 +14,15 @@
 //! * Gemma 3's sliding-window mask follows llama.cpp (`p_q - p_k <
 //!   window`), including for decode steps and for prompt chunks after a
 //!   cached prefix (candle masks the cached part out entirely).
-//! * Grouped-query attention reshapes the queries to the KV heads instead
-//!   of copying K/V `n_rep` times.
-//! * Prompt tokens go through dense f32 GEMM on weights dequantized on the
-//!   fly: candle's quantized matmul runs one matrix-vector product per row,
-//!   about 7x slower than GEMM for a 300-token prompt. Generated tokens
-//!   (one row) use the quantized kernels, which read 4-8x fewer bytes.
+//! * Attention is computed here (`attend`), not with candle's matmul and
+//!   softmax: grouped-query heads read their shared KV head directly, and
+//!   each query visits only the keys it may see.
+//! * Prompt tokens of Q4_1 matrices go through the int8 VNNI kernel
+//!   (`vnni`) on CPUs that have it; elsewhere, and for other types, through
+//!   dense f32 GEMM on weights dequantized on the fly (candle's quantized
+//!   matmul runs one matrix-vector product per row, about 7x slower than
+//!   GEMM for a 300-token prompt). Generated tokens (one row) use the
+//!   quantized matrix-vector kernels, which read 4-8x fewer bytes.
 
 use std::sync::Arc;
 
@@ -30,6 +33,7 @@ use rayon::prelude::*;
 use crate::error::{CandleContext, LocalError};
 use crate::gguf::GgufFile;
 use crate::kernels;
+use crate::vnni::{self, QuantizedRows, RepackedQ4_1, Vnni};
 
 /// What to do at load time with quantized types whose candle CPU kernels
 /// are slow.
@@ -75,17 +79,64 @@ pub(crate) struct Config {
 struct Linear {
     qt: Arc<QTensor>,
     mm: QMatMul,
+    /// A Q4_1 matrix repacked for the VNNI prompt kernel, on CPUs that
+    /// have it (see `vnni`).
+    packed: Option<(Vnni, RepackedQ4_1)>,
 }
 
 impl Linear {
-    fn new(qt: QTensor) -> Result<Self, LocalError> {
+    fn new(qt: QTensor, vnni: Option<Vnni>) -> Result<Self, LocalError> {
+        let packed = match (vnni, qt.dtype(), qt.shape().dims2()) {
+            (Some(cpu), GgmlDType::Q4_1, Ok((rows, k))) => {
+                let data = qt.data().ctx("reading a Q4_1 matrix")?;
+                RepackedQ4_1::new(&data, rows, k).map(|p| (cpu, p))
+            }
+            _ => None,
+        };
         let qt = Arc::new(qt);
         let mm = QMatMul::from_arc(Arc::clone(&qt)).ctx("preparing a matmul")?;
-        Ok(Self { qt, mm })
+        Ok(Self { qt, mm, packed })
     }
 
-    /// `x` is `(rows, in)`. `dense` selects GEMM on dequantized weights.
+    /// Bytes held besides the quantized tensor.
+    fn extra_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |(_, p)| p.len_bytes())
+    }
+
+    /// `x` is `(rows, in)`. `dense` selects the prompt path: the VNNI
+    /// kernel when the matrix was repacked for it, else GEMM on
+    /// dequantized weights.
     fn forward(&self, x: &Tensor, dense: bool) -> candle_core::Result<Tensor> {
+        self.forward_shared(x, dense, &mut None)
+    }
+
+    /// [`Self::forward`] for matrices that multiply the same `x` (Q, K and
+    /// V; gate and up): `quantized` keeps `x` as the VNNI kernel takes it,
+    /// so it is quantized once.
+    fn forward_shared(
+        &self,
+        x: &Tensor,
+        dense: bool,
+        quantized: &mut Option<QuantizedRows>,
+    ) -> candle_core::Result<Tensor> {
+        if let (true, Some((cpu, packed))) = (dense, &self.packed) {
+            let (rows, k) = x.dims2()?;
+            let quantized = match quantized {
+                Some(q) => q,
+                None => {
+                    let values = x.flatten_all()?.to_vec1::<f32>()?;
+                    quantized.insert(QuantizedRows::new(*cpu, &values, k).ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "activations of width {k} for a Q4_1 matrix"
+                        ))
+                    })?)
+                }
+            };
+            let n = self.qt.shape().dims2()?.0;
+            let mut out = vec![0f32; rows * n];
+            vnni::matmul(*cpu, packed, quantized, &mut out).map_err(candle_core::Error::Msg)?;
+            return Tensor::from_vec(out, (rows, n), &Device::Cpu);
+        }
         match &self.mm {
             QMatMul::QTensor(_) if dense => {
                 let w = dequantize(&self.qt)?.t()?;
@@ -324,6 +375,7 @@ impl Model {
         g: &mut GgufFile,
         arch: Arch,
         policy: Requantize,
+        vnni: Option<Vnni>,
     ) -> Result<Self, LocalError> {
         let p = match arch {
             Arch::Llama => "llama",
@@ -474,13 +526,15 @@ impl Model {
             check_dims(g, "output.weight", &[vocab_rows, n_embd])?;
             let qt = requantize(g.tensor("output.weight")?, policy).ctx("requantizing output")?;
             weight_bytes += qt.storage_size_in_bytes();
-            Linear::new(qt)?
+            // The output projection only ever multiplies one row.
+            Linear::new(qt, None)?
         } else {
             // Tied embeddings: the output projection is the embedding.
             let mm = QMatMul::from_arc(Arc::clone(&embed)).ctx("preparing the output matmul")?;
             Linear {
                 qt: Arc::clone(&embed),
                 mm,
+                packed: None,
             }
         };
         let output_norm = vector(g, "output_norm.weight")?;
@@ -529,7 +583,12 @@ impl Model {
                 .iter()
                 .map(QTensor::storage_size_in_bytes)
                 .sum::<usize>();
-            let mut mats = mats.into_iter().map(Linear::new);
+            let mats = mats
+                .into_par_iter()
+                .map(|qt| Linear::new(qt, vnni))
+                .collect::<Result<Vec<_>, _>>()?;
+            weight_bytes += mats.iter().map(Linear::extra_bytes).sum::<usize>();
+            let mut mats = mats.into_iter().map(Ok);
             let mut next = || {
                 mats.next().unwrap_or_else(|| {
                     Err(LocalError::Corrupt {
@@ -685,8 +744,9 @@ impl Model {
             x = (x + attn)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.eps)?;
-            let gate = layer.gate.forward(&h, dense)?;
-            let up = layer.up.forward(&h, dense)?;
+            let mut quantized = None;
+            let gate = layer.gate.forward_shared(&h, dense, &mut quantized)?;
+            let up = layer.up.forward_shared(&h, dense, &mut quantized)?;
             let act = match self.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::Gelu => gate.gelu()?,
@@ -724,9 +784,16 @@ impl Model {
                 .transpose(0, 1)?
                 .contiguous()
         };
-        let mut q = heads(layer.wq.forward(h, dense)?, c.n_head)?;
-        let mut k = heads(layer.wk.forward(h, dense)?, c.n_kv_head)?;
-        let v = heads(layer.wv.forward(h, dense)?, c.n_kv_head)?;
+        let mut quantized = None;
+        let mut q = heads(layer.wq.forward_shared(h, dense, &mut quantized)?, c.n_head)?;
+        let mut k = heads(
+            layer.wk.forward_shared(h, dense, &mut quantized)?,
+            c.n_kv_head,
+        )?;
+        let v = heads(
+            layer.wv.forward_shared(h, dense, &mut quantized)?,
+            c.n_kv_head,
+        )?;
         if let Some(w) = &layer.q_norm {
             q = candle_nn::ops::rms_norm(&q, w, c.eps)?;
         }
@@ -743,90 +810,231 @@ impl Model {
         // Append to the cache; attend over everything up to here.
         k_buf.slice_set(&k, 1, pos)?;
         v_buf.slice_set(&v, 1, pos)?;
-        let n_rep = c.n_head / c.n_kv_head;
-
-        let out = if len == 1 {
-            // A single query needs no mask: restrict it to its window.
-            let total = pos + 1;
-            let start = layer.window.map_or(0, |w| total.saturating_sub(w));
-            let keys = k_buf.narrow(1, start, total - start)?;
-            let values = v_buf.narrow(1, start, total - start)?;
-            attend(&q, &keys, &values, None, c.n_kv_head, n_rep)?
-        } else {
-            // Several queries: in blocks aligned to absolute positions,
-            // each against keys 0..block end. A block's shapes then depend
-            // only on where it sits, not on how the prompt was split, so a
-            // prompt continued after a cached prefix (which ends on a block
-            // boundary) computes bit-for-bit what a cold run computes: gemm
-            // rounds differently for different matrix shapes.
-            let mut outs = Vec::new();
-            let mut s = pos;
-            while s < pos + len {
-                let e = ((s / ATTN_BLOCK + 1) * ATTN_BLOCK).min(pos + len);
-                let qb = q.narrow(1, s - pos, e - s)?.contiguous()?;
-                let keys = k_buf.narrow(1, 0, e)?;
-                let values = v_buf.narrow(1, 0, e)?;
-                let mask = causal_mask(s, e - s, layer.window)?;
-                outs.push(attend(
-                    &qb,
-                    &keys,
-                    &values,
-                    Some(&mask),
-                    c.n_kv_head,
-                    n_rep,
-                )?);
-                s = e;
-            }
-            Tensor::cat(&outs, 1)?
+        let out = {
+            let (q_storage, q_layout) = q.storage_and_layout();
+            let (k_storage, k_layout) = k_buf.storage_and_layout();
+            let (v_storage, v_layout) = v_buf.storage_and_layout();
+            let q = cpu_slice(&q_storage, q_layout)?;
+            let keys = cpu_slice(&k_storage, k_layout)?;
+            let values = cpu_slice(&v_storage, v_layout)?;
+            let shape = AttentionShape {
+                heads: c.n_head,
+                kv_heads: c.n_kv_head,
+                rows: len,
+                dim: c.head_dim,
+                capacity: k_buf.dim(1)?,
+                pos,
+                window: layer.window,
+            };
+            attend(q, keys, values, &shape)?
         };
-        // (heads, len, dim) -> (len, heads * dim)
-        let out = out.transpose(0, 1)?.reshape((len, c.n_head * c.head_dim))?;
+        let out = Tensor::from_vec(out, (len, c.n_head * c.head_dim), &Device::Cpu)?;
         layer.wo.forward(&out, dense)
     }
 }
 
-/// Scaled-dot-product attention of queries `(heads, rows, dim)` over keys
-/// and values `(kv_heads, span, dim)`, with an optional additive mask
-/// `(rows, span)`. Returns `(heads, rows, dim)`.
-///
-/// GQA: query heads h*n_rep..(h+1)*n_rep share KV head h, so the queries
-/// are viewed as `(kv_heads, n_rep * rows, dim)` instead of repeating K/V.
-fn attend(
-    q: &Tensor,
-    keys: &Tensor,
-    values: &Tensor,
-    mask: Option<&Tensor>,
-    kv_heads: usize,
-    n_rep: usize,
-) -> candle_core::Result<Tensor> {
-    let (heads, rows, dim) = q.dims3()?;
-    let span = keys.dim(1)?;
-    let q = q.reshape((kv_heads, n_rep * rows, dim))?;
-    let mut att = q.matmul(&keys.t()?)?;
-    if let Some(mask) = mask {
-        att = att
-            .reshape((kv_heads, n_rep, rows, span))?
-            .broadcast_add(mask)?
-            .reshape((kv_heads, n_rep * rows, span))?;
+/// A contiguous f32 CPU tensor's elements, borrowed.
+fn cpu_slice<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(cpu) = storage else {
+        candle_core::bail!("attention expects CPU tensors");
+    };
+    if !layout.is_contiguous() {
+        candle_core::bail!("attention expects contiguous tensors");
     }
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    att.matmul(values)?.reshape((heads, rows, dim))
+    cpu.as_slice::<f32>()?
+        .get(layout.start_offset()..)
+        .ok_or_else(|| candle_core::Error::Msg("tensor offset outside its storage".into()))
 }
 
-/// Additive mask `(len, pos + len)` for queries at `pos..pos+len`: 0 where
-/// key `j` is visible (`j <= p`, and `p - j < window` for local layers, as
-/// in llama.cpp), -inf elsewhere.
-fn causal_mask(pos: usize, len: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
-    let total = pos + len;
-    let mut m = Vec::with_capacity(len * total);
-    for i in 0..len {
-        let p = pos + i;
-        for j in 0..total {
-            let visible = j <= p && window.is_none_or(|w| p - j < w);
-            m.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+/// The dimensions of one attention call.
+struct AttentionShape {
+    heads: usize,
+    kv_heads: usize,
+    /// Queries, at positions `pos..pos + rows`.
+    rows: usize,
+    dim: usize,
+    /// Positions the key and value buffers hold (their second dimension).
+    capacity: usize,
+    pos: usize,
+    /// Sliding window of local-attention layers.
+    window: Option<usize>,
+}
+
+/// Causal scaled-dot-product attention of `rows` queries `q` (`(heads,
+/// rows, dim)`, already scaled) over the cached keys and values
+/// (`(kv_heads, capacity, dim)`, filled up to the last query). Returns
+/// `(rows, heads * dim)`, the layout the output projection takes.
+///
+/// Why by hand rather than candle's matmul and softmax: each (query, head)
+/// pair visits only the keys it may see (the causal mask's upper triangle
+/// and the window's outside are never computed), the exponential is a
+/// polynomial that vectorises (`exp_in_place`; libm's `expf` is scalar),
+/// and nothing is allocated per block. It took the prompt pass's attention
+/// from about as long as all the matrix products to a fraction of them.
+/// Every (query, head) is computed alone, in a fixed order, so its result
+/// does not depend on how the prompt was split into calls: a prompt
+/// continued after a cached prefix gets the bits a cold run gets.
+///
+/// GQA: query head `h` reads KV head `h / (heads / kv_heads)`.
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    shape: &AttentionShape,
+) -> candle_core::Result<Vec<f32>> {
+    let &AttentionShape {
+        heads,
+        kv_heads,
+        rows,
+        dim,
+        capacity,
+        pos,
+        window,
+    } = shape;
+    let filled = pos + rows;
+    if kv_heads == 0
+        || heads % kv_heads != 0
+        || dim == 0
+        || filled > capacity
+        || q.len() < heads * rows * dim
+        || keys.len() < kv_heads * capacity * dim
+        || values.len() < kv_heads * capacity * dim
+    {
+        candle_core::bail!(
+            "attention of {rows} queries at {pos} ({heads} heads, {kv_heads} KV heads, \
+             dimension {dim}) over a cache of {capacity}"
+        );
+    }
+    let n_rep = heads / kv_heads;
+    let mut out = vec![0f32; rows * heads * dim];
+    // One task per (query, KV head), covering the query heads that share
+    // it: each key and value is read once for all of them. A decode step
+    // still spreads its KV heads over the pool.
+    out.par_chunks_mut(n_rep * dim).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (index, out)| {
+            let (i, g) = (index / kv_heads, index % kv_heads);
+            let p = pos + i;
+            let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let span = p + 1 - start;
+            let base = g * capacity * dim;
+            let (Some(ks), Some(vs)) = (
+                keys.get(base + start * dim..base + (p + 1) * dim),
+                values.get(base + start * dim..base + (p + 1) * dim),
+            ) else {
+                return;
+            };
+            let queries: Vec<&[f32]> = (g * n_rep..(g + 1) * n_rep)
+                .filter_map(|h| q.get((h * rows + i) * dim..(h * rows + i + 1) * dim))
+                .collect();
+            // scores[r * span + j]: query head r of the group, key j.
+            scores.clear();
+            scores.resize(n_rep * span, 0.0);
+            for (j, k) in ks.chunks_exact(dim).enumerate() {
+                for (r, query) in queries.iter().enumerate() {
+                    if let Some(s) = scores.get_mut(r * span + j) {
+                        *s = dot(query, k);
+                    }
+                }
+            }
+            let mut inverses = Vec::with_capacity(n_rep);
+            for row in scores.chunks_exact_mut(span) {
+                let max = row
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
+                exp_in_place(row, max);
+                inverses.push(1.0 / sum(row));
+            }
+            for (j, v) in vs.chunks_exact(dim).enumerate() {
+                for (r, out) in out.chunks_exact_mut(dim).enumerate() {
+                    let Some(&weight) = scores.get(r * span + j) else {
+                        continue;
+                    };
+                    for (o, &v) in out.iter_mut().zip(v) {
+                        *o = weight.mul_add(v, *o);
+                    }
+                }
+            }
+            for (out, inverse) in out.chunks_exact_mut(dim).zip(inverses) {
+                for o in out.iter_mut() {
+                    *o *= inverse;
+                }
+            }
+        },
+    );
+    Ok(out)
+}
+
+/// Dot product with eight running sums (vectorises; a fixed order).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *l = x.mul_add(y, *l);
         }
     }
-    Tensor::from_vec(m, (len, total), &Device::Cpu)
+    reduce8(lanes) + tail
+}
+
+/// The sum of eight lanes as a tree (three vector adds, not seven
+/// dependent scalar ones).
+#[inline(always)]
+fn reduce8([a, b, c, d, e, f, g, h]: [f32; 8]) -> f32 {
+    let (w, x, y, z) = (a + e, b + f, c + g, d + h);
+    (w + y) + (x + z)
+}
+
+/// Sum with eight running sums (vectorises; a fixed order).
+fn sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    reduce8(lanes) + tail
+}
+
+/// `x = exp(x - shift)` for every element, with Cephes' `expf` polynomial
+/// on a Cody-Waite reduction (relative error about 2e-7). Only integer
+/// and float arithmetic, so LLVM vectorises the loop.
+fn exp_in_place(xs: &mut [f32], shift: f32) {
+    // 1.5 * 2^23: adding it rounds to an integer held in the low bits.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    for x in xs.iter_mut() {
+        let v = *x - shift;
+        // exp underflows to ~1e-38 below -87; selects keep it vectorised.
+        let v = if v < -87.0 { -87.0 } else { v };
+        let v = if v > 88.0 { 88.0 } else { v };
+        let t = v.mul_add(std::f32::consts::LOG2_E, ROUND);
+        let n = t - ROUND;
+        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, v));
+        let mut p = 1.987_569_1e-4f32;
+        p = p.mul_add(r, 1.398_199_9e-3);
+        p = p.mul_add(r, 8.333_452e-3);
+        p = p.mul_add(r, 4.166_579_6e-2);
+        p = p.mul_add(r, 1.666_666_5e-1);
+        p = p.mul_add(r, 0.5);
+        let y = (p * r).mul_add(r, r) + 1.0;
+        // 2^n from n's bits: t's bits are ROUND's plus n.
+        let bits = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
+        *x = y * f32::from_bits(bits);
+    }
 }
 
 /// One generation's keys and values: per layer, `(kv_heads, capacity,
@@ -840,8 +1048,10 @@ pub(crate) struct KvState {
     head_dim: usize,
 }
 
-/// Prompt queries are attended in blocks aligned to multiples of this;
-/// cached prefixes are reused in multiples of it (see `attention`).
+/// Cached prefixes are reused in multiples of this many tokens. (The
+/// attention no longer needs the alignment, each query being computed
+/// alone; the blocks keep the cache's entries and lookups coarse, and are
+/// the splits the bit-exactness test covers.)
 pub(crate) const ATTN_BLOCK: usize = 32;
 
 /// Round buffer sizes up so that growing is rare.
@@ -889,17 +1099,23 @@ impl KvState {
             .clamp(1, max.max(1));
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for (k, v) in snapshot {
-            let pad = Tensor::zeros(
-                (cfg.n_kv_head, capacity - reuse, cfg.head_dim),
-                DType::F32,
-                &Device::Cpu,
-            )?;
-            // cat along a non-leading dim of a strided view may return a
-            // strided result; slice_set needs contiguous buffers.
-            layers.push((
-                Tensor::cat(&[&k.narrow(1, 0, reuse)?, &pad], 1)?.contiguous()?,
-                Tensor::cat(&[&v.narrow(1, 0, reuse)?, &pad], 1)?.contiguous()?,
-            ));
+            // Zeroed buffers, then the prefix copied in: only the prefix's
+            // pages are touched (a zeroed allocation is backed lazily), where
+            // concatenating a zero pad wrote the whole capacity.
+            let mut pair = Vec::with_capacity(2);
+            for cached in [k, v] {
+                let buffer = Tensor::zeros(
+                    (cfg.n_kv_head, capacity, cfg.head_dim),
+                    DType::F32,
+                    &Device::Cpu,
+                )?;
+                buffer.slice_set(&cached.narrow(1, 0, reuse)?.contiguous()?, 1, 0)?;
+                pair.push(buffer);
+            }
+            let (Some(v), Some(k)) = (pair.pop(), pair.pop()) else {
+                candle_core::bail!("internal: a K/V pair");
+            };
+            layers.push((k, v));
         }
         if layers.len() != cfg.n_layer {
             candle_core::bail!("snapshot has {} layers", layers.len());
@@ -975,14 +1191,18 @@ impl KvState {
         Ok(())
     }
 
-    /// A compact copy of the filled positions, for the prefix cache.
-    pub(crate) fn snapshot(&self) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+    /// A compact copy of the first `len` filled positions, for the prefix
+    /// cache.
+    pub(crate) fn snapshot(&self, len: usize) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        if len > self.len {
+            candle_core::bail!("a snapshot of {len} positions of {}", self.len);
+        }
         self.layers
             .iter()
             .map(|(k, v)| {
                 Ok((
-                    k.narrow(1, 0, self.len)?.force_contiguous()?,
-                    v.narrow(1, 0, self.len)?.force_contiguous()?,
+                    k.narrow(1, 0, len)?.force_contiguous()?,
+                    v.narrow(1, 0, len)?.force_contiguous()?,
                 ))
             })
             .collect()
@@ -1034,7 +1254,12 @@ mod crafted {
         gguf_file::write(&mut f, &meta_refs, &[("token_embd.weight", &q)]).unwrap();
         drop(f);
         let mut g = GgufFile::open(&path).unwrap();
-        match Model::load(&mut g, Arch::Llama, Requantize::default()) {
+        match Model::load(
+            &mut g,
+            Arch::Llama,
+            Requantize::default(),
+            crate::vnni::Vnni::detect(),
+        ) {
             Ok(_) => panic!("a crafted file loaded"),
             Err(e) => e,
         }
@@ -1073,5 +1298,137 @@ mod crafted {
             err.to_string().contains("output_norm.weight is missing"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::cast_precision_loss)]
+mod attention_tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7 + seed * 13) % 29) as f32 - 14.0) / 9.0)
+            .collect()
+    }
+
+    /// Softmax attention in f64 over the visible keys, one query at a time.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> Vec<f32> {
+        let n_rep = s.heads / s.kv_heads;
+        let mut out = vec![0f32; s.rows * s.heads * s.dim];
+        for i in 0..s.rows {
+            let p = s.pos + i;
+            let start = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
+            for h in 0..s.heads {
+                let base = (h / n_rep) * s.capacity * s.dim;
+                let query = &q[(h * s.rows + i) * s.dim..][..s.dim];
+                let scores: Vec<f64> = (start..=p)
+                    .map(|j| {
+                        let key = &k[base + j * s.dim..][..s.dim];
+                        query
+                            .iter()
+                            .zip(key)
+                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                            .sum()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for d in 0..s.dim {
+                    let acc: f64 = (start..=p)
+                        .zip(&weights)
+                        .map(|(j, w)| w * f64::from(v[base + j * s.dim + d]))
+                        .sum();
+                    out[i * s.heads * s.dim + h * s.dim + d] = (acc / total) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_a_plain_softmax_with_gqa_and_a_window() {
+        for window in [None, Some(5)] {
+            // 6 heads over 2 KV heads, dimension 20 (not a multiple of 8),
+            // 7 queries after 4 cached positions.
+            let shape = AttentionShape {
+                heads: 6,
+                kv_heads: 2,
+                rows: 7,
+                dim: 20,
+                capacity: 16,
+                pos: 4,
+                window,
+            };
+            let q = values(6 * 7 * 20, 1);
+            let k = values(2 * 16 * 20, 2);
+            let v = values(2 * 16 * 20, 3);
+            let got = attend(&q, &k, &v, &shape).expect("shapes fit");
+            let want = reference(&q, &k, &v, &shape);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{window:?} {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_query_gives_the_same_bits_however_the_prompt_was_split() {
+        let shape = |rows, pos| AttentionShape {
+            heads: 4,
+            kv_heads: 2,
+            rows,
+            dim: 16,
+            capacity: 12,
+            pos,
+            window: None,
+        };
+        let k = values(2 * 12 * 16, 5);
+        let v = values(2 * 12 * 16, 6);
+        // Ten queries at once, or the last three after a "cached" seven.
+        let q = values(4 * 10 * 16, 7);
+        let all = attend(&q, &k, &v, &shape(10, 0)).expect("fits");
+        let tail: Vec<f32> = (0..4)
+            .flat_map(|h| q[(h * 10 + 7) * 16..(h * 10 + 10) * 16].to_vec())
+            .collect();
+        let split = attend(&tail, &k, &v, &shape(3, 7)).expect("fits");
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&all[7 * 64..]), bits(&split));
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_softmax_range() {
+        let xs: Vec<f32> = (0..2000).map(|i| -90.0 + i as f32 * 0.0451).collect();
+        let mut got = xs.clone();
+        exp_in_place(&mut got, 0.0);
+        for (x, g) in xs.iter().zip(&got) {
+            let want = f64::from(*x).exp();
+            if *x >= -87.0 {
+                assert!(
+                    (f64::from(*g) - want).abs() <= 4e-7 * want,
+                    "exp({x}) = {g}, want {want}"
+                );
+            } else {
+                assert!(*g <= 2e-38 && *g > 0.0, "exp({x}) = {g}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cache_too_small_for_the_queries_is_an_error() {
+        let shape = AttentionShape {
+            heads: 2,
+            kv_heads: 1,
+            rows: 4,
+            dim: 8,
+            capacity: 3,
+            pos: 0,
+            window: None,
+        };
+        let err = attend(&[0.0; 64], &[0.0; 24], &[0.0; 24], &shape).expect_err("4 > 3");
+        assert!(err.to_string().contains("over a cache of 3"), "{err}");
     }
 }

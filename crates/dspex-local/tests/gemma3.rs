@@ -140,6 +140,7 @@ fn forward_pass_matches_llamacpp() {
         "DSPEX_TEST_GGUF_GEMMA3",
         "gemma3",
         dspex_local::Requantize::Keep,
+        true,
         0.5,
         true,
     );
@@ -147,6 +148,7 @@ fn forward_pass_matches_llamacpp() {
         "DSPEX_TEST_GGUF_GEMMA3",
         "gemma3",
         dspex_local::Requantize::SlowTypes,
+        true,
         0.6,
         false,
     );

@@ -92,6 +92,7 @@ pub fn check_against_llamacpp(
     path_env: &str,
     key: &str,
     requantize: dspex_local::Requantize,
+    vnni: bool,
     tol: f32,
     exact: bool,
 ) {
@@ -99,6 +100,7 @@ pub fn check_against_llamacpp(
     let options = LoadOptions {
         context_length: Some(512),
         requantize,
+        vnni,
         ..LoadOptions::default()
     };
     let m = LocalModel::load(path.as_ref(), &options).expect("load");
