@@ -49,7 +49,8 @@ pub enum Requantize {
     #[default]
     SlowTypes,
     /// Re-quantize every quantized matrix that is not Q8_0 to Q8_0: faster
-    /// prompt processing (Q8_0 has a parallel dequantizer here), more
+    /// prompt processing on CPUs without AVX-512 VNNI (Q8_0 has a parallel
+    /// dequantizer here; with VNNI, Q4_1's int8 kernel is faster), more
     /// memory.
     AllToQ8_0,
 }
@@ -914,8 +915,8 @@ fn attend(
     // it: each key and value is read once for all of them. A decode step
     // still spreads its KV heads over the pool.
     out.par_chunks_mut(n_rep * dim).enumerate().for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, (index, out)| {
+        || (Vec::new(), Vec::new()),
+        |(scores, inverses): &mut (Vec<f32>, Vec<f32>), (index, out)| {
             let (i, g) = (index / kv_heads, index % kv_heads);
             let p = pos + i;
             let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
@@ -927,20 +928,22 @@ fn attend(
             ) else {
                 return;
             };
-            let queries: Vec<&[f32]> = (g * n_rep..(g + 1) * n_rep)
-                .filter_map(|h| q.get((h * rows + i) * dim..(h * rows + i + 1) * dim))
-                .collect();
+            // Query head r of the group is head g * n_rep + r.
+            let query = |r: usize| {
+                let h = g * n_rep + r;
+                q.get((h * rows + i) * dim..(h * rows + i + 1) * dim)
+            };
             // scores[r * span + j]: query head r of the group, key j.
             scores.clear();
             scores.resize(n_rep * span, 0.0);
             for (j, k) in ks.chunks_exact(dim).enumerate() {
-                for (r, query) in queries.iter().enumerate() {
-                    if let Some(s) = scores.get_mut(r * span + j) {
+                for r in 0..n_rep {
+                    if let (Some(s), Some(query)) = (scores.get_mut(r * span + j), query(r)) {
                         *s = dot(query, k);
                     }
                 }
             }
-            let mut inverses = Vec::with_capacity(n_rep);
+            inverses.clear();
             for row in scores.chunks_exact_mut(span) {
                 let max = row
                     .iter()
@@ -958,7 +961,7 @@ fn attend(
                     }
                 }
             }
-            for (out, inverse) in out.chunks_exact_mut(dim).zip(inverses) {
+            for (out, &inverse) in out.chunks_exact_mut(dim).zip(inverses.iter()) {
                 for o in out.iter_mut() {
                     *o *= inverse;
                 }
@@ -1047,12 +1050,6 @@ pub(crate) struct KvState {
     kv_heads: usize,
     head_dim: usize,
 }
-
-/// Cached prefixes are reused in multiples of this many tokens. (The
-/// attention no longer needs the alignment, each query being computed
-/// alone; the blocks keep the cache's entries and lookups coarse, and are
-/// the splits the bit-exactness test covers.)
-pub(crate) const ATTN_BLOCK: usize = 32;
 
 /// Round buffer sizes up so that growing is rare.
 const KV_CHUNK: usize = 256;

@@ -441,10 +441,18 @@ mod tests {
         out
     }
 
+    /// The CPU token, or `None` (saying the test did not run).
+    fn vnni_or_skip() -> Option<Vnni> {
+        let cpu = Vnni::detect();
+        if cpu.is_none() {
+            eprintln!("AVX-512 VNNI not available: this test did NOT RUN");
+        }
+        cpu
+    }
+
     #[test]
     fn the_kernel_matches_a_plain_reference_for_every_tile_shape() {
-        let Some(cpu) = Vnni::detect() else {
-            eprintln!("AVX-512 VNNI not available: kernel test NOT RUN");
+        let Some(cpu) = vnni_or_skip() else {
             return;
         };
         let (n, k) = (48, 96);
@@ -468,8 +476,7 @@ mod tests {
 
     #[test]
     fn a_row_gives_the_same_bits_alone_or_in_a_tile() {
-        let Some(cpu) = Vnni::detect() else {
-            eprintln!("AVX-512 VNNI not available: kernel test NOT RUN");
+        let Some(cpu) = vnni_or_skip() else {
             return;
         };
         let (n, k) = (32, 64);
@@ -496,8 +503,7 @@ mod tests {
 
     #[test]
     fn avx512_quantization_gives_the_portable_values() {
-        let Some(cpu) = Vnni::detect() else {
-            eprintln!("AVX-512 VNNI not available: quantization test NOT RUN");
+        let Some(cpu) = vnni_or_skip() else {
             return;
         };
         // Ties (x / s exactly k + 0.5), zeros, a zero block and extremes.
