@@ -107,10 +107,11 @@ impl RepackedQ4_1 {
                         }
                     }
                 }
+                // The scales `d` (bytes 0..2), then the minimums `m` (2..4).
                 for field in [0, 2] {
                     for block in &blocks_of_rows {
-                        let v = block.get(field..field + 2)?;
-                        let v = half::f16::from_le_bytes([*v.first()?, *v.get(1)?]).to_f32();
+                        let v: [u8; 2] = block.get(field..field + 2)?.try_into().ok()?;
+                        let v = half::f16::from_le_bytes(v).to_f32();
                         bytes.extend_from_slice(&v.to_le_bytes());
                     }
                 }
