@@ -63,11 +63,11 @@ impl PrefixCache {
     }
 
     /// The entry sharing the longest prefix with `prompt`, and how many of
-    /// its tokens to reuse: a multiple of `align` (the model computes
-    /// prompts in blocks aligned to it, which keeps reuse bit-exact), and
-    /// always leaving at least one prompt token to run, since the model
-    /// must produce logits for the last one.
-    pub(crate) fn lookup(&mut self, prompt: &[u32], align: usize) -> Option<(Arc<Entry>, usize)> {
+    /// its tokens to reuse: all it shares, but always leaving at least one
+    /// prompt token to run, since the model must produce logits for the
+    /// last one. (Any split is bit-exact: a prompt row's arithmetic does not
+    /// depend on which call processes it; see the crate doc.)
+    pub(crate) fn lookup(&mut self, prompt: &[u32]) -> Option<(Arc<Entry>, usize)> {
         let best = self
             .entries
             .iter()
@@ -75,8 +75,7 @@ impl PrefixCache {
             .map(|(i, e)| (i, common_prefix(&e.tokens, prompt)))
             .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)));
         let limit = prompt.len().saturating_sub(1);
-        let align = align.max(1);
-        let usable = |n: usize| n.min(limit) / align * align;
+        let usable = |n: usize| n.min(limit);
         match best {
             Some((i, n)) if usable(n) > 0 => {
                 let entry = self.entries.remove(i);
@@ -174,18 +173,17 @@ mod tests {
         c.insert(entry(&[1, 2, 3], 10));
         c.insert(entry(&[1, 9, 9, 9], 10));
         let (e, n) = c
-            .lookup(&[1, 2, 3, 4], 1)
+            .lookup(&[1, 2, 3, 4])
             .map(|(e, n)| (e.tokens.clone(), n))
             .unwrap_or_default();
         assert_eq!((e, n), (vec![1, 2, 3], 3));
         // The identical prompt reuses all but its last token.
-        assert_eq!(c.lookup(&[1, 2, 3], 1).map(|(_, n)| n), Some(2));
-        assert!(c.lookup(&[7, 7], 1).is_none());
-        // Aligned reuse rounds down; below one block it is a miss.
-        assert_eq!(c.lookup(&[1, 2, 3, 4], 2).map(|(_, n)| n), Some(2));
-        assert!(c.lookup(&[1, 2, 3, 4], 4).is_none());
+        assert_eq!(c.lookup(&[1, 2, 3]).map(|(_, n)| n), Some(2));
+        assert!(c.lookup(&[7, 7]).is_none());
+        // A prompt of one token has nothing to reuse.
+        assert!(c.lookup(&[1]).is_none());
         let s = c.stats();
-        assert_eq!((s.hits, s.misses, s.reused_tokens), (3, 2, 7));
+        assert_eq!((s.hits, s.misses, s.reused_tokens), (2, 2, 5));
     }
 
     #[test]
@@ -198,7 +196,7 @@ mod tests {
         c.insert(entry(&[6], 10)); // evicts [1, 2], the least recently used
         let s = c.stats();
         assert_eq!((s.entries, s.bytes), (2, 20));
-        assert!(c.lookup(&[1, 2, 3], 1).is_none());
+        assert!(c.lookup(&[1, 2, 3]).is_none());
         c.insert(entry(&[9], 30)); // larger than the cache: not stored
         assert_eq!(c.stats().entries, 2);
     }

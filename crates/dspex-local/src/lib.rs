@@ -8,7 +8,10 @@
 //! * [`LocalModel::generate`] samples a completion, streaming UTF-8 text
 //!   pieces, stopping at end-of-turn tokens, stop strings, `max_tokens`,
 //!   the context length or a cancel flag. Prompts sharing a prefix with a
-//!   recent one reuse its KV cache ([`PrefixCacheStats`]).
+//!   recent one reuse its KV cache ([`PrefixCacheStats`]) for every shared
+//!   token but the last, with bit-identical logits to a cold run (and
+//!   seeded sampling the same text): a prompt row's arithmetic does not
+//!   depend on which call processes it.
 //!
 //! The model is `Send + Sync`; concurrent generations share the weights and
 //! each have their own KV state. Generation blocks: async callers run it on
@@ -57,16 +60,6 @@ pub use cache::PrefixCacheStats;
 pub use chat::{ChatTurn, PLAIN_TEMPLATE};
 pub use error::LocalError;
 pub use model::{Requantize, SUPPORTED_ARCHITECTURES};
-
-/// Prompt tokens are reused from the prefix cache in whole blocks of this
-/// many. A reused prefix gives bit-identical logits to a cold run (and
-/// seeded sampling the same text): a prompt row's arithmetic does not
-/// depend on which call processes it.
-///
-/// (The attention does not need the alignment, each query being computed
-/// alone; the blocks keep the cache's entries and lookups coarse, and are
-/// the splits the bit-exactness test covers.)
-pub const PREFIX_ALIGN: usize = 32;
 
 use cache::{Entry, PrefixCache};
 use chat::ChatTemplate;
@@ -586,7 +579,7 @@ impl Inner {
             .len()
             .saturating_add(params.max_tokens.min(KV_HINT_TOKENS))
             .min(ctx);
-        let cached = self.cache.lock().lookup(prompt, PREFIX_ALIGN);
+        let cached = self.cache.lock().lookup(prompt);
         let mut kv = match &cached {
             Some((entry, reuse)) => self
                 .pool
@@ -772,9 +765,12 @@ mod reuse_tests {
         assert!(p.len() > 70);
         let mut cold = KvState::new(cfg, 256, 2048).unwrap();
         let cold_logits = inner.forward(&p, &mut cold, true).unwrap();
-        for reuse in [PREFIX_ALIGN, 2 * PREFIX_ALIGN] {
+        // Splits inside a row tile, on one, and a one-row remainder.
+        for reuse in [1, 13, 37, 64, p.len() - 1] {
             let mut first = KvState::new(cfg, 256, 2048).unwrap();
-            inner.forward(&p[..reuse + 3], &mut first, true).unwrap();
+            inner
+                .forward(&p[..(reuse + 3).min(p.len())], &mut first, true)
+                .unwrap();
             let snap = first.snapshot(first.len()).unwrap();
             let mut warm = KvState::from_snapshot(cfg, &snap, reuse, 256, 2048).unwrap();
             let warm_logits = inner.forward(&p[reuse..], &mut warm, true).unwrap();

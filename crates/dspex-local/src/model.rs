@@ -29,6 +29,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
 use candle_core::{DType, Device, Module, Tensor};
 use rayon::prelude::*;
+use wide::f32x8;
 
 use crate::error::{CandleContext, LocalError};
 use crate::gguf::GgufFile;
@@ -869,15 +870,20 @@ struct AttentionShape {
 /// (`(kv_heads, capacity, dim)`, filled up to the last query). Returns
 /// `(rows, heads * dim)`, the layout the output projection takes.
 ///
-/// Why by hand rather than candle's matmul and softmax: each (query, head)
-/// pair visits only the keys it may see (the causal mask's upper triangle
-/// and the window's outside are never computed), the exponential is a
-/// polynomial that vectorises (`exp_in_place`; libm's `expf` is scalar),
-/// and nothing is allocated per block. It took the prompt pass's attention
-/// from about as long as all the matrix products to a fraction of them.
-/// Every (query, head) is computed alone, in a fixed order, so its result
-/// does not depend on how the prompt was split into calls: a prompt
-/// continued after a cached prefix gets the bits a cold run gets.
+/// Why by hand rather than candle's matmul and softmax: each query visits
+/// only the key groups it may see (the causal mask's upper triangle and the
+/// window's outside are skipped), the exponential is a polynomial that
+/// vectorises (`exp_in_place`; libm's `expf` is scalar), and the work is
+/// tiled for the cache: a task takes up to `QUERY_BLOCK` queries of every
+/// head sharing one KV head, and each group of keys or values, once in L1,
+/// serves all of them (one query at a time streamed every key from L2,
+/// which bounded it).
+///
+/// Every (query, head) result is computed in a fixed order that depends
+/// on nothing else: each score sums its products the same way, and each
+/// output element adds the values in key order with one rounding per step
+/// (resuming from a stored partial sum is exact). So a prompt continued
+/// after a cached prefix gets the bits a cold run gets.
 ///
 /// GQA: query head `h` reads KV head `h / (heads / kv_heads)`.
 fn attend(
@@ -895,11 +901,10 @@ fn attend(
         pos,
         window,
     } = shape;
-    let filled = pos + rows;
     if kv_heads == 0
         || heads % kv_heads != 0
         || dim == 0
-        || filled > capacity
+        || pos + rows > capacity
         || q.len() < heads * rows * dim
         || keys.len() < kv_heads * capacity * dim
         || values.len() < kv_heads * capacity * dim
@@ -910,84 +915,268 @@ fn attend(
         );
     }
     let n_rep = heads / kv_heads;
-    let mut out = vec![0f32; rows * heads * dim];
-    // One task per (query, KV head), covering the query heads that share
-    // it: each key and value is read once for all of them. A decode step
-    // still spreads its KV heads over the pool.
-    out.par_chunks_mut(n_rep * dim).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scores, inverses): &mut (Vec<f32>, Vec<f32>), (index, out)| {
-            let (i, g) = (index / kv_heads, index % kv_heads);
-            let p = pos + i;
-            let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
-            let span = p + 1 - start;
+    let blocks = rows.div_ceil(QUERY_BLOCK);
+    let tiles: Vec<Vec<f32>> = (0..blocks * kv_heads)
+        .into_par_iter()
+        .map(|task| {
+            let (block, g) = (task / kv_heads, task % kv_heads);
+            let first = block * QUERY_BLOCK;
+            let queries: Vec<Query<'_>> = (first..rows.min(first + QUERY_BLOCK))
+                .flat_map(|i| {
+                    let p = pos + i;
+                    let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    (0..n_rep).map(move |r| {
+                        let h = g * n_rep + r;
+                        Query {
+                            q: q.get((h * rows + i) * dim..(h * rows + i + 1) * dim)
+                                .unwrap_or_default(),
+                            keys: start..p + 1,
+                        }
+                    })
+                })
+                .collect();
             let base = g * capacity * dim;
-            let (Some(ks), Some(vs)) = (
-                keys.get(base + start * dim..base + (p + 1) * dim),
-                values.get(base + start * dim..base + (p + 1) * dim),
-            ) else {
-                return;
-            };
-            // Query head r of the group is head g * n_rep + r.
-            let query = |r: usize| {
-                let h = g * n_rep + r;
-                q.get((h * rows + i) * dim..(h * rows + i + 1) * dim)
-            };
-            // scores[r * span + j]: query head r of the group, key j.
-            scores.clear();
-            scores.resize(n_rep * span, 0.0);
-            for (j, k) in ks.chunks_exact(dim).enumerate() {
-                for r in 0..n_rep {
-                    if let (Some(s), Some(query)) = (scores.get_mut(r * span + j), query(r)) {
-                        *s = dot(query, k);
-                    }
-                }
+            let head = base..base + capacity * dim;
+            attend_tile(
+                &queries,
+                keys.get(head.clone()).unwrap_or_default(),
+                values.get(head).unwrap_or_default(),
+                dim,
+            )
+        })
+        .collect();
+    // The tiles hold (query, head-in-group) rows; the output interleaves
+    // the KV groups' heads within each query's row.
+    let mut out = vec![0f32; rows * heads * dim];
+    for (task, tile) in tiles.iter().enumerate() {
+        let (block, g) = (task / kv_heads, task % kv_heads);
+        for (k, row) in tile.chunks_exact(n_rep * dim).enumerate() {
+            let i = block * QUERY_BLOCK + k;
+            let at = (i * heads + g * n_rep) * dim;
+            if let Some(o) = out.get_mut(at..at + n_rep * dim) {
+                o.copy_from_slice(row);
             }
-            inverses.clear();
-            for row in scores.chunks_exact_mut(span) {
-                let max = row
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
-                exp_in_place(row, max);
-                inverses.push(1.0 / sum(row));
-            }
-            for (j, v) in vs.chunks_exact(dim).enumerate() {
-                for (r, out) in out.chunks_exact_mut(dim).enumerate() {
-                    let Some(&weight) = scores.get(r * span + j) else {
-                        continue;
-                    };
-                    for (o, &v) in out.iter_mut().zip(v) {
-                        *o = weight.mul_add(v, *o);
-                    }
-                }
-            }
-            for (out, &inverse) in out.chunks_exact_mut(dim).zip(inverses.iter()) {
-                for o in out.iter_mut() {
-                    *o *= inverse;
-                }
-            }
-        },
-    );
+        }
+    }
     Ok(out)
 }
 
-/// Dot product with eight running sums (vectorises; a fixed order).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *l = x.mul_add(y, *l);
+/// Queries (rows of the prompt) per attention task.
+const QUERY_BLOCK: usize = 8;
+/// Keys or values per group that a tile's queries share while it is in L1.
+const KEY_GROUP: usize = 8;
+const VALUE_GROUP: usize = 32;
+
+/// One (query, head) of a tile: its vector and the key positions it sees.
+struct Query<'a> {
+    q: &'a [f32],
+    keys: std::ops::Range<usize>,
+}
+
+/// Attention of `queries` over one KV head's `keys` and `values` (rows of
+/// `dim`); returns their outputs, one row of `dim` per query in order.
+fn attend_tile(queries: &[Query<'_>], keys: &[f32], values: &[f32], dim: usize) -> Vec<f32> {
+    let lo = queries.iter().map(|x| x.keys.start).min().unwrap_or(0);
+    let hi = queries.iter().map(|x| x.keys.end).max().unwrap_or(0);
+    let width = hi - lo;
+    // scores[n * width + (j - lo)]: query n, key j.
+    let mut scores = vec![0f32; queries.len() * width];
+    tile_scores(queries, keys, dim, lo..hi, &mut scores);
+    let mut inverses = Vec::with_capacity(queries.len());
+    for (x, row) in queries.iter().zip(scores.chunks_exact_mut(width.max(1))) {
+        let Some(row) = row.get_mut(x.keys.start - lo..x.keys.end - lo) else {
+            inverses.push(0.0);
+            continue;
+        };
+        let max = max(row);
+        exp_in_place(row, max);
+        inverses.push(1.0 / sum(row));
+    }
+    let mut out = vec![0f32; queries.len() * dim];
+    tile_values(queries, &scores, width, lo, values, &mut out);
+    for (row, inverse) in out.chunks_exact_mut(dim).zip(inverses) {
+        for o in row {
+            *o *= inverse;
         }
     }
-    reduce8(lanes) + tail
+    out
+}
+
+/// The scores of every query over the keys `range`, `KEY_GROUP` keys at a
+/// time: each group is loaded once for all queries, and for each query
+/// eight accumulators share one query load and one transpose turns their
+/// horizontal sums into vertical adds. Every score is summed the same way
+/// (eight lanes over the query's blocks of eight, `reduce8`'s tree, the
+/// tail last) whatever group it falls in. Groups a query cannot see are
+/// skipped; scores outside its range are computed but never read.
+fn tile_scores(
+    queries: &[Query<'_>],
+    keys: &[f32],
+    dim: usize,
+    range: std::ops::Range<usize>,
+    scores: &mut [f32],
+) {
+    let n8 = dim / 8;
+    let width = range.len();
+    let lo = range.start;
+    for group_start in range.step_by(KEY_GROUP) {
+        let group_end = (group_start + KEY_GROUP).min(lo + width);
+        // A short last group repeats its first key; those sums are never
+        // stored.
+        let key = |k: usize| {
+            let j = if group_start + k < group_end {
+                group_start + k
+            } else {
+                group_start
+            };
+            keys.get(j * dim..(j + 1) * dim).unwrap_or_default()
+        };
+        let k8: [&[[f32; 8]]; KEY_GROUP] =
+            std::array::from_fn(|k| key(k).as_chunks::<8>().0.get(..n8).unwrap_or_default());
+        let tails: [&[f32]; KEY_GROUP] =
+            std::array::from_fn(|k| key(k).get(n8 * 8..).unwrap_or_default());
+        for (x, row) in queries.iter().zip(scores.chunks_exact_mut(width.max(1))) {
+            if group_start >= x.keys.end || group_end <= x.keys.start {
+                continue;
+            }
+            let q8 = x.q.as_chunks::<8>().0.get(..n8).unwrap_or_default();
+            // The common head sizes get a kernel with no bounds checks.
+            let sums = match n8 {
+                8 => fixed_group_scores::<8>(q8, &k8),
+                16 => fixed_group_scores::<16>(q8, &k8),
+                32 => fixed_group_scores::<32>(q8, &k8),
+                _ => None,
+            }
+            .unwrap_or_else(|| group_scores(q8, &k8));
+            let q_tail = x.q.get(n8 * 8..).unwrap_or_default();
+            let at = group_start - lo;
+            let stored = row
+                .get_mut(at..at + (group_end - group_start))
+                .unwrap_or_default();
+            for ((s, sum), tail) in stored.iter_mut().zip(sums).zip(tails) {
+                *s = if tail.is_empty() {
+                    sum
+                } else {
+                    sum + tail_dot(q_tail, tail)
+                };
+            }
+        }
+    }
+}
+
+/// The eight dot products of a query with a group of keys, in blocks of
+/// eight values: eight accumulators share each query load, and one
+/// transpose turns their horizontal sums into vertical adds (lane `l` of
+/// `t[i]` is lane `i` of key `l`'s accumulator, so the adds are `reduce8`
+/// for all eight keys at once).
+fn group_scores(q8: &[[f32; 8]], k8: &[&[[f32; 8]]; KEY_GROUP]) -> [f32; KEY_GROUP] {
+    let mut acc = [f32x8::ZERO; KEY_GROUP];
+    for (c, &q) in q8.iter().enumerate() {
+        let q = f32x8::new(q);
+        for (a, k) in acc.iter_mut().zip(k8) {
+            *a = q.mul_add(f32x8::new(k.get(c).copied().unwrap_or_default()), *a);
+        }
+    }
+    let [t0, t1, t2, t3, t4, t5, t6, t7] = f32x8::transpose(acc);
+    (((t0 + t4) + (t2 + t6)) + ((t1 + t5) + (t3 + t7))).to_array()
+}
+
+/// `group_scores` for `N8` blocks known at compile time (the same
+/// arithmetic, without bounds checks in the loop); `None` when a slice is
+/// not `N8` blocks long.
+fn fixed_group_scores<const N8: usize>(
+    q8: &[[f32; 8]],
+    k8: &[&[[f32; 8]]; KEY_GROUP],
+) -> Option<[f32; KEY_GROUP]> {
+    let q8: &[[f32; 8]; N8] = q8.try_into().ok()?;
+    let mut keys = [&[[0f32; 8]; N8]; KEY_GROUP];
+    for (fixed, k) in keys.iter_mut().zip(k8) {
+        *fixed = (*k).try_into().ok()?;
+    }
+    let mut acc = [f32x8::ZERO; KEY_GROUP];
+    for (c, &q) in q8.iter().enumerate() {
+        let q = f32x8::new(q);
+        for (a, k) in acc.iter_mut().zip(keys) {
+            // c < N8, every array's length: the check compiles away.
+            if let Some(&k) = k.get(c) {
+                *a = q.mul_add(f32x8::new(k), *a);
+            }
+        }
+    }
+    let [t0, t1, t2, t3, t4, t5, t6, t7] = f32x8::transpose(acc);
+    Some((((t0 + t4) + (t2 + t6)) + ((t1 + t5) + (t3 + t7))).to_array())
+}
+
+/// `out[n] = sum_j weights[n][j] * value j` over each query's keys, in key
+/// order: `VALUE_GROUP` values at a time (loaded once for all queries), and
+/// 32 columns of a query's output accumulating in registers over them.
+fn tile_values(
+    queries: &[Query<'_>],
+    scores: &[f32],
+    width: usize,
+    lo: usize,
+    values: &[f32],
+    out: &mut [f32],
+) {
+    const BLOCK: usize = 32;
+    let Some(dim) = out.len().checked_div(queries.len()).filter(|&d| d > 0) else {
+        return;
+    };
+    let blocks = dim / BLOCK;
+    let hi = lo + width;
+    for group_start in (lo..hi).step_by(VALUE_GROUP) {
+        let group_end = (group_start + VALUE_GROUP).min(hi);
+        for ((x, weights), out) in queries
+            .iter()
+            .zip(scores.chunks_exact(width.max(1)))
+            .zip(out.chunks_exact_mut(dim))
+        {
+            let (from, to) = (group_start.max(x.keys.start), group_end.min(x.keys.end));
+            if from >= to {
+                continue;
+            }
+            let weights = weights.get(from - lo..to - lo).unwrap_or_default();
+            let rows = values.get(from * dim..to * dim).unwrap_or_default();
+            for b in 0..blocks {
+                let cols = b * BLOCK..(b + 1) * BLOCK;
+                let Some(o) = out.get_mut(cols.clone()) else {
+                    break;
+                };
+                let o8 = o.as_chunks_mut::<8>().0;
+                let mut acc: [f32x8; BLOCK / 8] =
+                    std::array::from_fn(|c| f32x8::new(o8.get(c).copied().unwrap_or_default()));
+                for (&w, v) in weights.iter().zip(rows.chunks_exact(dim)) {
+                    let Some(v) = v
+                        .get(cols.clone())
+                        .and_then(|v| <&[f32; BLOCK]>::try_from(v).ok())
+                    else {
+                        break;
+                    };
+                    let w = f32x8::splat(w);
+                    for (a, &v) in acc.iter_mut().zip(v.as_chunks::<8>().0) {
+                        *a = w.mul_add(f32x8::new(v), *a);
+                    }
+                }
+                for (o, a) in o8.iter_mut().zip(acc) {
+                    *o = a.to_array();
+                }
+            }
+            for col in blocks * BLOCK..dim {
+                let Some(o) = out.get_mut(col) else {
+                    break;
+                };
+                for (&w, v) in weights.iter().zip(rows.chunks_exact(dim)) {
+                    *o = w.mul_add(v.get(col).copied().unwrap_or(0.0), *o);
+                }
+            }
+        }
+    }
+}
+
+/// The plain dot product of two tails shorter than eight.
+#[inline(always)]
+fn tail_dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The sum of eight lanes as a tree (three vector adds, not seven
@@ -998,17 +1187,25 @@ fn reduce8([a, b, c, d, e, f, g, h]: [f32; 8]) -> f32 {
     (w + y) + (x + z)
 }
 
+/// The largest element (negative infinity for none), eight lanes at a
+/// time. The maximum is exact, so the grouping cannot change it.
+fn max(xs: &[f32]) -> f32 {
+    let (x8, tail) = xs.as_chunks::<8>();
+    let lanes = x8.iter().fold(f32x8::splat(f32::NEG_INFINITY), |m, &x| {
+        m.max(f32x8::new(x))
+    });
+    lanes
+        .to_array()
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// Sum with eight running sums (vectorises; a fixed order).
 fn sum(xs: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += x;
-        }
-    }
-    reduce8(lanes) + tail
+    let (x8, tail) = xs.as_chunks::<8>();
+    let lanes = x8.iter().fold(f32x8::ZERO, |s, &x| s + f32x8::new(x));
+    reduce8(lanes.to_array()) + tail.iter().sum::<f32>()
 }
 
 /// `x = exp(x - shift)` for every element, with Cephes' `expf` polynomial
@@ -1096,18 +1293,36 @@ impl KvState {
             .clamp(1, max.max(1));
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for (k, v) in snapshot {
-            // Zeroed buffers, then the prefix copied in: only the prefix's
-            // pages are touched (a zeroed allocation is backed lazily), where
-            // concatenating a zero pad wrote the whole capacity.
+            // Zeroed buffers, then each head's prefix copied in once: only
+            // the prefix's pages are touched (a zeroed allocation is backed
+            // lazily), where concatenating a zero pad wrote the whole
+            // capacity (and narrowing then setting a slice copied twice).
             let mut pair = Vec::with_capacity(2);
             for cached in [k, v] {
-                let buffer = Tensor::zeros(
-                    (cfg.n_kv_head, capacity, cfg.head_dim),
-                    DType::F32,
+                let (storage, layout) = cached.storage_and_layout();
+                let from = cpu_slice(&storage, layout)?;
+                let (heads, held, dim) = cached.dims3()?;
+                if heads != cfg.n_kv_head || dim != cfg.head_dim || reuse > held {
+                    candle_core::bail!(
+                        "a snapshot of {heads} x {held} x {dim} cannot give {reuse} positions"
+                    );
+                }
+                let mut buffer = vec![0f32; heads * capacity * dim];
+                for (to, from) in buffer
+                    .chunks_exact_mut(capacity * dim)
+                    .zip(from.chunks_exact(held * dim))
+                {
+                    if let (Some(to), Some(from)) =
+                        (to.get_mut(..reuse * dim), from.get(..reuse * dim))
+                    {
+                        to.copy_from_slice(from);
+                    }
+                }
+                pair.push(Tensor::from_vec(
+                    buffer,
+                    (heads, capacity, dim),
                     &Device::Cpu,
-                )?;
-                buffer.slice_set(&cached.narrow(1, 0, reuse)?.contiguous()?, 1, 0)?;
-                pair.push(buffer);
+                )?);
             }
             let (Some(v), Some(k)) = (pair.pop(), pair.pop()) else {
                 candle_core::bail!("internal: a K/V pair");

@@ -223,8 +223,32 @@ pub(crate) fn matmul(
                     std::array::from_fn(|_| outs.next().unwrap_or_default());
                 run::<TILE>(&w.bytes, blocks, tile_rows, outs);
             } else {
-                for (row, out) in tile_rows.chunks_exact(1).zip(outs) {
-                    run::<1>(&w.bytes, blocks, row, [out]);
+                // The last, partial tile: four, two, then one row at a time
+                // (each pass over the weights serves as many rows as it can).
+                let mut rest = tile_rows;
+                while !rest.is_empty() {
+                    let take = match rest.len() {
+                        4.. => 4,
+                        2 | 3 => 2,
+                        _ => 1,
+                    };
+                    let (now, later) = rest.split_at(take);
+                    rest = later;
+                    match take {
+                        4 => run::<4>(
+                            &w.bytes,
+                            blocks,
+                            now,
+                            std::array::from_fn(|_| outs.next().unwrap_or_default()),
+                        ),
+                        2 => run::<2>(
+                            &w.bytes,
+                            blocks,
+                            now,
+                            std::array::from_fn(|_| outs.next().unwrap_or_default()),
+                        ),
+                        _ => run::<1>(&w.bytes, blocks, now, [outs.next().unwrap_or_default()]),
+                    }
                 }
             }
         });
