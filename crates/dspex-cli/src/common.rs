@@ -31,6 +31,9 @@ pub(crate) enum Failure {
     Program(dspex::PromptError),
     /// A workflow step failed: exit 3 (the step history goes to stderr first).
     Workflow(dspex::workflow::WorkflowError),
+    /// The calls failed as a whole (every example of an evaluation, every
+    /// rollout of an optimisation), though each was handled: exit 3.
+    Calls(anyhow::Error),
 }
 
 impl Failure {
@@ -53,6 +56,10 @@ impl Failure {
             }
             Self::Workflow(error) => {
                 err(&format!("error: {error}"));
+                ExitCode::from(3)
+            }
+            Self::Calls(error) => {
+                err(&format!("error: {error:#}"));
                 ExitCode::from(3)
             }
             Self::Provider(error) => {

@@ -347,7 +347,7 @@ pub(crate) async fn run(config: Option<&Path>, args: EvalArgs) -> Result<(), Fai
             }
         }
         if report.total > 0 && report.errors == report.total {
-            return Err(Failure::usage(anyhow::anyhow!(
+            return Err(Failure::Calls(anyhow::anyhow!(
                 "every example failed; the first: {}",
                 report
                     .results

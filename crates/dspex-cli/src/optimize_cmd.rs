@@ -19,7 +19,7 @@ use dspex::prompt::evaluate::load_dataset;
 use dspex::prompt::optimize::config::{
     OptimizeConfig, OptimizerKind, parse_duration, usd_to_nanos,
 };
-use dspex::prompt::optimize::engine::{Engine, EngineConfig, Pricer};
+use dspex::prompt::optimize::engine::{Engine, EngineConfig, Pricer, Spent};
 use dspex::prompt::optimize::{
     AutoLevel, BootstrapFewShot, CompileReport, Copro, Gepa, GepaBudget, KnnFewShot,
     LabeledFewShot, MiproV2, OptimizeReport, RandomSearch,
@@ -338,11 +338,26 @@ pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(),
                 )));
             }
         };
+        nothing_succeeded(&report.spend.task, report.trials.len())?;
         save_program(&compiled, &args.out).map_err(program_failure)?;
         print_optimize_report(&args, &report)
     }
     .await;
     common::finish(runtime, result).await
+}
+
+/// Refuses to save the result of an optimisation none of whose program
+/// runs succeeded (every call refused, say): its "best" program is the
+/// starting one scored on errors, not something learnt.
+fn nothing_succeeded(task: &Spent, trials: usize) -> Result<(), Failure> {
+    if task.runs > 0 && task.failed_runs == task.runs {
+        return Err(Failure::Calls(anyhow::anyhow!(
+            "every one of the {} program runs failed ({trials} trials), so nothing was learnt \
+             and no program was written; see the log for the calls' errors",
+            task.runs
+        )));
+    }
+    Ok(())
 }
 
 /// KNNFewShot: embeds the trainset and saves the program with its `knn`
@@ -466,6 +481,17 @@ async fn bootstrap(
             .map_err(program_failure)?;
         (compiled, Some(report))
     };
+    if let Some(report) = &report
+        && report.tried > 0
+        && report.errored == report.tried
+    {
+        return Err(Failure::Calls(anyhow::anyhow!(
+            "every one of the {} teacher runs failed, so nothing was learnt and {} was not written; the first error: {}",
+            report.tried,
+            args.out.display(),
+            report.errors.first().map_or("", |e| e.error.as_str())
+        )));
+    }
     save_program(&compiled, &args.out).map_err(program_failure)?;
     if args.json {
         let value = serde_json::json!({

@@ -311,3 +311,55 @@ async fn a_killed_optimize_resumes_from_its_checkpoint_to_the_same_program() {
         "the resumed run wrote the same program"
     );
 }
+
+/// Every call refused (a wrong key): `optimize` learns nothing, so it exits
+/// 3 (the calls failed, not a usage error) and writes no program; `eval`
+/// exits 3 too and still prints its report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_call_fails_optimize_writes_nothing_and_eval_reports_with_exit_3() {
+    let upstream = MockServer::start(MockConfig {
+        require_api_key: Some("sk-the-right-key".into()),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = setup(&upstream);
+    for (optimizer, extra) in [
+        ("random-search", vec!["--num-candidates", "2"]),
+        ("copro", vec!["--breadth", "2", "--depth", "1"]),
+        ("bootstrap", vec![]),
+    ] {
+        let out = format!("{optimizer}.json");
+        let mut args = vec![
+            "optimize",
+            "--optimizer",
+            optimizer,
+            "--train",
+            "train.jsonl",
+            "--val",
+            "val.jsonl",
+            "--out",
+            &out,
+        ];
+        args.extend(extra);
+        args.push("question -> answer");
+        let (code, _, stderr) = dspex(dir.path(), &args).await;
+        assert_eq!(code, 3, "{optimizer}: {stderr}");
+        assert!(
+            stderr.contains("nothing was learnt"),
+            "{optimizer}: {stderr}"
+        );
+        assert!(!dir.path().join(&out).exists(), "{optimizer} wrote {out}");
+    }
+    let (code, stdout, stderr) = dspex(
+        dir.path(),
+        &["eval", "--data", "val.jsonl", "question -> answer"],
+    )
+    .await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("every example failed"), "{stderr}");
+    assert!(
+        stdout.contains("example #1 failed"),
+        "the report is printed: {stdout}"
+    );
+}

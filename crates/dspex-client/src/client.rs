@@ -618,8 +618,8 @@ impl Client {
                         recorder,
                     ));
                 }
-                if options.params.n == Some(0) || options.params.n.is_some_and(|n| n > 128) {
-                    return Err(invalid("n must be between 1 and 128".into(), recorder));
+                if let Err(message) = options.params.check() {
+                    return Err(invalid(message, recorder));
                 }
                 let request = ChatRequest {
                     messages,

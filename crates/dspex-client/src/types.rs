@@ -149,6 +149,46 @@ pub struct ChatParams {
     pub extra: BTreeMap<String, Value>,
 }
 
+impl ChatParams {
+    /// The widest temperature range a provider accepts (OpenAI's; a
+    /// provider with a narrower one says so itself).
+    pub const TEMPERATURE_RANGE: std::ops::RangeInclusive<f32> = 0.0..=2.0;
+
+    /// Checks the values no provider can take, naming the field: a
+    /// temperature that is not a number or outside `0..=2`, a `top_p` that
+    /// is not a number or outside `0..=1`, `max_tokens = 0`, `n` outside
+    /// `1..=128`. The client refuses such a call before it takes any
+    /// rate-limit room (and records it as failed).
+    ///
+    /// ```
+    /// use dspex_client::ChatParams;
+    /// let params = ChatParams { temperature: Some(f32::NAN), ..ChatParams::default() };
+    /// assert!(params.check().unwrap_err().contains("temperature"));
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        // `contains` is false for NaN, so NaN is refused with the rest.
+        if let Some(t) = self.temperature
+            && !Self::TEMPERATURE_RANGE.contains(&t)
+        {
+            return Err(format!("temperature {t} must be a number in 0..=2"));
+        }
+        if let Some(p) = self.top_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(format!("top_p {p} must be a number in 0..=1"));
+        }
+        if self.max_tokens == Some(0) {
+            return Err("max_tokens 0: a reply needs at least one token".into());
+        }
+        if let Some(n) = self.n
+            && !(1..=128).contains(&n)
+        {
+            return Err(format!("n {n} must be between 1 and 128"));
+        }
+        Ok(())
+    }
+}
+
 /// A chat call: messages plus parameters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {

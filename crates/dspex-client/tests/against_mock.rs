@@ -855,6 +855,102 @@ async fn unknown_providers_list_the_known_ones_and_are_recorded() {
     );
 }
 
+#[tokio::test]
+async fn impossible_sampling_parameters_are_refused_before_any_request() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![provider("oa", "openai", &upstream.base_url(), |_| {})]).await;
+    let mut events = client.events().subscribe("test", Delivery::Lossless);
+    let cases: [(&str, ChatParams); 7] = [
+        (
+            "temperature NaN",
+            ChatParams {
+                temperature: Some(f32::NAN),
+                ..ChatParams::default()
+            },
+        ),
+        (
+            "temperature 2.5",
+            ChatParams {
+                temperature: Some(2.5),
+                ..ChatParams::default()
+            },
+        ),
+        (
+            "temperature -1",
+            ChatParams {
+                temperature: Some(-1.0),
+                ..ChatParams::default()
+            },
+        ),
+        (
+            "top_p NaN",
+            ChatParams {
+                top_p: Some(f32::NAN),
+                ..ChatParams::default()
+            },
+        ),
+        (
+            "top_p 1.5",
+            ChatParams {
+                top_p: Some(1.5),
+                ..ChatParams::default()
+            },
+        ),
+        (
+            "max_tokens 0",
+            ChatParams {
+                max_tokens: Some(0),
+                ..ChatParams::default()
+            },
+        ),
+        (
+            "n 0",
+            ChatParams {
+                n: Some(0),
+                ..ChatParams::default()
+            },
+        ),
+    ];
+    for (field, params) in &cases {
+        let error = client
+            .request(
+                "oa",
+                user("x"),
+                RequestOptions::new().params(params.clone()),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error.kind(), ClientErrorKind::InvalidRequest),
+            "{field}: {error:?}"
+        );
+        assert!(error.to_string().contains(field), "{field}: {error}");
+    }
+    assert_eq!(upstream.stats().requests, 0, "nothing reached the provider");
+    // Every refusal is recorded, as a failed call.
+    let done = completions(&drain(&mut events));
+    assert_eq!(done.len(), cases.len());
+    assert!(done.iter().all(|c| matches!(
+        c.outcome,
+        Outcome::Failed {
+            error_kind: "invalid_request",
+            ..
+        }
+    )));
+    // The edges are fine.
+    let edge = ChatParams {
+        temperature: Some(2.0),
+        top_p: Some(1.0),
+        max_tokens: Some(1),
+        n: Some(1),
+        ..ChatParams::default()
+    };
+    client
+        .request("oa", user("x"), RequestOptions::new().params(edge))
+        .await
+        .unwrap();
+}
+
 /// Collects everything every tracing event writes, at every level, from every crate.
 #[derive(Clone, Default)]
 struct Capture(Arc<parking_lot::Mutex<Vec<u8>>>);

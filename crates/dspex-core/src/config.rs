@@ -187,22 +187,33 @@ impl ConfigLoader {
             .map_err(|e| self.convert(&e, key))
     }
 
+    /// Refuses unknown top-level keys, all of them in one error.
     fn check_top_level(&self) -> Result<()> {
         let data = self.figment.data().map_err(|e| self.convert(&e, ""))?;
         let empty = Dict::new();
         let dict = data.get(&Profile::Default).unwrap_or(&empty);
-        for key in dict.keys() {
-            if !self.known.iter().any(|k| k == key) {
-                let mut known: Vec<&str> = self.known.iter().map(String::as_str).collect();
-                known.sort_unstable();
-                return Err(CoreError::Config {
-                    key: key.clone(),
-                    message: format!("unknown key (known top-level keys: {})", known.join(", ")),
-                    origin: self.origin_of(key),
-                });
-            }
-        }
-        Ok(())
+        let unknown: Vec<&String> = dict
+            .keys()
+            .filter(|key| !self.known.iter().any(|k| k == *key))
+            .collect();
+        let Some(first) = unknown.first() else {
+            return Ok(());
+        };
+        let mut known: Vec<&str> = self.known.iter().map(String::as_str).collect();
+        known.sort_unstable();
+        Err(CoreError::Config {
+            key: unknown
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: format!(
+                "unknown key{} (known top-level keys: {})",
+                if unknown.len() > 1 { "s" } else { "" },
+                known.join(", ")
+            ),
+            origin: self.origin_of(first),
+        })
     }
 
     fn origin_of(&self, key: &str) -> Option<String> {
@@ -278,7 +289,13 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
-/// Parses a window such as `1s`, `1m`, `1h`, `1d` or `90s`.
+/// The longest window, TTL or duration a setting takes: a year (366 days).
+/// Anything longer is a typo, and a huge one would overflow the clock
+/// arithmetic that uses it.
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
+/// Parses a window such as `1s`, `1m`, `1h`, `1d` or `90s`: longer than
+/// zero and at most [`MAX_WINDOW`].
 pub fn parse_window(key: &str, text: &str) -> Result<Duration> {
     let duration = humantime::parse_duration(text.trim()).map_err(|e| {
         CoreError::config(
@@ -288,6 +305,12 @@ pub fn parse_window(key: &str, text: &str) -> Result<Duration> {
     })?;
     if duration.is_zero() {
         return Err(CoreError::config(key, "a window must be longer than zero"));
+    }
+    if duration > MAX_WINDOW {
+        return Err(CoreError::config(
+            key,
+            format!("`{text}` is longer than a year (366d), the longest window"),
+        ));
     }
     Ok(duration)
 }
@@ -390,6 +413,18 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("`provders`"), "{msg}");
         assert!(msg.contains("providers"), "{msg}");
+        // Several at once, all named.
+        let err = ConfigLoader::builder(&["providers"])
+            .toml_str("[provders.openai]\nmodel = \"x\"\n[cahce]\n[analytic]\n")
+            .without_env()
+            .build()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("config error at `analytic, cahce, provders`")
+                && msg.contains("unknown keys (known top-level keys: providers)"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -427,6 +462,12 @@ mod tests {
         let err = parse_window("limits[0].window", "soon").unwrap_err();
         assert!(err.to_string().contains("limits[0].window"));
         assert!(parse_window("k", "0s").is_err());
+        assert_eq!(parse_window("k", "366d").unwrap(), MAX_WINDOW);
+        let err = parse_window("limits[0].window", "100000000000d").unwrap_err();
+        assert!(
+            err.to_string().contains("limits[0].window") && err.to_string().contains("a year"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -67,7 +67,6 @@ use crate::engine::{MergeRule, Node, RetryPolicy, StepModule, Workflow};
 use crate::error::{FileProblem, WorkflowError};
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawWorkflow {
     name: String,
     /// For people reading the file; accepted and not used.
@@ -85,7 +84,6 @@ struct RawWorkflow {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawDefaults {
     provider: Option<String>,
     model: Option<String>,
@@ -94,7 +92,6 @@ struct RawDefaults {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawStep {
     name: Spanned<String>,
     module: Option<String>,
@@ -122,7 +119,6 @@ struct RawStep {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRetry {
     attempts: u32,
     #[serde(default)]
@@ -132,7 +128,6 @@ struct RawRetry {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMap {
     over: String,
     #[serde(rename = "as", default)]
@@ -200,14 +195,34 @@ pub fn parse_with_tools(
     default_provider: Option<&str>,
     tools: &[Tool],
 ) -> Result<Workflow, WorkflowError> {
-    let raw: RawWorkflow = toml::from_str(text).map_err(|e| WorkflowError::File {
+    let syntax = |e: toml::de::Error| WorkflowError::File {
         path: label.to_owned(),
         problems: vec![FileProblem {
             line: e.span().map(|span| line_of(text, span.start)),
             location: "document".to_owned(),
             message: e.message().to_owned(),
         }],
-    })?;
+    };
+    let document = toml::de::DeTable::parse(text).map_err(syntax)?;
+    // Unknown keys are collected, not refused one at a time: a file with
+    // several gets them all reported at once, each at its own line.
+    let mut unknown = Vec::new();
+    let raw: RawWorkflow =
+        serde_ignored::deserialize(toml::de::Deserializer::from(document.clone()), |path| {
+            unknown.push(path_segments(&path));
+        })
+        .map_err(syntax)?;
+    let unknown_keys: Vec<FileProblem> = unknown
+        .iter()
+        .map(|segments| FileProblem {
+            line: key_offset(document.get_ref(), segments).map(|at| line_of(text, at)),
+            location: segments.join("."),
+            message: format!(
+                "unknown key `{}`",
+                segments.last().map_or("", String::as_str)
+            ),
+        })
+        .collect();
     let mut checker = Checker {
         text,
         base: base.to_path_buf(),
@@ -218,6 +233,7 @@ pub fn parse_with_tools(
         names: BTreeSet::new(),
     };
     let workflow = checker.build(&raw);
+    checker.problems.splice(0..0, unknown_keys);
     if checker.problems.is_empty()
         && let Some(workflow) = workflow
     {
@@ -228,6 +244,56 @@ pub fn parse_with_tools(
         path: label.to_owned(),
         problems: checker.problems,
     })
+}
+
+/// An ignored field's path as keys and indexes (`Option` and newtype
+/// levels, which the document does not have, left out).
+fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => Vec::new(),
+        Path::Seq { parent, index } => {
+            let mut segments = path_segments(parent);
+            segments.push(index.to_string());
+            segments
+        }
+        Path::Map { parent, key } => {
+            let mut segments = path_segments(parent);
+            segments.push(key.clone());
+            segments
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => path_segments(parent),
+    }
+}
+
+/// The byte offset of the key at `segments` in the parsed document.
+fn key_offset(root: &toml::de::DeTable<'_>, segments: &[String]) -> Option<usize> {
+    let (first, rest) = segments.split_first()?;
+    let (key, value) = root
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
+    let mut at = key.span().start;
+    let mut value = value.get_ref();
+    for segment in rest {
+        match value {
+            toml::de::DeValue::Table(table) => {
+                let (key, next) = table
+                    .iter()
+                    .find(|(k, _)| k.get_ref().as_ref() == segment.as_str())?;
+                at = key.span().start;
+                value = next.get_ref();
+            }
+            toml::de::DeValue::Array(items) => {
+                let item = items.get(segment.parse::<usize>().ok()?)?;
+                at = item.span().start;
+                value = item.get_ref();
+            }
+            _ => return None,
+        }
+    }
+    Some(at)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -172,10 +172,36 @@ async fn syntax_errors_and_unknown_keys_name_their_line() {
     let unknown = "name = \"x\"\ninputs = [\"q\"]\n[[steps]]\nname = \"a\"\nmodule = \"predict\"\nsignature = \"q -> a\"\nprovider = \"lm\"\nretries = 3\n";
     let found = problems(parse(unknown, "x.toml", Path::new("."), &client, None).unwrap_err());
     assert!(
-        found[0].message.contains("unknown field `retries`"),
+        found[0].message.contains("unknown key `retries`"),
         "{found:?}"
     );
     assert_eq!(found[0].line, Some(8));
+    assert_eq!(found[0].location, "steps.0.retries");
+    // Every unknown key at once, each at its own line, nested ones too,
+    // along with the other problems of the file.
+    let several = "name = \"x\"\ninputs = [\"q\"]\ncolour = \"red\"\n[defaults]\ntemprature = 0.5\n[[steps]]\nname = \"a\"\nmodule = \"predict\"\nsignature = \"q -> a\"\nprovider = \"lm\"\nretry = { attempts = 2, backof = \"1s\" }\n[[steps]]\nname = \"b\"\nmodle = \"predict\"\nsignature = \"q -> b\"\nprovider = \"nowhere\"\n";
+    let found = problems(parse(several, "x.toml", Path::new("."), &client, None).unwrap_err());
+    let unknown: Vec<(Option<usize>, &str)> = found
+        .iter()
+        .filter(|p| p.message.starts_with("unknown key"))
+        .map(|p| (p.line, p.location.as_str()))
+        .collect();
+    assert_eq!(
+        unknown,
+        [
+            (Some(3), "colour"),
+            (Some(5), "defaults.temprature"),
+            (Some(11), "steps.0.retry.backof"),
+            (Some(14), "steps.1.modle"),
+        ],
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.message.contains("unknown provider `nowhere`")),
+        "{found:?}"
+    );
     let missing = load_file(Path::new("/nonexistent/flow.toml"), &client, None).unwrap_err();
     assert!(missing.to_string().contains("cannot read it"), "{missing}");
 }

@@ -132,12 +132,20 @@ pub fn usd_to_nanos(key: &str, usd: f64) -> Result<i64> {
     Ok((usd * 1e9).round() as i64)
 }
 
-/// A duration such as `90m`, `2h`, `1h30m` (`key` names the setting).
+/// A duration such as `90m`, `2h`, `1h30m` (`key` names the setting), at
+/// most a year ([`dspex_core::config::MAX_WINDOW`]).
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration> {
-    humantime::parse_duration(text.trim())
+    let duration = humantime::parse_duration(text.trim())
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| invalid(key, format!("`{text}` is not a duration such as 90m or 2h")))
+        .ok_or_else(|| invalid(key, format!("`{text}` is not a duration such as 90m or 2h")))?;
+    if duration > dspex_core::config::MAX_WINDOW {
+        return Err(invalid(
+            key,
+            format!("`{text}` is longer than a year (366d)"),
+        ));
+    }
+    Ok(duration)
 }
 
 impl OptimizeConfig {
@@ -238,6 +246,10 @@ mod tests {
             ("[optimize]\nmax_usd = -1.0\n", "optimize.max_usd"),
             (
                 "[optimize]\nmax_duration = \"soon\"\n",
+                "optimize.max_duration",
+            ),
+            (
+                "[optimize]\nmax_duration = \"100000000000d\"\n",
                 "optimize.max_duration",
             ),
             ("[optimize]\nconcurrency = 0\n", "optimize.concurrency"),

@@ -192,6 +192,16 @@ pub struct Spent {
     pub cost_nanos: i64,
     /// Calls the pricer could not price.
     pub unpriced_calls: u64,
+    /// Runs (of the program, or of a proposal or reflection) recorded,
+    /// failed ones included.
+    #[serde(default)]
+    pub runs: u64,
+    /// Runs that failed with an error rather than giving a prediction.
+    /// `runs == failed_runs > 0` means nothing succeeded: an optimisation
+    /// that learnt nothing (every call refused, say) rather than one whose
+    /// programs scored zero.
+    #[serde(default)]
+    pub failed_runs: u64,
 }
 
 impl Spent {
@@ -201,6 +211,8 @@ impl Spent {
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
         self.unpriced_calls = self.unpriced_calls.saturating_add(other.unpriced_calls);
+        self.runs = self.runs.saturating_add(other.runs);
+        self.failed_runs = self.failed_runs.saturating_add(other.failed_runs);
     }
 
     /// Input and output tokens.
@@ -468,7 +480,10 @@ impl Shared {
 
     /// Adds a prediction's calls to the spend of `purpose`.
     fn record(&self, purpose: Purpose, prediction: Option<&Prediction>) {
-        let mut spent = Spent::default();
+        let mut spent = Spent {
+            runs: 1,
+            ..Spent::default()
+        };
         match prediction {
             Some(prediction) => {
                 for call in &prediction.trace {
@@ -494,6 +509,7 @@ impl Shared {
             None => {
                 spent.calls = 1;
                 spent.unpriced_calls = u64::from(self.config.pricer.is_some());
+                spent.failed_runs = 1;
             }
         }
         self.spend.lock().of_mut(purpose).add(&spent);
