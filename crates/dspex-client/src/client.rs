@@ -356,7 +356,7 @@ fn wrong_reply(
     expected: &str,
 ) -> ClientError {
     let error = ClientError::new(
-        ClientErrorKind::MalformedResponse,
+        ClientErrorKind::MalformedResponse { retryable: false },
         format!("the transport returned a reply that is not a {expected} reply"),
     )
     .attach(&provider.shared.id, &call.inner().trail);

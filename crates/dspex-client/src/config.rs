@@ -104,6 +104,9 @@ pub struct RawProvider {
     pub retry_max_ms: Option<u64>,
     /// Longest Retry-After honoured, in ms.
     pub max_retry_after_ms: Option<u64>,
+    /// Whether a 200 reply whose body is garbled (or a stream garbled before
+    /// its first event reached the caller) is retried; default true.
+    pub retry_malformed: Option<bool>,
     /// Longest wait for rate-limit room and for a pool slot, per attempt, in ms.
     pub max_wait_ms: Option<u64>,
     /// Requests per minute.
@@ -248,6 +251,9 @@ pub struct ProviderConfig {
     pub timeouts: Timeouts,
     /// Retry policy.
     pub retry: Backoff,
+    /// Whether a garbled 2xx reply is retried (never once part of a stream
+    /// reached the caller).
+    pub retry_malformed: bool,
     /// Longest wait for rate-limit room and for a pool slot, per attempt.
     #[serde(serialize_with = "dspex_core::serde_duration::serialize")]
     pub max_wait: Duration,
@@ -790,6 +796,7 @@ impl ProviderConfig {
             pool_size: pool_size as usize,
             timeouts,
             retry,
+            retry_malformed: raw.retry_malformed.unwrap_or(true),
             max_wait: positive_ms(key("max_wait_ms"), raw.max_wait_ms, 30_000)?,
             limits,
             circuit_breaker,

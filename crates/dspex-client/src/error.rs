@@ -134,7 +134,13 @@ pub enum ClientErrorKind {
     /// The connection could not be made or broke before a response.
     Connect,
     /// The upstream answered 2xx with a body that is not what its API promises.
-    MalformedResponse,
+    MalformedResponse {
+        /// Whether trying again may help: true for a garbled body or a
+        /// stream garbled before its first event reached the caller (unless
+        /// the provider sets `retry_malformed = false`); false once part of
+        /// a stream was delivered, or for a transport's own bug.
+        retryable: bool,
+    },
     /// The response ended before it was complete.
     Truncated {
         /// Whether it was a stream (whose start already reached the caller).
@@ -194,7 +200,7 @@ impl ClientErrorKind {
             Self::Api { kind, .. } => kind.as_str(),
             Self::Timeout { .. } => "timeout",
             Self::Connect => "connect",
-            Self::MalformedResponse => "malformed_response",
+            Self::MalformedResponse { .. } => "malformed_response",
             Self::Truncated { .. } => "truncated",
             Self::CircuitOpen => "circuit_open",
             Self::RateLimited { .. } => "local_rate_limit",
@@ -270,7 +276,9 @@ impl fmt::Display for ClientError {
                 retry_hint(d.retry_after)
             ),
             ClientErrorKind::Connect => write!(f, "connection failed: {message}"),
-            ClientErrorKind::MalformedResponse => write!(f, "malformed response: {message}"),
+            ClientErrorKind::MalformedResponse { .. } => {
+                write!(f, "malformed response: {message}")
+            }
             ClientErrorKind::Truncated { streaming } => write!(
                 f,
                 "{} ended early: {message}",
@@ -467,6 +475,7 @@ impl ClientError {
             | ClientErrorKind::CircuitOpen
             | ClientErrorKind::RateLimited { .. } => true,
             ClientErrorKind::Truncated { streaming } => !streaming,
+            ClientErrorKind::MalformedResponse { retryable } => *retryable,
             _ => false,
         }
     }
@@ -577,7 +586,7 @@ impl ProtectedError for ClientError {
             ClientErrorKind::Api { .. }
                 | ClientErrorKind::Timeout { .. }
                 | ClientErrorKind::Connect
-                | ClientErrorKind::MalformedResponse
+                | ClientErrorKind::MalformedResponse { .. }
                 | ClientErrorKind::Truncated { .. }
                 | ClientErrorKind::Model
         )
@@ -590,7 +599,7 @@ impl ProtectedError for ClientError {
             }
             ClientErrorKind::Timeout { .. }
             | ClientErrorKind::Connect
-            | ClientErrorKind::MalformedResponse
+            | ClientErrorKind::MalformedResponse { .. }
             | ClientErrorKind::Truncated { .. }
             | ClientErrorKind::Model => true,
             _ => false,

@@ -150,7 +150,7 @@ impl ChatStream {
                 Chunk::Delta(delta) => {
                     if delta.index >= limit {
                         return Err(ClientError::new(
-                            ClientErrorKind::MalformedResponse,
+                            ClientErrorKind::MalformedResponse { retryable: false },
                             format!(
                                 "a stream event for choice {} when {limit} choice(s) were asked for",
                                 delta.index
@@ -208,8 +208,11 @@ impl ChatStream {
         let mut choices = Vec::with_capacity(self.choices.len());
         for (i, c) in std::mem::take(&mut self.choices).into_iter().enumerate() {
             let tool_calls = c.tool_calls.finish().map_err(|message| {
-                ClientError::new(ClientErrorKind::MalformedResponse, message)
-                    .attach(&self.shared.id, &self.call.inner().trail)
+                ClientError::new(
+                    ClientErrorKind::MalformedResponse { retryable: false },
+                    message,
+                )
+                .attach(&self.shared.id, &self.call.inner().trail)
             })?;
             choices.push(Choice {
                 index: u32::try_from(i).unwrap_or(u32::MAX),

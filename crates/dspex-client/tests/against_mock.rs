@@ -461,10 +461,14 @@ async fn malformed_and_truncated_replies_are_typed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error.kind(), ClientErrorKind::MalformedResponse),
+        matches!(
+            error.kind(),
+            ClientErrorKind::MalformedResponse { retryable: true }
+        ),
         "{error:?}"
     );
-    assert!(!error.is_retryable());
+    // Retryable, though this provider allows no retries.
+    assert!(error.is_retryable());
 
     upstream.enqueue([Fault::Truncate]);
     let error = client
@@ -474,7 +478,8 @@ async fn malformed_and_truncated_replies_are_typed() {
     assert!(
         matches!(
             error.kind(),
-            ClientErrorKind::Truncated { streaming: false } | ClientErrorKind::MalformedResponse
+            ClientErrorKind::Truncated { streaming: false }
+                | ClientErrorKind::MalformedResponse { .. }
         ),
         "{error:?}"
     );
@@ -502,7 +507,10 @@ async fn malformed_and_truncated_replies_are_typed() {
                 "{error:?}"
             ),
             _ => assert!(
-                matches!(error.kind(), ClientErrorKind::MalformedResponse),
+                matches!(
+                    error.kind(),
+                    ClientErrorKind::MalformedResponse { retryable: false }
+                ),
                 "{error:?}"
             ),
         }
@@ -511,6 +519,76 @@ async fn malformed_and_truncated_replies_are_typed() {
             "nothing is retried once a stream has started"
         );
     }
+}
+
+/// A garbled 200 body, and a stream garbled before its first event reached
+/// the caller, are retried by default; `retry_malformed = false` turns that
+/// off. (A stream garbled later is never retried: the test above.)
+#[tokio::test]
+async fn garbled_replies_are_retried_before_anything_reached_the_caller() {
+    let upstream = mock(MockConfig::default()).await;
+    let client = client_with(vec![
+        provider("oa", "openai", &upstream.base_url(), |r| {
+            r.max_retries = Some(2);
+            r.retry_base_ms = Some(1);
+        }),
+        provider("strict", "openai", &upstream.base_url(), |r| {
+            r.max_retries = Some(2);
+            r.retry_base_ms = Some(1);
+            r.retry_malformed = Some(false);
+        }),
+        provider("claude", "anthropic", &upstream.anthropic_base_url(), |r| {
+            r.max_retries = Some(2);
+            r.retry_base_ms = Some(1);
+        }),
+    ])
+    .await;
+    upstream.enqueue([Fault::Malformed]);
+    let reply = client
+        .request("oa", user("x"), RequestOptions::new())
+        .await
+        .unwrap();
+    assert!(!reply.text().is_empty(), "{reply:?}");
+    assert_eq!(upstream.stats().requests, 2, "one garbled, one good");
+
+    for id in ["oa", "claude"] {
+        upstream.reset_stats();
+        upstream.enqueue([Fault::MalformedStart]);
+        let mut stream = client
+            .request_stream(id, user("a prompt to stream"), RequestOptions::new())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            if let StreamEvent::Delta(delta) = event.unwrap() {
+                text.push_str(&delta.content);
+            }
+        }
+        assert!(
+            !text.is_empty(),
+            "{id}: the retried stream delivered its text"
+        );
+        assert_eq!(
+            upstream.stats().requests,
+            2,
+            "{id}: one garbled start, one good"
+        );
+    }
+
+    upstream.reset_stats();
+    upstream.enqueue([Fault::Malformed]);
+    let error = client
+        .request("strict", user("x"), RequestOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.kind(),
+            ClientErrorKind::MalformedResponse { retryable: false }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(upstream.stats().requests, 1, "not retried when turned off");
 }
 
 #[tokio::test]

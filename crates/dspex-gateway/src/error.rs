@@ -298,7 +298,7 @@ impl RequestError {
             }
             ClientErrorKind::Timeout { .. } => Self::new(504, "timeout", message),
             ClientErrorKind::Connect
-            | ClientErrorKind::MalformedResponse
+            | ClientErrorKind::MalformedResponse { .. }
             | ClientErrorKind::Truncated { .. } => Self::new(502, "api_error", message),
             ClientErrorKind::CircuitOpen => Self {
                 code: Some("circuit_open".into()),

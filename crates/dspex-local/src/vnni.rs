@@ -483,9 +483,9 @@ mod tests {
         let (n, k) = (48, 96);
         let w = q4_1_matrix(n, k, 3);
         let packed = RepackedQ4_1::new(&w, n, k).expect("shape fits");
-        // 1 row (column split), 8 rows (one tile), 11 rows (a tile and 3
-        // single rows).
-        for rows in [1, 8, 11] {
+        // 1 row (column split), 8 rows (one tile), 11 rows (a tile, then
+        // 2 + 1), 15 rows (a tile, then 4 + 2 + 1).
+        for rows in [1, 8, 11, 15] {
             let x = QuantizedRows::new(cpu, &activations(rows, k), k).expect("shape");
             let mut out = vec![0f32; rows * n];
             matmul(cpu, &packed, &x, &mut out).expect("dims");
@@ -507,11 +507,13 @@ mod tests {
         let (n, k) = (32, 64);
         let w = q4_1_matrix(n, k, 9);
         let packed = RepackedQ4_1::new(&w, n, k).expect("shape fits");
-        let xs = activations(9, k);
+        // 15 rows: a full tile, then the partial tile's 4 + 2 + 1.
+        let rows = 15;
+        let xs = activations(rows, k);
         let all = QuantizedRows::new(cpu, &xs, k).expect("shape");
-        let mut together = vec![0f32; 9 * n];
+        let mut together = vec![0f32; rows * n];
         matmul(cpu, &packed, &all, &mut together).expect("dims");
-        for r in 0..9 {
+        for r in 0..rows {
             let one = QuantizedRows::new(cpu, &xs[r * k..(r + 1) * k], k).expect("shape");
             let mut alone = vec![0f32; n];
             matmul(cpu, &packed, &one, &mut alone).expect("dims");

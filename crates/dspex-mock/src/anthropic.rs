@@ -632,6 +632,9 @@ fn respond(
                 let keep = (events.len() / 2).max(1);
                 sse_response(events.get(..keep).unwrap_or_default().concat())
             }
+            BodyMode::MalformedStart => sse_response(format!(
+                "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"{id}\",\n\n"
+            )),
             BodyMode::Malformed => {
                 // message_start, content_block_start, ping, then a garbled delta, then the normal end.
                 let mut body: String = events.iter().take(3).map(String::as_str).collect();
@@ -659,7 +662,7 @@ fn respond(
         match plan.mode {
             BodyMode::Normal => json_response(StatusCode::OK, body),
             BodyMode::Truncate => truncated_json_response(&body),
-            BodyMode::Malformed => json_response(
+            BodyMode::Malformed | BodyMode::MalformedStart => json_response(
                 StatusCode::OK,
                 format!(
                     "{{\"id\":\"{id}\",\"type\":\"message\",\"role\":\"assistant\",\"content\": [ {{\"type\": \"text\", \"text\": "

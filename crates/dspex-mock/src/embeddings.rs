@@ -181,7 +181,7 @@ async fn handle(
             json_response(StatusCode::OK, body)
         }
         BodyMode::Truncate => truncated_json_response(&body),
-        BodyMode::Malformed => json_response(
+        BodyMode::Malformed | BodyMode::MalformedStart => json_response(
             StatusCode::OK,
             "{\"object\":\"list\",\"data\": [ {\"object\": \"embedding\", \"embedding\": [0.1, ",
         ),

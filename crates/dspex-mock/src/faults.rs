@@ -34,6 +34,9 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 200 with a body that is not valid JSON (a garbled SSE event for streams).
     Malformed,
+    /// Like [`Fault::Malformed`], but a stream's very first event is the
+    /// garbled one (and the stream ends there): nothing reaches the caller.
+    MalformedStart,
     /// Cut the body halfway: a plain body ends with a broken connection after half its
     /// bytes; a stream ends cleanly after about half its events, without `[DONE]` /
     /// `message_stop`.

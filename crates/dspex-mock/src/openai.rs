@@ -791,6 +791,9 @@ fn respond(
                 let keep = (events.len() / 2).max(1);
                 sse_response(events.get(..keep).unwrap_or_default().concat())
             }
+            BodyMode::MalformedStart => sse_response(format!(
+                "data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"choices\":[\n\n"
+            )),
             BodyMode::Malformed => {
                 let mut body = events.first().cloned().unwrap_or_default();
                 body.push_str(&format!(
@@ -828,7 +831,7 @@ fn respond(
         match plan.mode {
             BodyMode::Normal => json_response(StatusCode::OK, body),
             BodyMode::Truncate => truncated_json_response(&body),
-            BodyMode::Malformed => json_response(
+            BodyMode::Malformed | BodyMode::MalformedStart => json_response(
                 StatusCode::OK,
                 format!(
                     "{{\"id\":\"{id}\",\"object\":\"chat.completion\",\"choices\": [ {{\"message\": {{\"role\": \"assistant\", \"content\": "

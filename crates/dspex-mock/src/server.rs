@@ -40,6 +40,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub(crate) enum BodyMode {
     Normal,
     Malformed,
+    /// A stream whose first event is garbled (plain bodies: as `Malformed`).
+    MalformedStart,
     Truncate,
 }
 
@@ -208,6 +210,10 @@ impl Shared {
                 Fault::Malformed => {
                     self.stats.injected(Injected::Malformed);
                     plan.mode = BodyMode::Malformed;
+                }
+                Fault::MalformedStart => {
+                    self.stats.injected(Injected::Malformed);
+                    plan.mode = BodyMode::MalformedStart;
                 }
                 Fault::Truncate => {
                     self.stats.injected(Injected::Truncate);

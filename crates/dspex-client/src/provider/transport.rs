@@ -341,8 +341,13 @@ fn first_event_error(
         eventsource_stream::EventStreamError::Transport(e) => {
             transport_error(shared, call, e, false)
         }
-        other => ClientError::new(ClientErrorKind::MalformedResponse, other.to_string())
-            .attach(&shared.id, &call.inner().trail),
+        other => ClientError::new(
+            ClientErrorKind::MalformedResponse {
+                retryable: shared.config.retry_malformed,
+            },
+            other.to_string(),
+        )
+        .attach(&shared.id, &call.inner().trail),
     }
 }
 
@@ -355,8 +360,12 @@ pub(crate) fn wire_error(
 ) -> ClientError {
     let error = match error {
         WireError::Invalid(message) => ClientError::new(ClientErrorKind::InvalidRequest, message),
+        // Before anything reached the caller, trying again may get a whole
+        // reply; after, it would repeat what the caller already has.
         WireError::Malformed(message) => ClientError::new(
-            ClientErrorKind::MalformedResponse,
+            ClientErrorKind::MalformedResponse {
+                retryable: !streaming && shared.config.retry_malformed,
+            },
             if streaming {
                 format!("garbled stream event: {}", shared.scrub(&message))
             } else {
