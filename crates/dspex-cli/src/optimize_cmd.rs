@@ -19,7 +19,7 @@ use dspex::prompt::evaluate::load_dataset;
 use dspex::prompt::optimize::config::{
     OptimizeConfig, OptimizerKind, parse_duration, usd_to_nanos,
 };
-use dspex::prompt::optimize::engine::{Engine, EngineConfig, Pricer, Spent};
+use dspex::prompt::optimize::engine::{Engine, EngineConfig, Pricer};
 use dspex::prompt::optimize::{
     AutoLevel, BootstrapFewShot, CompileReport, Copro, Gepa, GepaBudget, KnnFewShot,
     LabeledFewShot, MiproV2, OptimizeReport, RandomSearch,
@@ -338,7 +338,13 @@ pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(),
                 )));
             }
         };
-        nothing_succeeded(&report.spend.task, report.trials.len())?;
+        let task = &report.spend.task;
+        nothing_succeeded(
+            task.runs,
+            task.failed_runs,
+            "program runs",
+            "see the log for the calls' errors",
+        )?;
         save_program(&compiled, &args.out).map_err(program_failure)?;
         print_optimize_report(&args, &report)
     }
@@ -346,15 +352,14 @@ pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(),
     common::finish(runtime, result).await
 }
 
-/// Refuses to save the result of an optimisation none of whose program
-/// runs succeeded (every call refused, say): its "best" program is the
-/// starting one scored on errors, not something learnt.
-fn nothing_succeeded(task: &Spent, trials: usize) -> Result<(), Failure> {
-    if task.runs > 0 && task.failed_runs == task.runs {
+/// Refuses to save the result of an optimisation none of whose `runs`
+/// succeeded (every call refused, say): its "best" program is the starting
+/// one scored on errors, not something learnt.
+fn nothing_succeeded(runs: u64, failed: u64, what: &str, detail: &str) -> Result<(), Failure> {
+    if runs > 0 && failed == runs {
         return Err(Failure::Calls(anyhow::anyhow!(
-            "every one of the {} program runs failed ({trials} trials), so nothing was learnt \
-             and no program was written; see the log for the calls' errors",
-            task.runs
+            "every one of the {runs} {what} failed, so nothing was learnt and no program was \
+             written; {detail}"
         )));
     }
     Ok(())
@@ -481,16 +486,14 @@ async fn bootstrap(
             .map_err(program_failure)?;
         (compiled, Some(report))
     };
-    if let Some(report) = &report
-        && report.tried > 0
-        && report.errored == report.tried
-    {
-        return Err(Failure::Calls(anyhow::anyhow!(
-            "every one of the {} teacher runs failed, so nothing was learnt and {} was not written; the first error: {}",
-            report.tried,
-            args.out.display(),
-            report.errors.first().map_or("", |e| e.error.as_str())
-        )));
+    if let Some(report) = &report {
+        let first = report.errors.first().map_or("", |e| e.error.as_str());
+        nothing_succeeded(
+            report.tried as u64,
+            report.errored as u64,
+            "teacher runs",
+            &format!("the first error: {first}"),
+        )?;
     }
     save_program(&compiled, &args.out).map_err(program_failure)?;
     if args.json {

@@ -1065,10 +1065,8 @@ fn tile_scores(
 }
 
 /// The eight dot products of a query with a group of keys, in blocks of
-/// eight values: eight accumulators share each query load, and one
-/// transpose turns their horizontal sums into vertical adds (lane `l` of
-/// `t[i]` is lane `i` of key `l`'s accumulator, so the adds are `reduce8`
-/// for all eight keys at once).
+/// eight values: eight accumulators share each query load, and
+/// `reduce8_each` sums them.
 fn group_scores(q8: &[[f32; 8]], k8: &[&[[f32; 8]]; KEY_GROUP]) -> [f32; KEY_GROUP] {
     let mut acc = [f32x8::ZERO; KEY_GROUP];
     for (c, &q) in q8.iter().enumerate() {
@@ -1077,8 +1075,7 @@ fn group_scores(q8: &[[f32; 8]], k8: &[&[[f32; 8]]; KEY_GROUP]) -> [f32; KEY_GRO
             *a = q.mul_add(f32x8::new(k.get(c).copied().unwrap_or_default()), *a);
         }
     }
-    let [t0, t1, t2, t3, t4, t5, t6, t7] = f32x8::transpose(acc);
-    (((t0 + t4) + (t2 + t6)) + ((t1 + t5) + (t3 + t7))).to_array()
+    reduce8_each(acc)
 }
 
 /// `group_scores` for `N8` blocks known at compile time (the same
@@ -1103,8 +1100,15 @@ fn fixed_group_scores<const N8: usize>(
             }
         }
     }
+    Some(reduce8_each(acc))
+}
+
+/// `reduce8` of each of eight accumulators, as one transpose and vertical
+/// adds: lane `l` of `t[i]` is lane `i` of accumulator `l`, so the adds
+/// follow `reduce8`'s tree for all eight at once.
+fn reduce8_each(acc: [f32x8; KEY_GROUP]) -> [f32; KEY_GROUP] {
     let [t0, t1, t2, t3, t4, t5, t6, t7] = f32x8::transpose(acc);
-    Some((((t0 + t4) + (t2 + t6)) + ((t1 + t5) + (t3 + t7))).to_array())
+    (((t0 + t4) + (t2 + t6)) + ((t1 + t5) + (t3 + t7))).to_array()
 }
 
 /// `out[n] = sum_j weights[n][j] * value j` over each query's keys, in key
