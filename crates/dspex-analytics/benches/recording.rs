@@ -17,6 +17,13 @@
 //! back-pressure holds the calls to the writer's pace, which `sustained/*`
 //! reports as throughput (calls per second with the recorder, never flushed).
 //!
+//! - `durability/*`: the same scripted call on a client recording with
+//!   `durability = "batched"` and with `"wal"` (the journal's `fdatasync`
+//!   on the call path), one call at a time (each call waits for a sync of
+//!   its own) and 64 at a time (one grouped sync covers many calls). The
+//!   journal lives in the bench's temporary folder, on the disk the tests
+//!   use.
+//!
 //! `cargo bench -p dspex-analytics --bench recording`
 #![allow(
     clippy::unwrap_used,
@@ -69,6 +76,7 @@ fn timed_in_chunks(
 
 fn completion(info: &CallInfo) -> Completion {
     Completion {
+        call_id: uuid::Uuid::now_v7(),
         call: info.clone(),
         response_model: Some("gpt-4o-mini-2024-07-18".to_owned()),
         outcome: Outcome::Success,
@@ -195,5 +203,82 @@ fn recording(c: &mut Criterion) {
     assert_eq!(stats.rows_written, stats.events);
 }
 
-criterion_group!(benches, recording);
+/// A client with a scripted provider, recording into a new SQLite store in
+/// `dir` with `durability`.
+fn recording_client(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    wal: bool,
+) -> (Client, RecorderHandle) {
+    runtime.block_on(async {
+        let client = Client::from_config(&ClientConfig::default()).await.unwrap();
+        client
+            .add_scripted("openai", ScriptedLm::replies(["The answer is 42."]))
+            .await
+            .unwrap();
+        let store = Store::open(dir.join("calls.sqlite").to_str().unwrap(), None)
+            .await
+            .unwrap();
+        let prices = Arc::new(PriceTable::bundled().unwrap());
+        let recorder = if wal {
+            Recorder::attach_journaled(
+                &client,
+                store,
+                prices,
+                RecorderOptions::default(),
+                &dir.join("journal"),
+            )
+            .await
+            .unwrap()
+        } else {
+            Recorder::attach(client.events(), store, prices, RecorderOptions::default())
+        };
+        (client, recorder)
+    })
+}
+
+fn durability(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("durability");
+    for (mode, wal) in [("batched", false), ("wal", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, recorder) = recording_client(&runtime, dir.path(), wal);
+        let call = |client: Client| async move {
+            client
+                .request(
+                    "openai",
+                    vec![Message::user("What is the answer?")],
+                    RequestOptions::new().model("gpt-4o-mini"),
+                )
+                .await
+                .unwrap()
+        };
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{mode}/one_at_a_time"), |b| {
+            b.to_async(&runtime).iter(|| call(client.clone()));
+        });
+        const IN_FLIGHT: u64 = 64;
+        group.throughput(Throughput::Elements(IN_FLIGHT));
+        group.bench_function(format!("{mode}/64_in_flight"), |b| {
+            b.to_async(&runtime).iter(|| {
+                let calls = (0..IN_FLIGHT).map(|_| tokio::spawn(call(client.clone())));
+                async move {
+                    for handle in calls.collect::<Vec<_>>() {
+                        black_box(handle.await.unwrap());
+                    }
+                }
+            });
+        });
+        let stats = runtime.block_on(recorder.shutdown()).unwrap();
+        assert_eq!(stats.rows_lost, 0);
+        assert_eq!(stats.rows_written, stats.events);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, recording, durability);
 criterion_main!(benches);

@@ -55,6 +55,7 @@ fn main() {
             bus.publish(Event::now(
                 Some(id.clone()),
                 EventKind::RequestCompleted(Completion {
+                    call_id: uuid::Uuid::now_v7(),
                     call: info.clone(),
                     response_model: Some("gpt-4o-mini-2024-07-18".to_owned()),
                     outcome: Outcome::Success,

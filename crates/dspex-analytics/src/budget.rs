@@ -674,7 +674,6 @@ fn tally_of<'a>(
 /// hard = true                # optional, default true
 /// ```
 #[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawBudget {
     /// Its name (default: built from the scope and period).
     pub name: Option<String>,

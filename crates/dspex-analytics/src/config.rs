@@ -9,6 +9,8 @@
 //! batch_size = 1000                     # rows per transaction
 //! flush_interval_ms = 50                # longest wait before a partial batch is written
 //! max_pending = 10000                   # events waiting before new calls wait for the writer
+//! durability = "batched"                # or "wal": no completed call lost to a crash (below)
+//! journal_dir = "dspex-analytics.sqlite.journal"   # "wal" only; default: the store's path + ".journal"
 //!
 //! [analytics.prices."openai/gpt-4o"]    # overrides and additions to the bundled table
 //! input_per_million = 2.5
@@ -24,10 +26,18 @@
 //! warn_at = 0.8
 //! ```
 //!
+//! `durability = "batched"` writes rows in batches off the call path; a crash
+//! (kill -9, power loss) loses the calls not yet written: at most one batch
+//! plus what completed in the last `flush_interval_ms`. `"wal"` appends each
+//! completed call to a journal file and syncs it (grouped: one `fdatasync`
+//! covers every call that completed during the previous one) before the call
+//! returns; the next start replays it into the store.
+//!
 //! Environment overrides follow the core rules:
 //! `DSPEX_ANALYTICS__STORE=postgres://...`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +58,6 @@ pub const DEFAULT_STORE: &str = "dspex-analytics.sqlite";
 
 /// Raw `[analytics]` table, as written.
 #[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAnalyticsConfig {
     /// Record calls at all.
     pub enabled: Option<bool>,
@@ -62,6 +71,10 @@ pub struct RawAnalyticsConfig {
     pub flush_interval_ms: Option<u64>,
     /// Events waiting to be written before new calls wait for the writer.
     pub max_pending: Option<usize>,
+    /// `batched` (default) or `wal`.
+    pub durability: Option<String>,
+    /// Where `wal` keeps its journal.
+    pub journal_dir: Option<PathBuf>,
     /// Price overrides by `provider/model`.
     #[serde(default)]
     pub prices: BTreeMap<String, RawPrice>,
@@ -95,6 +108,34 @@ impl RawAnalyticsConfig {
     }
 }
 
+/// What a crash may lose of the calls recorded (`[analytics] durability`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Durability {
+    /// Rows written in batches off the call path: a crash loses at most one
+    /// batch plus what completed in the last flush interval.
+    Batched,
+    /// Each completed call journaled (and synced) before it returns; the
+    /// journal is replayed at the next start. A crash loses no call that
+    /// returned.
+    Wal {
+        /// The journal's folder (one subfolder per process).
+        journal_dir: PathBuf,
+    },
+}
+
+/// The journal folder used when `journal_dir` is not set: next to a SQLite
+/// store, or `.dspex/analytics-journal` for PostgreSQL.
+pub fn default_journal_dir(store: &str) -> PathBuf {
+    if store.starts_with("postgres://") || store.starts_with("postgresql://") || store == ":memory:"
+    {
+        PathBuf::from(".dspex/analytics-journal")
+    } else {
+        PathBuf::from(format!("{store}.journal"))
+    }
+}
+
 /// The validated analytics configuration.
 #[derive(Clone, Serialize)]
 #[non_exhaustive]
@@ -108,6 +149,8 @@ pub struct AnalyticsConfig {
     pub schema: Option<String>,
     /// Batching and retries.
     pub recorder: RecorderOptions,
+    /// What a crash may lose.
+    pub durability: Durability,
     /// The bundled prices with the overrides applied.
     #[serde(skip)]
     pub prices: Arc<PriceTable>,
@@ -126,6 +169,7 @@ impl std::fmt::Debug for AnalyticsConfig {
             .field("store", &dspex_client::config::redacted_url(&self.store))
             .field("schema", &self.schema)
             .field("recorder", &self.recorder)
+            .field("durability", &self.durability)
             .field("prices", &self.prices)
             .field("budgets", &self.budgets)
             .finish()
@@ -176,6 +220,29 @@ impl AnalyticsConfig {
                 format!("{max_pending} is less than batch_size ({batch_size})"),
             ));
         }
+        let durability = match raw.durability.as_deref().unwrap_or("batched") {
+            "batched" => {
+                if raw.journal_dir.is_some() {
+                    return Err(config(
+                        "analytics.journal_dir",
+                        "is used only with durability = \"wal\"".to_owned(),
+                    ));
+                }
+                Durability::Batched
+            }
+            "wal" => Durability::Wal {
+                journal_dir: raw
+                    .journal_dir
+                    .clone()
+                    .unwrap_or_else(|| default_journal_dir(&store)),
+            },
+            other => {
+                return Err(config(
+                    "analytics.durability",
+                    format!("unknown mode `{other}` (expected \"batched\" or \"wal\")"),
+                ));
+            }
+        };
         let mut prices = PriceTable::bundled()?;
         for (key, price) in &raw.prices {
             let path = format!("analytics.prices.\"{key}\"");
@@ -208,6 +275,7 @@ impl AnalyticsConfig {
                 max_pending,
                 ..defaults
             },
+            durability,
             prices: Arc::new(prices),
             budgets,
         })

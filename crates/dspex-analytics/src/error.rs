@@ -93,6 +93,16 @@ pub enum AnalyticsError {
         name: String,
     },
 
+    /// The write-ahead journal (`durability = "wal"`) could not be written or
+    /// read.
+    #[error("analytics journal error at {path}: {message}")]
+    Journal {
+        /// The file or folder.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+
     /// The recorder's background task is gone (it panicked or was aborted).
     #[error("the analytics recorder task stopped unexpectedly: {message}")]
     RecorderStopped {

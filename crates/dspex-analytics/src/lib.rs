@@ -60,10 +60,11 @@ mod recorder;
 pub mod report;
 pub mod store;
 pub mod time;
+pub mod wal;
 
 pub use analysis::{CostRow, GroupBy};
 pub use budget::{Budget, BudgetDecision, BudgetEvent, BudgetPeriod, BudgetScope, Budgets};
-pub use config::{AnalyticsConfig, CONFIG_KEYS};
+pub use config::{AnalyticsConfig, CONFIG_KEYS, Durability};
 pub use error::{AnalyticsError, Result};
 pub use keys::{ApiKey, KeyLimits, KeySecret, KeyState};
 pub use prices::{Price, PriceTable, TokenUsage};
@@ -71,3 +72,4 @@ pub use record::CallRecord;
 pub use recorder::{Recorder, RecorderHandle, RecorderOptions, RecorderStats};
 pub use store::{CallSink, PostgresStore, RepriceReport, SpendFilter, SqliteStore, Store};
 pub use time::TimeRange;
+pub use wal::{Journal, JournalStats};

@@ -579,7 +579,6 @@ impl PriceTable {
 /// effective = "2026-01-01"      # optional; without it the price applies to all time
 /// ```
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPrice {
     /// Dollars per million uncached input tokens.
     pub input_per_million: f64,

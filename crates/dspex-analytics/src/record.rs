@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use dspex_client::events::{Completion, Outcome};
 use dspex_client::{Event, EventKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::prices::{PriceTable, TokenUsage};
 use crate::time::unix_ms;
@@ -19,8 +19,13 @@ pub const KEY_TAG: &str = "key";
 
 /// One LM call as stored: raw usage (so it can be re-priced), its cost when
 /// the model is priced, and how it went.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
+    /// The call's own id (the completion event's UUID v7). A store ignores a
+    /// row whose id it already holds, so a journal replayed after a crash
+    /// never stores a call twice. `None` in rows written before ids existed.
+    #[serde(default)]
+    pub call_id: Option<String>,
     /// When the call ended, Unix milliseconds.
     pub at_ms: i64,
     /// The run it belongs to.
@@ -137,6 +142,7 @@ impl CallRecord {
             }
         }
         Self {
+            call_id: Some(completion.call_id.to_string()),
             at_ms,
             correlation_id,
             provider: call.provider.to_string(),

@@ -18,12 +18,20 @@
 //! until [`RecorderOptions::max_write_attempts`]; only then are its rows
 //! counted as lost (and logged). [`RecorderHandle::shutdown`] writes everything
 //! queued before it returns.
+//!
+//! What a crash can lose depends on the durability mode. Batched (the
+//! default): the calls not yet written, at most `max_pending` events and in
+//! practice what completed in the last `flush_interval` plus the batch being
+//! written. Journaled ([`Recorder::attach_journaled`], `durability = "wal"`):
+//! nothing a caller saw complete; the client waits for each call's journal
+//! append (see [`crate::wal`]), and the next start replays the journal.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dspex_client::{Event, EventBus, EventKind};
+use dspex_client::{Client, Event, EventBus, EventKind};
 use dspex_core::events::{Delivery, Subscription};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +41,11 @@ use crate::error::{AnalyticsError, Result};
 use crate::prices::PriceTable;
 use crate::record::CallRecord;
 use crate::store::CallSink;
+use crate::wal::Journal;
+
+/// How often a journaled recorder checkpoints: seals the journal's segment,
+/// writes what the bus holds, and deletes the sealed segments.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// How the recorder batches and retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -77,8 +90,12 @@ pub struct RecorderStats {
     pub batches: u64,
     /// Failed write attempts (each retried).
     pub write_errors: u64,
-    /// Rows given up after `max_write_attempts` failed writes.
+    /// Rows given up after `max_write_attempts` failed writes (with a
+    /// journal they are not lost: the next start replays them).
     pub rows_lost: u64,
+    /// Rows replayed from the journals of processes that ended without
+    /// writing them (journaled recorders only).
+    pub rows_replayed: u64,
     /// Events waiting in the subscription queue.
     pub pending: u64,
 }
@@ -91,6 +108,7 @@ struct Counters {
     batches: AtomicU64,
     write_errors: AtomicU64,
     rows_lost: AtomicU64,
+    rows_replayed: AtomicU64,
     pending: AtomicU64,
 }
 
@@ -103,6 +121,7 @@ impl Counters {
             batches: self.batches.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
             rows_lost: self.rows_lost.load(Ordering::Relaxed),
+            rows_replayed: self.rows_replayed.load(Ordering::Relaxed),
             pending: self.pending.load(Ordering::Relaxed),
         }
     }
@@ -158,6 +177,49 @@ impl Recorder {
         Self::spawn(sink, Self::subscribe(bus, &options), prices, options)
     }
 
+    /// `durability = "wal"`: opens a journal in a new folder under
+    /// `journal_root`, replays into `sink` what processes that are gone left
+    /// in theirs, makes `client` wait for each completion's journal append
+    /// before it answers, and records from `client`'s bus, checkpointing the
+    /// journal every second.
+    pub async fn attach_journaled<S: CallSink>(
+        client: &Client,
+        sink: S,
+        prices: Arc<PriceTable>,
+        options: RecorderOptions,
+        journal_root: &Path,
+    ) -> Result<RecorderHandle> {
+        let (journal, leftovers) = Journal::open(journal_root, Arc::clone(&prices))?;
+        let (records, torn) = leftovers.read()?;
+        let replayed = records.len() as u64;
+        for chunk in records.chunks(options.batch_size.max(1)) {
+            sink.write(Arc::new(chunk.to_vec())).await?;
+        }
+        leftovers.remove()?;
+        if replayed > 0 || torn > 0 {
+            tracing::info!(
+                rows = replayed,
+                torn_lines = torn,
+                "replayed the analytics journal of a process that ended before writing its rows"
+            );
+        }
+        // Subscribe before the journal is installed: every journaled call's
+        // event must reach this recorder (the checkpoint relies on it).
+        let subscription = Self::subscribe(client.events(), &options);
+        client
+            .set_journal(Arc::new(journal.clone()))
+            .map_err(|e| AnalyticsError::Journal {
+                path: journal.folder().display().to_string(),
+                message: e.to_string(),
+            })?;
+        let handle = Self::start(sink, subscription, prices, options, Some(journal));
+        handle
+            .counters
+            .rows_replayed
+            .store(replayed, Ordering::Relaxed);
+        Ok(handle)
+    }
+
     /// Starts recording the completions `subscription` receives into `sink`, on
     /// a background task of the current Tokio runtime.
     pub fn spawn<S: CallSink>(
@@ -165,6 +227,16 @@ impl Recorder {
         subscription: Subscription<Event>,
         prices: Arc<PriceTable>,
         options: RecorderOptions,
+    ) -> RecorderHandle {
+        Self::start(sink, subscription, prices, options, None)
+    }
+
+    fn start<S: CallSink>(
+        sink: S,
+        subscription: Subscription<Event>,
+        prices: Arc<PriceTable>,
+        options: RecorderOptions,
+        journal: Option<Journal>,
     ) -> RecorderHandle {
         let counters = Arc::new(Counters::default());
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -179,6 +251,8 @@ impl Recorder {
             },
             counters: Arc::clone(&counters),
             rows: Vec::new(),
+            journal,
+            last_checkpoint: tokio::time::Instant::now(),
         };
         let task = tokio::spawn(worker.run(control_rx));
         RecorderHandle {
@@ -246,6 +320,8 @@ struct Worker<S> {
     options: RecorderOptions,
     counters: Arc<Counters>,
     rows: Vec<CallRecord>,
+    journal: Option<Journal>,
+    last_checkpoint: tokio::time::Instant,
 }
 
 impl<S: CallSink> Worker<S> {
@@ -273,11 +349,45 @@ impl<S: CallSink> Worker<S> {
                     }
                     self.take(&mut events);
                     self.write_all().await;
+                    if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                        self.checkpoint().await;
+                    }
                 }
             }
         }
         self.drain();
+        let lost_before = self.counters.rows_lost.load(Ordering::Relaxed);
         self.write_all().await;
+        if let Some(journal) = &self.journal {
+            if self.counters.rows_lost.load(Ordering::Relaxed) == lost_before {
+                // Every row is in the store: the journal has nothing left
+                // to protect.
+                if let Err(error) = journal.close() {
+                    tracing::warn!(%error, "could not remove the analytics journal; the next start replays it (rows are not duplicated)");
+                }
+            } else {
+                tracing::error!(folder = %journal.folder().display(), "analytics rows could not be written; they stay in the journal and the next start replays them");
+            }
+        }
+    }
+
+    /// Seals the journal's segment, writes everything the bus holds (which
+    /// includes every sealed call), then deletes the sealed segments, unless
+    /// a write gave up: then they stay for the next start to replay.
+    async fn checkpoint(&mut self) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        self.last_checkpoint = tokio::time::Instant::now();
+        let sealed = journal.seal().await;
+        let lost_before = self.counters.rows_lost.load(Ordering::Relaxed);
+        self.drain();
+        self.write_all().await;
+        if self.counters.rows_lost.load(Ordering::Relaxed) == lost_before
+            && let Err(error) = journal.remove(&sealed)
+        {
+            tracing::warn!(%error, "could not remove a sealed analytics journal segment");
+        }
     }
 
     fn take(&mut self, events: &mut Vec<Arc<Event>>) {

@@ -803,25 +803,46 @@ where
             self.note_evict(Tier::L2, n, EvictReason::Cleared);
             out.push((Tier::L2, n));
         }
-        if wants(Tier::L3)
-            && let Some(l3) = &self.inner.l3
-        {
-            let n = l3.index.clear(namespace);
-            self.note_evict(Tier::L3, n, EvictReason::Cleared);
-            out.push((Tier::L3, n));
+        if wants(Tier::L3) {
+            // The vectors persisted beside L2 entries go too (clearing L2
+            // took them already): otherwise the next process would reload
+            // them and answer from L3 what was cleared. A cache opened
+            // without L3 (no embedder loaded) still clears them.
+            let in_memory = self.inner.l3.as_ref().map(|l3| l3.index.clear(namespace));
+            let persisted = match &self.inner.l2 {
+                Some(l2 @ L2::Redb(_)) if !wants(Tier::L2) => {
+                    Some(l2.clear_semantic(namespace).await?)
+                }
+                _ => None,
+            };
+            if in_memory.is_some() || persisted.is_some() {
+                let n = in_memory.unwrap_or(0).max(persisted.unwrap_or(0));
+                self.note_evict(Tier::L3, n, EvictReason::Cleared);
+                out.push((Tier::L3, n));
+            }
         }
         Ok(out)
     }
 
-    /// Deletes expired entries from L2 (L1 expires on its own, Redis too).
+    /// Deletes expired entries from L2 with their persisted L3 vectors, and
+    /// drops those from the semantic index (L1 expires on its own, Redis
+    /// too). Returns how many entries went.
     pub async fn purge_expired(&self) -> Result<u64> {
         if let Some(l1) = &self.inner.l1 {
             l1.run_pending_tasks();
         }
-        let n = match &self.inner.l2 {
+        let removed = match &self.inner.l2 {
             Some(l2) => l2.purge_expired().await?,
-            None => 0,
+            None => Vec::new(),
         };
+        if let Some(l3) = &self.inner.l3 {
+            let gone = removed
+                .iter()
+                .filter(|key| l3.index.remove(key.namespace(), key.hash()))
+                .count() as u64;
+            self.note_evict(Tier::L3, gone, EvictReason::Expired);
+        }
+        let n = removed.len() as u64;
         self.note_evict(Tier::L2, n, EvictReason::Expired);
         Ok(n)
     }

@@ -46,7 +46,6 @@ pub enum RawSize {
 
 /// Raw `[cache]` table, as written.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCacheConfig {
     /// Whether caching is on at all.
     pub enabled: Option<bool>,

@@ -7,9 +7,13 @@
 //! dspex cache calibrate --embedder lexical|local [--model-dir DIR] --pairs FILE.jsonl [--json]
 //! ```
 //!
-//! The commands open the cache `[cache]` describes in this process: L1 and L3
-//! live in memory, so a fresh process sees them empty; L2 (redb or Redis) is
-//! the persistent state they report on and act on.
+//! The commands open the cache `[cache]` describes in this process: L1 lives
+//! in memory, so a fresh process sees it empty; L2 (redb or Redis) and the L3
+//! vectors redb keeps beside its entries are the persistent state they report
+//! on and act on. Without a `[cache]` section (or with `enabled = false`)
+//! caching is off: they say so and create nothing. Hit and miss counters
+//! are kept per process (a fresh one has none); the calls each tier answered
+//! are recorded in the analytics store (`dspex costs --group-by cache_tier`).
 
 use std::path::{Path, PathBuf};
 
@@ -66,14 +70,32 @@ enum CacheCommand {
     },
 }
 
-fn load(config: Option<&Path>) -> anyhow::Result<CacheConfig> {
-    let loader = dspex::Runtime::loader(config)?;
-    Ok(CacheConfig::load(&loader)?)
+/// The `[cache]` config, and whether caching is on: as the runtime decides
+/// it, only with a `[cache]` section whose `enabled` is not false.
+fn load(config: Option<&Path>) -> anyhow::Result<(CacheConfig, bool)> {
+    let loader = common::loader(config).map_err(common::Failure::into_error)?;
+    let cfg = CacheConfig::load(&loader)?;
+    let on = loader.contains("cache") && cfg.enabled;
+    Ok((cfg, on))
 }
+
+/// What the commands say when caching is off.
+const OFF: &str = "caching is off: the config has no [cache] section (or it sets enabled = false); nothing to report or change";
 
 /// Runs a `dspex cache` command.
 pub(crate) async fn run(args: CacheArgs, config: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = load(config)?;
+    let (cfg, on) = load(config)?;
+    let off = !on && !matches!(args.command, CacheCommand::Calibrate { .. });
+    if off {
+        if matches!(args.command, CacheCommand::Stats { json: true }) {
+            common::out(&serde_json::to_string_pretty(
+                &serde_json::json!({ "enabled": false, "tiers": [] }),
+            )?);
+        } else {
+            common::out(OFF);
+        }
+        return Ok(());
+    }
     match args.command {
         CacheCommand::Stats { json } => {
             let cache = open(&cfg).await?;
@@ -104,6 +126,11 @@ pub(crate) async fn run(args: CacheArgs, config: Option<&Path>) -> anyhow::Resul
                     t.tokens_saved
                 ));
             }
+            common::out(
+                "hits, misses, evictions and tokens saved count this process's lookups only; \
+                 the calls each tier answered are in the analytics store: \
+                 dspex costs --group-by cache_tier",
+            );
             Ok(())
         }
         CacheCommand::Clear { namespace, tier } => {
@@ -151,8 +178,9 @@ pub(crate) async fn run(args: CacheArgs, config: Option<&Path>) -> anyhow::Resul
 }
 
 async fn open(cfg: &CacheConfig) -> anyhow::Result<Cache<serde_json::Value>> {
-    // L3 is in memory only: open it without an embedder model so `stats` and
-    // `clear` never need model files.
+    // Only the lexical embedder needs no model files or provider: other
+    // embedders' L3 is opened as L2 alone, whose store still holds (and
+    // clears) their persisted vectors.
     let mut cfg = cfg.clone();
     cfg.l3 = cfg.l3 && cfg.embedder == EmbedderKind::Lexical;
     Cache::from_config(&cfg, None)

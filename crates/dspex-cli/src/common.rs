@@ -41,6 +41,16 @@ impl Failure {
         Self::Usage(error.into())
     }
 
+    /// The error itself, for the commands that report through `anyhow`.
+    pub(crate) fn into_error(self) -> anyhow::Error {
+        match self {
+            Self::Usage(error) | Self::Calls(error) => error,
+            Self::Provider(error) => error.into(),
+            Self::Program(error) => error.into(),
+            Self::Workflow(error) => error.into(),
+        }
+    }
+
     pub(crate) fn report(self) -> ExitCode {
         match self {
             Self::Usage(error) => {
@@ -111,16 +121,142 @@ impl From<dspex::core::CoreError> for Failure {
     }
 }
 
-/// Loads and validates the client config the way every command does.
-pub(crate) fn load_config(path: Option<&Path>) -> Result<(ConfigLoader, ClientConfig), Failure> {
-    let loader = Runtime::loader(path)?;
-    let config = ClientConfig::load(&loader)?;
-    Ok((loader, config))
+/// The config loader of `path` (or the file discovered), with every
+/// section of the file checked first, so a bad file is refused before any
+/// work with all its problems at once, each pointing at its line and column
+/// (see [`config_errors`]).
+pub(crate) fn loader(path: Option<&Path>) -> Result<ConfigLoader, Failure> {
+    let loader = Runtime::loader(path).map_err(|e| runtime_failure(None, e))?;
+    let problems = config_errors(&loader);
+    if problems.is_empty() {
+        Ok(loader)
+    } else {
+        Err(Failure::usage(anyhow::anyhow!(
+            "{}",
+            problems.join("\n\nerror: ")
+        )))
+    }
+}
+
+/// Every problem of every section `loader`'s file has, each as its message:
+/// a config error with its place in the file (line, column, the line
+/// quoted), or the variable that set the value.
+pub(crate) fn config_errors(loader: &ConfigLoader) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |result: Option<anyhow::Error>| {
+        if let Some(error) = result {
+            problems.push(located(loader, &error));
+        }
+    };
+    check(ClientConfig::load(loader).err().map(anyhow::Error::from));
+    check(
+        dspex::cache::CacheConfig::load(loader)
+            .err()
+            .map(anyhow::Error::from),
+    );
+    check(
+        dspex::analytics::AnalyticsConfig::load(loader)
+            .err()
+            .map(anyhow::Error::from),
+    );
+    check(
+        dspex::prompt::optimize::config::OptimizeConfig::load(loader)
+            .err()
+            .map(|e| match e {
+                dspex::PromptError::Config(core) => anyhow::Error::from(core),
+                other => anyhow::Error::from(other),
+            }),
+    );
+    check(
+        dspex::gateway::GatewayConfig::load(loader)
+            .err()
+            .map(|e| match e {
+                dspex::gateway::GatewayError::Config(core) => anyhow::Error::from(core),
+                other => anyhow::Error::from(other),
+            }),
+    );
+    check(dspex::mcp::McpServers::load(loader).err().map(|e| match e {
+        dspex::mcp::McpError::Config(core) => anyhow::Error::from(core),
+        other => anyhow::Error::from(other),
+    }));
+    problems
+}
+
+/// `error`'s message: a config error anywhere in its chain located in
+/// `loader`'s file (the wrappers' words dropped: the key path says where);
+/// any other error as it is, with its causes.
+pub(crate) fn located(loader: &ConfigLoader, error: &anyhow::Error) -> String {
+    match config_error(error) {
+        Some(core) => loader.locate(core.clone()).to_string(),
+        None => format!("{error:#}"),
+    }
+}
+
+/// The config error in `error`'s chain, if there is one. The crates'
+/// errors wrap it transparently (their `source` skips it), so each is
+/// looked into by name.
+fn config_error(error: &anyhow::Error) -> Option<&dspex::core::CoreError> {
+    use dspex::core::CoreError;
+    error.chain().find_map(|cause| {
+        let core: &CoreError = if let Some(core) = cause.downcast_ref::<CoreError>() {
+            core
+        } else if let Some(RuntimeError::Config(core)) = cause.downcast_ref::<RuntimeError>() {
+            core
+        } else if let Some(RuntimeError::Mcp(dspex::mcp::McpError::Config(core))) =
+            cause.downcast_ref::<RuntimeError>()
+        {
+            core
+        } else if let Some(RuntimeError::Client(client)) = cause.downcast_ref::<RuntimeError>() {
+            match client.kind() {
+                ClientErrorKind::Config(core) => core,
+                _ => return None,
+            }
+        } else if let Some(dspex::analytics::AnalyticsError::Config(core)) = cause.downcast_ref() {
+            core
+        } else if let Some(dspex::cache::CacheError::Config(core)) =
+            cause.downcast_ref::<dspex::cache::CacheError>()
+        {
+            core
+        } else if let Some(dspex::PromptError::Config(core)) = cause.downcast_ref() {
+            core
+        } else if let Some(dspex::gateway::GatewayError::Config(core)) = cause.downcast_ref() {
+            core
+        } else if let Some(dspex::mcp::McpError::Config(core)) = cause.downcast_ref() {
+            core
+        } else if let Some(client) = cause.downcast_ref::<ClientError>() {
+            match client.kind() {
+                ClientErrorKind::Config(core) => core,
+                _ => return None,
+            }
+        } else {
+            return None;
+        };
+        matches!(core, CoreError::Config { .. }).then_some(core)
+    })
+}
+
+/// The failure of a runtime error: a config error (located in `loader`'s
+/// file when there is one) is a usage error.
+fn runtime_failure(loader: Option<&ConfigLoader>, error: RuntimeError) -> Failure {
+    let error = anyhow::Error::from(error);
+    match (config_error(&error), loader) {
+        (Some(core), Some(loader)) => {
+            Failure::usage(anyhow::anyhow!("{}", loader.locate(core.clone())))
+        }
+        (Some(core), None) => Failure::usage(anyhow::anyhow!("{core}")),
+        (None, _) => match error.downcast::<RuntimeError>() {
+            Ok(error) => Failure::from(error),
+            Err(error) => Failure::Usage(error),
+        },
+    }
 }
 
 /// The runtime of the config at `path` (or the one discovered).
 pub(crate) async fn runtime(path: Option<&Path>) -> Result<Runtime, Failure> {
-    Ok(Runtime::discover(path).await?)
+    let loader = loader(path)?;
+    Runtime::from_config(&loader)
+        .await
+        .map_err(|e| runtime_failure(Some(&loader), e))
 }
 
 /// The runtime and the provider to call: the one named, else the default.
@@ -164,7 +300,7 @@ pub(crate) async fn embedder_for(
     config: Option<&Path>,
     runtime: &Runtime,
 ) -> Result<std::sync::Arc<dyn dspex::cache::Embedder>, Failure> {
-    let loader = Runtime::loader(config)?;
+    let loader = loader(config)?;
     let cache = dspex::cache::CacheConfig::load(&loader).map_err(Failure::usage)?;
     if cache.embedder == dspex::cache::EmbedderKind::Api {
         let provider = runtime.provider(None)?;

@@ -69,7 +69,7 @@ impl CostsArgs {
 pub(crate) async fn run(args: CostsArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let range = args.time_range()?;
     let group_by = GroupBy::parse_list(&args.group_by)?;
-    let loader = dspex::Runtime::loader(config)?;
+    let loader = common::loader(config).map_err(common::Failure::into_error)?;
     let analytics = AnalyticsConfig::load(&loader)?;
     let location = args
         .store

@@ -131,10 +131,26 @@ pub(crate) async fn build_module(
         }
         return Ok(Built { module, signature });
     }
-    let mut built = match (&args.signature, &args.program) {
-        (Some(text), program) => {
-            let signature = args.module.signature(text)?;
-            let mut module = args.module.build(signature.clone(), lm);
+    let signature = match &args.signature {
+        Some(text) => Some(args.module.signature(text)?),
+        None => None,
+    };
+    build_program(&args.module, signature, args.program.as_deref(), lm)
+}
+
+/// The program of a signature (Predict, or ChainOfThought with `--cot`), of
+/// a saved program, or of both (the saved state loaded onto the
+/// signature's program): what `predict`, `eval` and `optimize` run.
+pub(crate) fn build_program(
+    flags: &ModuleArgs,
+    signature: Option<Signature>,
+    program: Option<&Path>,
+    lm: Lm,
+) -> Result<Built, Failure> {
+    let from_signature = signature.is_some();
+    let mut built = match (signature, program) {
+        (Some(signature), program) => {
+            let mut module = flags.build(signature.clone(), lm);
             if let Some(path) = program {
                 load_program(&mut module, path).map_err(Failure::usage)?;
             }
@@ -147,15 +163,15 @@ pub(crate) async fn build_module(
             )));
         }
     };
-    if args.signature.is_none() {
+    if !from_signature {
         // Flags given next to a saved program override what it saved.
         for (_, predict) in built.module.predictors_mut() {
             let mut settings = predict.state().settings;
-            if args.module.model.is_some() {
-                settings.model.clone_from(&args.module.model);
+            if flags.model.is_some() {
+                settings.model.clone_from(&flags.model);
             }
             let mut updated = predict.clone().with_settings(settings);
-            if let Some(instructions) = &args.module.instructions {
+            if let Some(instructions) = &flags.instructions {
                 updated.set_instructions(instructions.clone());
             }
             *predict = updated;

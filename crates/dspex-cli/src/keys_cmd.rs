@@ -82,7 +82,7 @@ struct CreateArgs {
 }
 
 async fn open_store(config: Option<&Path>, store: Option<&str>) -> anyhow::Result<Store> {
-    let loader = dspex::Runtime::loader(config)?;
+    let loader = common::loader(config).map_err(common::Failure::into_error)?;
     let analytics = AnalyticsConfig::load(&loader)?;
     let location = store.map_or_else(|| analytics.store.clone(), str::to_owned);
     // A postgres URL may hold a password: print it redacted.

@@ -71,7 +71,7 @@ enum Command {
     /// One protected call to a provider.
     Chat(chat::ChatArgs),
     /// Run Predict (or ChainOfThought with --cot) once on a signature.
-    Predict(predict::PredictArgs),
+    Predict(predict::PredictCommand),
     /// Run a workflow file (TOML) and print its outputs (with --json, its run report).
     Run(run_cmd::RunArgs),
     /// Cache statistics, clearing, purging and threshold calibration.
@@ -127,8 +127,21 @@ fn init_logging(filter: Option<&str>) {
         .unwrap_or_else(|| "warn".to_owned());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // At `info` each call is one line (target `dspex::call`); from `debug`
+    // on, every span's timing too (busy and idle time when it closes).
+    let span_events = if filter
+        .max_level_hint()
+        .is_some_and(|level| level >= tracing::level_filters::LevelFilter::DEBUG)
+    {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(span_events)
+        // Colour codes only for a terminal, not for a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -140,7 +140,7 @@ fn lm_of(client: &dspex::Client, text: &str) -> Result<Lm, Failure> {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: OptimizeArgs) -> Result<(), Failure> {
-    let loader = dspex::Runtime::loader(config)?;
+    let loader = common::loader(config)?;
     let settings = OptimizeConfig::load(&loader).map_err(Failure::usage)?;
     let kind = match &args.optimizer {
         Some(text) => OptimizerKind::parse(text).ok_or_else(|| {

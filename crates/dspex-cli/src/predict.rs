@@ -1,6 +1,6 @@
 //! `dspex predict`: run Predict (or ChainOfThought) once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dspex::prompt::{CallSettings, Inputs, RunContext};
 use dspex::{Adapter, ChainOfThought, Lm, Module, Predict, Signature};
@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use crate::common::{self, Failure};
-use crate::eval_cmd::AnyProgram;
+use crate::eval_cmd::{AnyProgram, Built, program_failure};
 
 /// How to build one predictor: the flags `predict`, `eval` and `optimize`
 /// share.
@@ -71,6 +71,19 @@ impl ModuleArgs {
     }
 }
 
+/// `dspex predict`: the arguments the demo shares ([`PredictArgs`]) and a
+/// saved program to run.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PredictCommand {
+    #[command(flatten)]
+    pub(crate) args: PredictArgs,
+    /// A saved program (as written by `dspex optimize --out`): its demos,
+    /// instructions and settings, loaded as `dspex eval` loads them; alone,
+    /// it also gives the signature.
+    #[arg(long, value_name = "PROGRAM.json")]
+    pub(crate) program: Option<PathBuf>,
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct PredictArgs {
     #[command(flatten)]
@@ -88,7 +101,13 @@ pub(crate) struct PredictArgs {
     /// end of input ends it.
     #[arg(long, conflicts_with = "json")]
     pub(crate) interactive: bool,
-    /// The signature, such as "question -> answer" or "text -> sentiment: Literal['pos', 'neg']".
+    /// The signature, such as "question -> answer" or "text -> sentiment: Literal['pos', 'neg']"
+    /// (optional with --program, which saved its own).
+    #[arg(
+        default_value = "",
+        hide_default_value = true,
+        required_unless_present = "program"
+    )]
     pub(crate) signature: String,
     /// Inputs as name=value; values of non-text fields are JSON (k=3, tags='["a"]').
     #[arg(short = 'i', long = "input", value_name = "NAME=VALUE")]
@@ -124,18 +143,6 @@ fn parse_inputs(signature: &Signature, pairs: &[String]) -> Result<Inputs, Failu
         inputs.insert(name.to_owned(), value);
     }
     Ok(inputs)
-}
-
-/// A run's failure as the CLI reports it: the provider's errors with their
-/// exit codes, bad inputs as usage errors.
-fn program_failure(error: dspex::PromptError) -> Failure {
-    match error {
-        dspex::PromptError::Client(error) => Failure::from(error),
-        e @ (dspex::PromptError::InvalidInputs { .. } | dspex::PromptError::Signature { .. }) => {
-            Failure::usage(e)
-        }
-        other => Failure::Program(other),
-    }
 }
 
 /// Runs `program` once, streaming: each field's text is printed as it
@@ -190,9 +197,19 @@ async fn stream_once(
     }))
 }
 
-pub(crate) async fn run(config: Option<&Path>, args: PredictArgs) -> Result<(), Failure> {
+pub(crate) async fn run(config: Option<&Path>, command: PredictCommand) -> Result<(), Failure> {
+    let PredictCommand { args, program } = command;
     let (runtime, provider) = common::runtime_for(config, args.module.provider.as_deref()).await?;
-    let result = run_with(runtime.client(), &provider, args).await;
+    let result = async {
+        let mut built = build(runtime.client(), &provider, &args, program.as_deref())?;
+        if let Some(path) = &program {
+            // A KNNFewShot program (`optimize --optimizer knn`) picks its
+            // demos per input, as under `dspex eval`.
+            built.module = crate::eval_cmd::with_knn(built.module, path, config, &runtime).await?;
+        }
+        run_built(built, args).await
+    }
+    .await;
     common::finish(runtime, result).await
 }
 
@@ -202,29 +219,67 @@ pub(crate) async fn run_with(
     provider: &str,
     args: PredictArgs,
 ) -> Result<(), Failure> {
-    let mut signature = args.module.signature(&args.signature)?;
-    if args.interactive && signature.history_input().is_none() {
-        let mut inputs = signature.inputs().to_vec();
+    let built = build(client, provider, &args, None)?;
+    run_built(built, args).await
+}
+
+/// The program `args` (and a saved `program`) describe, built the way
+/// `dspex eval` builds it; `--interactive` adds a History input to a
+/// signature that has none.
+fn build(
+    client: &dspex::Client,
+    provider: &str,
+    args: &PredictArgs,
+    program: Option<&Path>,
+) -> Result<Built, Failure> {
+    let mut signature = if args.signature.trim().is_empty() {
+        None
+    } else {
+        Some(args.module.signature(&args.signature)?)
+    };
+    if args.interactive
+        && let Some(sig) = &signature
+        && sig.history_input().is_none()
+    {
+        let mut inputs = sig.inputs().to_vec();
         inputs.push(dspex::prompt::Field::new(
             "history",
             dspex::prompt::FieldType::History,
         ));
-        signature = Signature::new(
-            inputs,
-            signature.outputs().to_vec(),
-            signature.raw_instructions(),
-        )
-        .map_err(Failure::usage)?;
+        signature = Some(
+            Signature::new(inputs, sig.outputs().to_vec(), sig.raw_instructions())
+                .map_err(Failure::usage)?,
+        );
     }
+    let built = crate::eval_cmd::build_program(
+        &args.module,
+        signature,
+        program,
+        Lm::new(client, provider),
+    )?;
+    if args.interactive && built.signature.history_input().is_none() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--interactive keeps the turns in a History input, which the saved program's \
+             signature lacks: give the SIGNATURE too (with --program, its state is loaded onto it)"
+        )));
+    }
+    Ok(built)
+}
+
+/// Runs a built program once (or as a conversation) and prints its outputs.
+async fn run_built(built: Built, args: PredictArgs) -> Result<(), Failure> {
+    let Built {
+        module: program,
+        signature,
+    } = built;
     let inputs = parse_inputs(&signature, &args.inputs)?;
-    // Print outputs in signature order (reasoning first for chain of thought).
+    // Print outputs in signature order (reasoning first for chain of thought;
+    // a saved ChainOfThought's signature already starts with it).
     let mut order: Vec<String> = signature.outputs().iter().map(|f| f.name.clone()).collect();
-    if args.module.cot {
-        order.insert(0, ChainOfThought::reasoning_field().name);
+    let reasoning = ChainOfThought::reasoning_field().name;
+    if args.module.cot && !order.contains(&reasoning) {
+        order.insert(0, reasoning);
     }
-    let program = args
-        .module
-        .build(signature.clone(), Lm::new(client, provider));
     if args.interactive {
         return converse(&program, &signature, inputs, &order, args.stream).await;
     }

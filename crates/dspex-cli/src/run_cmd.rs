@@ -72,6 +72,23 @@ pub(crate) async fn run_loaded(
     json: bool,
 ) -> Result<(), Failure> {
     let initial = parse_inputs(inputs)?;
+    // Refused before any call: a missing input is the caller's mistake
+    // (exit 2), not a step failing after earlier steps were paid for.
+    let missing = workflow.missing_inputs(&initial);
+    if !missing.is_empty() {
+        let given = |key: &&str| format!("-i {key}=...");
+        return Err(Failure::usage(anyhow::anyhow!(
+            "the workflow `{}` needs the input{} {}: pass {}",
+            workflow.name(),
+            if missing.len() == 1 { "" } else { "s" },
+            missing
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            missing.iter().map(given).collect::<Vec<_>>().join(" ")
+        )));
+    }
     match workflow.run(initial, RunOptions::default()).await {
         Ok(output) => {
             if json {

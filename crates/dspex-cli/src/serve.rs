@@ -36,7 +36,7 @@ pub(crate) async fn run(
     args: ServeArgs,
     metrics: Option<dspex::core::telemetry::PrometheusMetrics>,
 ) -> Result<(), Failure> {
-    let loader = dspex::Runtime::loader(path)?;
+    let loader = common::loader(path)?;
     let mut config = GatewayConfig::load(&loader).map_err(Failure::usage)?;
     if let Some(listen) = args.listen {
         config.listen = listen;

@@ -371,12 +371,14 @@ async fn run_executes_a_workflow_file_and_reports_problems() {
     .unwrap();
     let run = dspex(dir.path(), &["run", bad.to_str().unwrap()], &[]).await;
     assert_eq!(run.code, 2, "{}", run.stderr);
+    // Each problem points at the offending value: `provider` is on line 8.
     assert!(
         run.stderr
-            .contains("line 5, steps[0] (s).provider: unknown provider `ghost`"),
+            .contains("steps[0] (s).provider: unknown provider `ghost`"),
         "{}",
         run.stderr
     );
+    assert!(run.stderr.contains("bad.toml:8:12\n"), "{}", run.stderr);
     assert!(run.stderr.contains("reads `topic`"), "{}", run.stderr);
 
     // A step that fails exits 3 with the step history.

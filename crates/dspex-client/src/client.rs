@@ -25,6 +25,7 @@ use crate::events::{
     RateLimitEvent, RetryEvent,
 };
 use crate::guard::CallGuard;
+use crate::journal::CompletionJournal;
 use crate::provider::{Capabilities, PrefixCacheStats, ProviderApi, Sent, Transport, api_for};
 use crate::scripted::{ScriptedLm, ScriptedTransport};
 use crate::stream::{ChatStream, StreamParts};
@@ -328,6 +329,7 @@ struct ClientInner {
     default_provider: Option<String>,
     guard: std::sync::OnceLock<Arc<dyn CallGuard>>,
     cache: std::sync::OnceLock<ResponseCache>,
+    journal: std::sync::OnceLock<Arc<dyn CompletionJournal>>,
 }
 
 /// The protected LM client: providers by id, each behind a circuit breaker,
@@ -388,6 +390,7 @@ impl Client {
                 default_provider: config.default_provider_id().map(str::to_owned),
                 guard: std::sync::OnceLock::new(),
                 cache: std::sync::OnceLock::new(),
+                journal: std::sync::OnceLock::new(),
             }),
         };
         for provider in config.providers.values() {
@@ -450,6 +453,17 @@ impl Client {
         })
     }
 
+    /// Makes every later call's completion durable in `journal` before the
+    /// call returns (see [`CompletionJournal`]). A client has at most one.
+    pub fn set_journal(&self, journal: Arc<dyn CompletionJournal>) -> Result<(), ClientError> {
+        self.inner.journal.set(journal).map_err(|_| {
+            ClientError::config(CoreError::config(
+                "analytics.durability",
+                "this client already has a completion journal",
+            ))
+        })
+    }
+
     /// The response cache, when one is set.
     pub fn cache(&self) -> Option<&ResponseCache> {
         self.inner.cache.get()
@@ -493,7 +507,7 @@ impl Client {
             .correlation_id
             .clone()
             .unwrap_or_else(CorrelationId::generate);
-        let recorder = Recorder::start(
+        let mut recorder = Recorder::start(
             &self.inner.events,
             &self.inner.metrics,
             "",
@@ -508,6 +522,7 @@ impl Client {
             correlation_id.clone(),
             None,
         );
+        recorder.journal_to(self.inner.journal.get());
         let error = ClientError::unknown_provider(provider_id, self.inner.providers.ids())
             .in_trail(&Trail::new(correlation_id));
         recorder.finish(Ending::failed(&error));
@@ -572,6 +587,7 @@ impl Client {
             correlation_id,
             Some(&options.params),
         );
+        recorder.journal_to(self.inner.journal.get());
         let output_estimate = match operation {
             Operation::Embeddings => 0,
             _ => {
@@ -649,8 +665,14 @@ impl Client {
                 output_tokens: output_estimate,
                 ..Usage::default()
             };
+            let checking = tokio::time::Instant::now();
             if let Err(message) = guard.admit(recorder.info(), recorder.correlation_id(), &estimate)
             {
+                // A refusal's latency is the check's own time: what came
+                // before it (the first prompt estimate loads a tiktoken
+                // encoding, about 100 ms) is not the refusal's, and would
+                // skew the latency percentiles of the calls recorded.
+                recorder.time_from(checking);
                 trail.push(guard.name(), message.clone());
                 return Err(refuse(
                     ClientError::new(
@@ -772,7 +794,7 @@ impl Client {
             saved: response.usage,
         };
         let shared = &provider.shared;
-        let recorder = Recorder::start(
+        let mut recorder = Recorder::start(
             &shared.events,
             &shared.metrics,
             &shared.host,
@@ -787,20 +809,23 @@ impl Client {
             correlation_id.clone(),
             Some(&params),
         );
+        recorder.journal_to(self.inner.journal.get());
         response.usage = Usage::default();
         response.latency = started.elapsed();
         response.attempts = 0;
         response.correlation_id = correlation_id;
         response.cache = Some(served.clone());
-        recorder.finish(Ending {
-            outcome: crate::events::Outcome::Success,
-            usage: Usage::default(),
-            finish_reason: response.finish_reason().cloned(),
-            response_model: Some(response.model.clone()),
-            response_id: response.id.clone(),
-            request_id: response.request_id.clone(),
-            cache: Some(Box::new(served)),
-        });
+        recorder
+            .finish_durably(Ending {
+                outcome: crate::events::Outcome::Success,
+                usage: Usage::default(),
+                finish_reason: response.finish_reason().cloned(),
+                response_model: Some(response.model.clone()),
+                response_id: response.id.clone(),
+                request_id: response.request_id.clone(),
+                cache: Some(Box::new(served)),
+            })
+            .await;
         Ok(response)
     }
 
@@ -821,7 +846,7 @@ impl Client {
         let reply = match result {
             Ok(reply) => reply,
             Err(error) => {
-                recorder.finish(Ending::failed(&error));
+                recorder.finish_durably(Ending::failed(&error)).await;
                 return Err(error);
             }
         };
@@ -861,15 +886,17 @@ impl Client {
             correlation_id: recorder.correlation_id().clone(),
             cache: None,
         };
-        recorder.finish(Ending {
-            outcome: crate::events::Outcome::Success,
-            usage,
-            finish_reason: response.finish_reason().cloned(),
-            response_model: Some(response.model.clone()),
-            response_id: response.id.clone(),
-            request_id: response.request_id.clone(),
-            cache: None,
-        });
+        recorder
+            .finish_durably(Ending {
+                outcome: crate::events::Outcome::Success,
+                usage,
+                finish_reason: response.finish_reason().cloned(),
+                response_model: Some(response.model.clone()),
+                response_id: response.id.clone(),
+                request_id: response.request_id.clone(),
+                cache: None,
+            })
+            .await;
         Ok(response)
     }
 
@@ -894,7 +921,7 @@ impl Client {
         let reply = match result {
             Ok(reply) => reply,
             Err(error) => {
-                recorder.finish(Ending::failed(&error));
+                recorder.finish_durably(Ending::failed(&error)).await;
                 return Err(error);
             }
         };
@@ -947,7 +974,7 @@ impl Client {
         let reply = match result {
             Ok(reply) => reply,
             Err(error) => {
-                recorder.finish(Ending::failed(&error));
+                recorder.finish_durably(Ending::failed(&error)).await;
                 return Err(error);
             }
         };
@@ -966,15 +993,17 @@ impl Client {
             attempts: call.attempts(),
             correlation_id: recorder.correlation_id().clone(),
         };
-        recorder.finish(Ending {
-            outcome: crate::events::Outcome::Success,
-            usage: parsed.usage,
-            finish_reason: None,
-            response_model: Some(model),
-            response_id: None,
-            request_id: reply.request_id,
-            cache: None,
-        });
+        recorder
+            .finish_durably(Ending {
+                outcome: crate::events::Outcome::Success,
+                usage: parsed.usage,
+                finish_reason: None,
+                response_model: Some(model),
+                response_id: None,
+                request_id: reply.request_id,
+                cache: None,
+            })
+            .await;
         Ok(response)
     }
 

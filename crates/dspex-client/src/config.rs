@@ -76,7 +76,6 @@ impl ProviderKind {
 
 /// Raw `[providers.<id>]` entry, as written.
 #[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawProvider {
     /// `openai` or `anthropic`.
     pub kind: Option<String>,
@@ -150,7 +149,6 @@ pub struct RawProvider {
 
 /// Raw `limits` entry.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLimit {
     /// `requests`, `tokens`, `input_tokens` or `output_tokens`.
     pub kind: String,
@@ -162,7 +160,6 @@ pub struct RawLimit {
 
 /// Raw `circuit_breaker` table.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     /// Consecutive failures that open the circuit.
     pub failure_threshold: Option<u32>,

@@ -129,6 +129,10 @@ impl Outcome {
 /// The record of one finished call: what analytics stores.
 #[derive(Clone, Debug, Serialize)]
 pub struct Completion {
+    /// This call's own id, a UUID v7 (ids sort by time). Stored with the
+    /// call's analytics row, so a row written twice (a journal replayed
+    /// after a crash) is kept once.
+    pub call_id: uuid::Uuid,
     /// Who it went to.
     #[serde(flatten)]
     pub call: CallInfo,

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,6 +15,7 @@ use crate::call::cost_of;
 use crate::client::ProviderShared;
 use crate::error::{ClientError, ClientErrorKind, TimeoutPhase};
 use crate::events::Outcome;
+use crate::journal::JournalTicket;
 use crate::provider::{Chunk, Chunks, ToolCalls};
 use crate::telemetry::{Ending, Recorder};
 use crate::tokens;
@@ -63,6 +65,11 @@ pub struct ChatStream {
     estimated_input: Option<u64>,
     call: crate::call::Call,
     done: bool,
+    /// The journal's answer for the completion: the stream's last items wait
+    /// for it, so a caller that saw the stream end knows the call is durable.
+    durable: Option<JournalTicket>,
+    /// An item held back until `durable` resolves.
+    held: Option<Result<StreamEvent, ClientError>>,
 }
 
 impl fmt::Debug for ChatStream {
@@ -111,6 +118,8 @@ impl ChatStream {
             estimated_input: parts.estimated_input,
             call: parts.call,
             done: false,
+            durable: None,
+            held: None,
         }
     }
 
@@ -241,7 +250,7 @@ impl ChatStream {
             correlation_id: recorder.correlation_id().clone(),
             choices,
         };
-        recorder.finish(Ending {
+        self.durable = Some(recorder.finish_durably(Ending {
             outcome: Outcome::Success,
             usage: self.usage,
             finish_reason: response.finish_reason().cloned(),
@@ -249,7 +258,7 @@ impl ChatStream {
             response_id: self.id.clone(),
             request_id: self.request_id.clone(),
             cache: None,
-        });
+        }));
         self.pending.push_back(StreamEvent::Done(response));
         self.done = true;
         Ok(())
@@ -264,7 +273,7 @@ impl ChatStream {
         if let Some(recorder) = self.recorder.take() {
             let mut ending = Ending::failed(&error);
             ending.usage = self.usage;
-            recorder.finish(ending);
+            self.durable = Some(recorder.finish_durably(ending));
         }
         error
     }
@@ -275,6 +284,32 @@ impl Stream for ChatStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        loop {
+            if let Some(durable) = this.durable.as_mut() {
+                if Pin::new(durable).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.durable = None;
+            }
+            if let Some(item) = this.held.take() {
+                return Poll::Ready(Some(item));
+            }
+            let item = this.poll_events(cx);
+            match item {
+                Poll::Ready(Some(item)) if this.durable.is_some() => this.held = Some(item),
+                other => return other,
+            }
+        }
+    }
+}
+
+impl ChatStream {
+    /// The next item, before waiting for the journal.
+    fn poll_events(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<StreamEvent, ClientError>>> {
+        let this = self;
         loop {
             if let Some(event) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(event)));

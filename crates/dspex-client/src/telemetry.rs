@@ -27,6 +27,7 @@ use tracing::field::Empty;
 use crate::call::Call;
 use crate::events::{CacheServed, CallInfo, Completion, Event, EventBus, EventKind, Outcome};
 use crate::guard::CallGuard;
+use crate::journal::{CompletionJournal, JournalTicket};
 use crate::types::{ChatParams, FinishReason, Usage};
 
 /// How a call ended, for [`Recorder::finish`].
@@ -72,6 +73,10 @@ pub(crate) struct Recorder {
     finished: bool,
     /// The guard that admitted the call, settled when it ends.
     guard: Option<Arc<dyn CallGuard>>,
+    /// Where the completion is made durable, when the client has a journal.
+    journal: Option<Arc<dyn CompletionJournal>>,
+    /// The journal's answer for this call's completion.
+    durable: Option<JournalTicket>,
 }
 
 impl Recorder {
@@ -137,11 +142,18 @@ impl Recorder {
             span,
             finished: false,
             guard: None,
+            journal: None,
+            durable: None,
         }
     }
 
     pub(crate) fn info(&self) -> &CallInfo {
         &self.info
+    }
+
+    /// Appends the call's completion to `journal` when it ends.
+    pub(crate) fn journal_to(&mut self, journal: Option<&Arc<dyn CompletionJournal>>) {
+        self.journal = journal.map(Arc::clone);
     }
 
     /// Settles the call with `guard` when it ends.
@@ -158,6 +170,13 @@ impl Recorder {
         &self.span
     }
 
+    /// Measures the call's latency from `start` instead of from
+    /// [`Recorder::start`]: for a call refused before it was sent, whose
+    /// latency is the refusal's own time.
+    pub(crate) fn time_from(&mut self, start: Instant) {
+        self.started = start;
+    }
+
     pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
@@ -170,8 +189,18 @@ impl Recorder {
         self.call.as_ref().map_or(0, Call::attempts)
     }
 
+    /// Records the end. A journal's append is not awaited: for calls that
+    /// end before anything was sent (nothing was paid for).
     pub(crate) fn finish(mut self, ending: Ending) {
         self.record(ending);
+    }
+
+    /// Records the end; the ticket resolves once the completion is durable
+    /// (at once without a journal). The client awaits it before answering
+    /// the caller of a call that reached its provider.
+    pub(crate) fn finish_durably(mut self, ending: Ending) -> JournalTicket {
+        self.record(ending);
+        self.durable.take().unwrap_or_else(JournalTicket::ready)
     }
 
     fn record(&mut self, ending: Ending) {
@@ -222,15 +251,18 @@ impl Recorder {
                 .record(ending.usage.output_tokens as f64);
         }
         handles.requests.increment(1);
+        log_completion(&self.info, &self.correlation_id, &ending, latency);
         if let Some(guard) = &self.guard {
             guard.settle(&self.info, &self.correlation_id, &ending.usage);
         }
-        if !self.events.has_subscribers() {
+        let subscribed = self.events.has_subscribers();
+        if !subscribed && self.journal.is_none() {
             return;
         }
-        self.events.publish(Event::now(
+        let event = Event::now(
             Some(self.correlation_id.clone()),
             EventKind::RequestCompleted(Completion {
+                call_id: uuid::Uuid::now_v7(),
                 call: self.info.clone(),
                 response_model: ending.response_model,
                 outcome: ending.outcome,
@@ -241,8 +273,60 @@ impl Recorder {
                 request_id: ending.request_id,
                 cache: ending.cache,
             }),
-        ));
+        );
+        match &self.journal {
+            None => self.events.publish(event),
+            Some(journal) => {
+                // Published before it is journaled: a journal checkpoint
+                // relies on every journaled call's event being on the bus
+                // already (dspex-analytics' `wal` module).
+                if subscribed {
+                    self.events.publish(event.clone());
+                }
+                self.durable = Some(journal.append(&event));
+            }
+        }
     }
+}
+
+/// One concise line per call at `info`: what a person watching `--log info`
+/// wants to know about it. A root event (no parent span), so the span's
+/// many GenAI fields are not repeated on the line; the span (and its
+/// timings) is there at `debug`. Nothing here is secret: no key, no URL,
+/// no message text.
+fn log_completion(
+    info: &CallInfo,
+    correlation_id: &CorrelationId,
+    ending: &Ending,
+    latency: Duration,
+) {
+    if !tracing::enabled!(target: "dspex::call", tracing::Level::INFO) {
+        return;
+    }
+    let status = match &ending.outcome {
+        Outcome::Success => "ok".to_owned(),
+        Outcome::Failed {
+            error_kind,
+            http_status: Some(code),
+        } => format!("{error_kind} (HTTP {code})"),
+        Outcome::Failed { error_kind, .. } => (*error_kind).to_owned(),
+        Outcome::Cancelled => "cancelled".to_owned(),
+    };
+    let cache = ending.cache.as_ref().map_or("none", |c| c.tier);
+    tracing::info!(
+        target: "dspex::call",
+        parent: None,
+        provider = %info.provider,
+        model = %info.model,
+        operation = %info.operation.otel_name(),
+        status = %status,
+        input_tokens = ending.usage.input_tokens,
+        output_tokens = ending.usage.output_tokens,
+        latency_ms = (latency.as_secs_f64() * 1e4).round() / 10.0,
+        cache = %cache,
+        correlation_id = %correlation_id,
+        "call"
+    );
 }
 
 impl Drop for Recorder {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::config::SourceLocation;
 use crate::context::format_duration;
 
 /// Everything the generic layer can fail with.
@@ -11,7 +12,10 @@ use crate::context::format_duration;
 #[non_exhaustive]
 pub enum CoreError {
     /// A configuration value is missing, malformed or out of range.
-    #[error("config error at `{key}`{}: {message}", origin.as_deref().map(|o| format!(" (from {o})")).unwrap_or_default())]
+    ///
+    /// With `locations`, it prints as rustc does: the key path and message,
+    /// then each place in the file with its line quoted.
+    #[error("{}", render_config(key, message, origin.as_deref(), locations))]
     Config {
         /// The dotted key path, such as `providers.openai.pool_size`.
         key: String,
@@ -19,6 +23,10 @@ pub enum CoreError {
         message: String,
         /// Where the value came from (a file path or an environment variable), when known.
         origin: Option<String>,
+        /// Where in the file the offending key or value is (several for
+        /// several unknown keys); empty when not known or not from a file.
+        /// [`crate::config::ConfigLoader::locate`] fills it in.
+        locations: Vec<SourceLocation>,
     },
 
     /// A configuration file could not be read.
@@ -101,6 +109,7 @@ impl CoreError {
             key: key.into(),
             message: message.into(),
             origin: None,
+            locations: Vec::new(),
         }
     }
 
@@ -120,6 +129,22 @@ impl CoreError {
             _ => None,
         }
     }
+}
+
+fn render_config(
+    key: &str,
+    message: &str,
+    origin: Option<&str>,
+    locations: &[SourceLocation],
+) -> String {
+    if locations.is_empty() {
+        let origin = origin.map(|o| format!(" (from {o})")).unwrap_or_default();
+        return format!("config error at `{key}`{origin}: {message}");
+    }
+    format!(
+        "{key}: {message}\n{}",
+        SourceLocation::render_all(locations)
+    )
 }
 
 /// Shorthand for results of the generic layer.

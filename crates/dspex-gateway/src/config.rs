@@ -67,7 +67,6 @@ pub enum CacheNamespace {
 /// `[gateway]` as written. Its `Debug` hides `rate_limit_backend`, a URL
 /// that may hold a password.
 #[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawGatewayConfig {
     /// `host:port` to listen on.
     pub listen: Option<String>,
@@ -99,7 +98,6 @@ pub struct RawGatewayConfig {
 
 /// `[gateway.models.NAME]` as written.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawModelAlias {
     /// The provider id (a `[providers.X]` name).
     pub provider: String,

@@ -1061,6 +1061,7 @@ mod tests {
 
     fn error_record(at_ms: i64, provider: &str, model: &str, kind: &str, tags: &str) -> CallRecord {
         CallRecord {
+            call_id: None,
             at_ms,
             correlation_id: None,
             provider: provider.to_owned(),

@@ -14,7 +14,6 @@ pub const CONFIG_KEYS: &[&str] = &["mcp"];
 
 /// The `[mcp]` section as written.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMcp {
     #[serde(default)]
     servers: BTreeMap<String, RawMcpServer>,

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dspex_client::Usage;
+use dspex_core::config::SourceLocation;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -482,25 +483,53 @@ pub fn load_dataset(path: &Path, signature: &Signature) -> Result<Vec<Example>> 
 }
 
 /// [`load_dataset`] on text already read; `source` names it in errors.
+///
+/// An error names the line and quotes it, with the bad token underlined
+/// (`--> data.jsonl:3:17`, the column counted in bytes from 1, as in the
+/// JSON parser's message) and its byte offset in the file.
 pub fn parse_dataset(text: &str, source: &str, signature: &Signature) -> Result<Vec<Example>> {
     let mut examples = Vec::new();
-    for (index, line) in text.lines().enumerate() {
+    let mut line_start = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
         let number = index + 1;
-        let error = |message: String| PromptError::Dataset {
-            path: source.to_owned(),
-            line: Some(number),
-            message,
+        let start = line_start;
+        line_start += line.len();
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        // `column` is the byte offset in the line, from 0.
+        let error = |message: String, column: usize, width: usize| {
+            let at = start + column;
+            let location = SourceLocation::from_span(source, text, at..at + width);
+            PromptError::Dataset {
+                path: source.to_owned(),
+                line: Some(number),
+                message: format!("{message} (byte {at} of the file)\n{location}"),
+            }
         };
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| error(format!("not valid JSON: {e}")))?;
+        let first = line.len() - line.trim_start().len();
+        let whole = line.trim().len();
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            // serde_json counts the line's own lines and columns (from 1);
+            // a JSON Lines record is one line, so the column is the offset.
+            let full = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            let message = full.strip_suffix(&suffix).unwrap_or(&full);
+            let column = if e.line() > 1 {
+                line.len()
+            } else {
+                e.column().saturating_sub(1).min(line.len())
+            };
+            error(format!("not valid JSON: {message}"), column, 1)
+        })?;
         let Value::Object(object) = value else {
-            return Err(error(format!(
-                "expected a JSON object, found {}",
-                kind_of(&value)
-            )));
+            return Err(error(
+                format!("expected a JSON object, found {}", kind_of(&value)),
+                first,
+                whole,
+            ));
         };
         let mut example = Example::default();
         for (key, value) in object {
@@ -513,7 +542,7 @@ pub fn parse_dataset(text: &str, source: &str, signature: &Signature) -> Result<
         if let Err(PromptError::InvalidInputs { problems }) =
             signature.validate_inputs(&example.inputs)
         {
-            return Err(error(problems.join("; ")));
+            return Err(error(problems.join("; "), first, whole));
         }
         examples.push(example);
     }

@@ -62,7 +62,19 @@ impl fmt::Display for FieldType {
             Self::Bool => f.write_str("bool"),
             Self::List(inner) => write!(f, "list[{inner}]"),
             Self::Choice(options) => {
-                let quoted: Vec<String> = options.iter().map(|o| format!("'{o}'")).collect();
+                // Python's choice of quote: single unless the option holds
+                // one, so the printed form parses back to the same options
+                // (a parsed option never holds both kinds).
+                let quoted: Vec<String> = options
+                    .iter()
+                    .map(|o| {
+                        if o.contains('\'') {
+                            format!("\"{o}\"")
+                        } else {
+                            format!("'{o}'")
+                        }
+                    })
+                    .collect();
                 write!(f, "Literal[{}]", quoted.join(", "))
             }
             Self::Json => f.write_str("dict"),
@@ -90,11 +102,13 @@ impl FieldType {
             return Ok(Self::List(Box::new(Self::parse(inner)?)));
         }
         if let Some(inner) = bracketed(text, &["Literal", "literal", "choice", "Choice"]) {
-            let options: Vec<String> = split_top_level(inner)
-                .into_iter()
-                .map(|o| o.trim().trim_matches(|c| c == '\'' || c == '"').to_owned())
-                .filter(|o| !o.is_empty())
-                .collect();
+            let mut options = Vec::new();
+            for option in split_top_level(inner) {
+                let option = choice(option)?;
+                if !option.is_empty() {
+                    options.push(option.to_owned());
+                }
+            }
             if options.is_empty() {
                 return Err(format!("`{text}` lists no choices"));
             }
@@ -189,6 +203,24 @@ fn bracketed<'a>(text: &'a str, prefixes: &[&str]) -> Option<&'a str> {
             .strip_prefix('[')?
             .strip_suffix(']')
     })
+}
+
+/// One option of a `Literal[...]`: a bare word, or text in matching quotes
+/// that holds no quote of its kind. Anything else (`'a'b'`, `it's`) is
+/// refused rather than guessed at: the guess could not be printed back.
+fn choice(option: &str) -> std::result::Result<&str, String> {
+    let option = option.trim();
+    let quoted = ['\'', '"'].into_iter().find_map(|quote| {
+        let inner = option.strip_prefix(quote)?.strip_suffix(quote)?;
+        Some((quote, inner))
+    });
+    match quoted {
+        Some((quote, inner)) if !inner.contains(quote) => Ok(inner),
+        None if !option.contains(['\'', '"']) => Ok(option),
+        _ => Err(format!(
+            "choice `{option}` is not a word or a quoted string (quote it with ' or \" and do not use that quote inside)"
+        )),
+    }
 }
 
 /// Splits on commas outside brackets and quotes.

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dspex_client::Client;
+use dspex_core::config::{Focus, SourceLocation, toml_span};
 use dspex_core::protect::Backoff;
 use dspex_prompt::template::PromptTemplate;
 use dspex_prompt::{
@@ -159,8 +160,10 @@ pub fn load_file_with_tools(
         path: path.display().to_string(),
         problems: vec![FileProblem {
             line: None,
+            column: None,
             location: "file".to_owned(),
             message: format!("cannot read it: {e}"),
+            at: None,
         }],
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -197,11 +200,12 @@ pub fn parse_with_tools(
 ) -> Result<Workflow, WorkflowError> {
     let syntax = |e: toml::de::Error| WorkflowError::File {
         path: label.to_owned(),
-        problems: vec![FileProblem {
-            line: e.span().map(|span| line_of(text, span.start)),
-            location: "document".to_owned(),
-            message: e.message().to_owned(),
-        }],
+        problems: vec![FileProblem::new(
+            e.span()
+                .map(|span| SourceLocation::from_span(label, text, span)),
+            "document".to_owned(),
+            e.message().trim_end().to_owned(),
+        )],
     };
     let document = toml::de::DeTable::parse(text).map_err(syntax)?;
     // Unknown keys are collected, not refused one at a time: a file with
@@ -214,17 +218,22 @@ pub fn parse_with_tools(
         .map_err(syntax)?;
     let unknown_keys: Vec<FileProblem> = unknown
         .iter()
-        .map(|segments| FileProblem {
-            line: key_offset(document.get_ref(), segments).map(|at| line_of(text, at)),
-            location: segments.join("."),
-            message: format!(
-                "unknown key `{}`",
-                segments.last().map_or("", String::as_str)
-            ),
+        .map(|segments| {
+            let location = segments.join(".");
+            FileProblem::new(
+                toml_span(text, &location, Focus::Key)
+                    .map(|(span, _)| SourceLocation::from_span(label, text, span)),
+                location,
+                format!(
+                    "unknown key `{}`",
+                    segments.last().map_or("", String::as_str)
+                ),
+            )
         })
         .collect();
     let mut checker = Checker {
         text,
+        label,
         base: base.to_path_buf(),
         client,
         default_provider,
@@ -268,42 +277,25 @@ fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
     }
 }
 
-/// The byte offset of the key at `segments` in the parsed document.
-fn key_offset(root: &toml::de::DeTable<'_>, segments: &[String]) -> Option<usize> {
-    let (first, rest) = segments.split_first()?;
-    let (key, value) = root
-        .iter()
-        .find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
-    let mut at = key.span().start;
-    let mut value = value.get_ref();
-    for segment in rest {
-        match value {
-            toml::de::DeValue::Table(table) => {
-                let (key, next) = table
-                    .iter()
-                    .find(|(k, _)| k.get_ref().as_ref() == segment.as_str())?;
-                at = key.span().start;
-                value = next.get_ref();
-            }
-            toml::de::DeValue::Array(items) => {
-                let item = items.get(segment.parse::<usize>().ok()?)?;
-                at = item.span().start;
-                value = item.get_ref();
-            }
-            _ => return None,
+impl FileProblem {
+    fn new(at: Option<SourceLocation>, location: String, message: String) -> Self {
+        Self {
+            line: at.as_ref().map(|at| at.line),
+            column: at.as_ref().map(|at| at.column),
+            location,
+            message,
+            at,
         }
     }
-    Some(at)
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(0, |before| before.bytes().filter(|b| *b == b'\n').count())
-        + 1
-}
+/// Keys a step may take from `[defaults]`: a problem with one the step does
+/// not set is in `[defaults]`.
+const DEFAULTED: [&str; 4] = ["provider", "model", "temperature", "max_tokens"];
 
 struct Checker<'a> {
     text: &'a str,
+    label: &'a str,
     base: PathBuf,
     client: &'a Client,
     default_provider: Option<&'a str>,
@@ -312,29 +304,58 @@ struct Checker<'a> {
     names: BTreeSet<String>,
 }
 
-/// Where a problem is: its line and a path in the document.
+/// Where a problem is: the key path of its table in the document
+/// (`steps.2`, empty for the top level) and its name in messages.
 struct Place {
-    line: Option<usize>,
+    path: String,
     location: String,
 }
 
 impl Checker<'_> {
+    /// A problem with `key` of `place`'s table (the table itself when
+    /// empty), pointed at in the file: the key's value, else (when the file
+    /// does not set it) `[defaults]`'s, else the step's `name`.
     fn problem(&mut self, place: &Place, key: &str, message: impl Into<String>) {
+        self.problem_at(place, key, key, message);
+    }
+
+    /// Like [`Checker::problem`], pointed at `at` (a key of the same table)
+    /// when the file does not set `key`: a signature field with no
+    /// `inputs` mapping is the signature's.
+    fn problem_at(&mut self, place: &Place, key: &str, at: &str, message: impl Into<String>) {
         let location = if key.is_empty() {
             place.location.clone()
         } else {
             format!("{}.{key}", place.location)
         };
-        self.problems.push(FileProblem {
-            line: place.line,
-            location,
-            message: message.into(),
-        });
+        let within = |key: &str| match (place.path.is_empty(), key.is_empty()) {
+            (true, _) => key.to_owned(),
+            (false, true) => place.path.clone(),
+            (false, false) => format!("{}.{key}", place.path),
+        };
+        let mut candidates = vec![within(key), within(at)];
+        if !place.path.is_empty() && DEFAULTED.contains(&key) {
+            candidates.push(format!("defaults.{key}"));
+        }
+        if !place.path.is_empty() {
+            candidates.push(within("name"));
+        }
+        let span =
+            candidates
+                .iter()
+                .filter(|path| !path.is_empty())
+                .find_map(|path| match toml_span(self.text, path, Focus::Value) {
+                    Some((span, true)) => Some(span),
+                    _ => None,
+                });
+        let at = span.map(|span| SourceLocation::from_span(self.label, self.text, span));
+        self.problems
+            .push(FileProblem::new(at, location, message.into()));
     }
 
     fn build(&mut self, raw: &RawWorkflow) -> Option<Workflow> {
         let top = Place {
-            line: None,
+            path: String::new(),
             location: "workflow".to_owned(),
         };
         if raw.name.trim().is_empty() {
@@ -349,7 +370,7 @@ impl Checker<'_> {
         let mut complete = true;
         for (index, step) in raw.steps.iter().enumerate() {
             let place = Place {
-                line: Some(line_of(self.text, step.name.span().start)),
+                path: format!("steps.{index}"),
                 location: format!("steps[{index}] ({})", step.name.get_ref()),
             };
             match self.step(step, &place, &raw.defaults, &mut available) {
@@ -423,7 +444,7 @@ impl Checker<'_> {
             let mut complete = true;
             for (i, branch) in branches.iter().enumerate() {
                 let branch_place = Place {
-                    line: Some(line_of(self.text, branch.name.span().start)),
+                    path: format!("{}.parallel.{i}", place.path),
                     location: format!(
                         "{}.parallel[{i}] ({})",
                         place.location,
@@ -622,9 +643,10 @@ impl Checker<'_> {
         for field in signature.inputs() {
             let key = step.inputs.get(&field.name).unwrap_or(&field.name);
             if !available.contains(key) && !extra.contains(key) {
-                self.problem(
+                self.problem_at(
                     place,
                     &format!("inputs.{}", field.name),
+                    "signature",
                     format!("reads `{key}`, which is neither a workflow input nor written by an earlier step"),
                 );
             }

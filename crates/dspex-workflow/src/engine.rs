@@ -633,6 +633,16 @@ impl Workflow {
         &self.inputs
     }
 
+    /// The declared inputs `given` lacks, in declaration order: a run
+    /// without them is refused before any step starts (see [`Workflow::run`]).
+    pub fn missing_inputs<'a>(&'a self, given: &Context) -> Vec<&'a str> {
+        self.inputs
+            .iter()
+            .filter(|key| !given.contains_key(key.as_str()))
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The declared output keys, when declared.
     pub fn output_keys(&self) -> Option<&[String]> {
         self.outputs.as_deref()
@@ -696,11 +706,25 @@ impl Workflow {
     /// Runs the workflow from `initial`: each node's outputs are merged into
     /// the context in order. Stops at the first failing step (after its
     /// retries) and returns its error with the history of the run.
+    ///
+    /// A run missing a declared input is refused with
+    /// [`WorkflowError::Invalid`] before any step starts, so no LM call is
+    /// made (and paid for) by steps ahead of the one that needs it.
     pub async fn run(
         &self,
         initial: Context,
         options: RunOptions,
     ) -> Result<RunOutput, WorkflowError> {
+        let missing = self.missing_inputs(&initial);
+        if !missing.is_empty() {
+            return Err(WorkflowError::Invalid {
+                workflow: self.name.to_string(),
+                problems: missing
+                    .iter()
+                    .map(|key| format!("the input `{key}` was not given"))
+                    .collect(),
+            });
+        }
         let correlation_id = options
             .correlation_id
             .unwrap_or_else(CorrelationId::generate);

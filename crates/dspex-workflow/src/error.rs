@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use dspex_client::ClientError;
+use dspex_core::config::SourceLocation;
 use dspex_core::{Breadcrumb, CorrelationId, ErrorContext};
 use dspex_prompt::PromptError;
 use serde::Serialize;
@@ -165,21 +166,25 @@ pub enum WorkflowError {
 pub struct FileProblem {
     /// The line (from 1), when known.
     pub line: Option<usize>,
+    /// The column (from 1) of the offending key or value, when known.
+    pub column: Option<usize>,
     /// Where in the document: `steps[2] (answer).inputs.question`.
     pub location: String,
     /// What is wrong.
     pub message: String,
+    /// The place in the file, with its line, for printing as rustc does.
+    #[serde(skip)]
+    pub at: Option<SourceLocation>,
 }
 
 fn render_problems(path: &str, problems: &[FileProblem]) -> String {
     let mut out = format!("{path}: {} problem(s)", problems.len());
     for problem in problems {
-        match problem.line {
-            Some(line) => out.push_str(&format!(
-                "\n  line {line}, {}: {}",
-                problem.location, problem.message
-            )),
-            None => out.push_str(&format!("\n  {}: {}", problem.location, problem.message)),
+        out.push_str(&format!("\n{}: {}", problem.location, problem.message));
+        match (&problem.at, problem.line) {
+            (Some(at), _) => out.push_str(&format!("\n{at}")),
+            (None, Some(line)) => out.push_str(&format!("\n  --> {path}:{line}")),
+            (None, None) => {}
         }
     }
     out

@@ -83,7 +83,7 @@ async fn the_shipped_example_runs_end_to_end_against_the_mock() {
 }
 
 #[tokio::test]
-async fn every_problem_is_reported_with_its_line() {
+async fn every_problem_is_reported_at_its_key_or_value() {
     let client = scripted_client().await;
     let text = r#"name = "bad"
 inputs = ["question"]
@@ -124,16 +124,24 @@ provider = "lm"
             .find(|p| p.message.contains(needle) || p.location.contains(needle))
             .unwrap_or_else(|| panic!("no problem mentions {needle:?}: {found:#?}"))
     };
+    // Each at the offending value itself, not at its step's `[[steps]]`
+    // or `name` line.
     let provider = find("unknown provider `nope`");
-    assert_eq!(provider.line, Some(6));
+    assert_eq!((provider.line, provider.column), (Some(9), Some(12)));
     assert!(provider.location.starts_with("steps[0] (one).provider"));
     assert!(provider.message.contains("configured: lm"));
-    assert_eq!(find("unknown module `predikt`").line, Some(12));
+    let module = find("unknown module `predikt`");
+    assert_eq!((module.line, module.column), (Some(13), Some(10)));
     let signature = find("steps[1] (two).signature");
-    assert_eq!(signature.line, Some(12));
+    assert_eq!((signature.line, signature.column), (Some(14), Some(13)));
+    // A signature field with no `inputs` mapping: the signature names it.
     let context = find("inputs.context");
     assert!(context.message.contains("reads `context`"), "{context:?}");
-    assert_eq!(context.line, Some(18));
+    assert_eq!((context.line, context.column), (Some(20), Some(13)));
+    let ctx = find("no input field `ctx`");
+    assert_eq!((ctx.line, ctx.column), (Some(22), Some(18)));
+    assert_eq!(find("steps[2] (three).timeout").line, Some(24));
+    assert_eq!(find("retry.attempts").column, Some(22));
     assert!(
         find("no input field `ctx`")
             .location
@@ -147,7 +155,9 @@ provider = "lm"
     assert!(find("steps[2] (three).timeout").message.contains("soon"));
     assert!(find("retry.attempts").message.contains("at least 1"));
     assert_eq!(find("already named `three`").line, Some(28));
-    assert!(find("`nowhere` is neither").location == "workflow.outputs");
+    let outputs = find("`nowhere` is neither");
+    assert!(outputs.location == "workflow.outputs");
+    assert_eq!((outputs.line, outputs.column), (Some(3), Some(11)));
     let rendered = WorkflowError::File {
         path: "bad.toml".into(),
         problems: found.clone(),
@@ -158,9 +168,21 @@ provider = "lm"
         "{rendered}"
     );
     assert!(
-        rendered.contains("line 6, steps[0] (one).provider"),
+        rendered.contains(
+            "\nsteps[0] (one).provider: unknown provider `nope`; configured: lm\n  --> bad.toml:9:12\n   |\n 9 | provider = \"nope\"\n   |            ^^^^^^\n"
+        ),
         "{rendered}"
     );
+}
+
+#[tokio::test]
+async fn a_provider_from_defaults_is_pointed_at_there() {
+    let client = scripted_client().await;
+    let text = "name = \"d\"\ninputs = [\"q\"]\n[defaults]\nprovider = \"gone\"\n[[steps]]\nname = \"a\"\nmodule = \"predict\"\nsignature = \"q -> a\"\n";
+    let found = problems(parse(text, "d.toml", Path::new("."), &client, None).unwrap_err());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].line, found[0].column), (Some(4), Some(12)));
+    assert_eq!(found[0].location, "steps[0] (a).provider");
 }
 
 #[tokio::test]
@@ -175,7 +197,7 @@ async fn syntax_errors_and_unknown_keys_name_their_line() {
         found[0].message.contains("unknown key `retries`"),
         "{found:?}"
     );
-    assert_eq!(found[0].line, Some(8));
+    assert_eq!((found[0].line, found[0].column), (Some(8), Some(1)));
     assert_eq!(found[0].location, "steps.0.retries");
     // Every unknown key at once, each at its own line, nested ones too,
     // along with the other problems of the file.

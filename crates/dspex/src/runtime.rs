@@ -19,7 +19,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use dspex_analytics::{AnalyticsConfig, AnalyticsError, Recorder, RecorderHandle, RecorderStats};
+use dspex_analytics::{
+    AnalyticsConfig, AnalyticsError, Durability, Recorder, RecorderHandle, RecorderStats,
+};
 use dspex_cache::{CacheConfig, CacheError, EmbedderKind};
 use dspex_client::{ApiEmbedder, Client, ClientConfig, ClientError, ResponseCache};
 use dspex_core::CoreError;
@@ -211,12 +213,25 @@ impl Runtime {
                     budgets.prime(&store).await?;
                     client.set_guard(Arc::new(budgets))?;
                 }
-                recorder = Some(Recorder::attach(
-                    client.events(),
-                    store.clone(),
-                    Arc::clone(&config.prices),
-                    config.recorder,
-                ));
+                recorder = Some(match &config.durability {
+                    Durability::Wal { journal_dir } => {
+                        Recorder::attach_journaled(
+                            &client,
+                            store.clone(),
+                            Arc::clone(&config.prices),
+                            config.recorder,
+                            journal_dir,
+                        )
+                        .await?
+                    }
+                    // `Batched`, and any mode a newer analytics crate adds.
+                    _ => Recorder::attach(
+                        client.events(),
+                        store.clone(),
+                        Arc::clone(&config.prices),
+                        config.recorder,
+                    ),
+                });
                 store_opened = Some(store);
             }
         }

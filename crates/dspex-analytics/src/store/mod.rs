@@ -16,10 +16,29 @@
 //! reads the rollups for those hours and the raw rows for the partial hours
 //! at either end: sums stay exact, latency percentiles are within 1%. Smaller
 //! ranges are analysed from the raw rows with exact percentiles. PostgreSQL
-//! always analyses the raw rows (`percentile_cont`, exact).
+//! keeps the same rollups (the histogram merged under the row lock of the
+//! upsert) and answers the same way; its exact path uses `percentile_cont`.
+//!
+//! Both stores apply the same numbered schema migrations when they open
+//! (`dspex_schema_migrations`), under a lock that makes concurrent openers
+//! wait (see `migrate.rs`); the SQL text of every query is written once, with
+//! a dialect switch (`query.rs`).
+//!
+//! PostgreSQL connects with TLS as the URL's `sslmode` says: `disable`,
+//! `prefer` (the default: TLS when offered, certificate not checked),
+//! `require` (TLS, certificate not checked), `verify-ca` (chain checked
+//! against `sslrootcert=<PEM file>` or the platform roots), `verify-full`
+//! (chain and host name); `sslrootcert=system` uses the platform roots and
+//! implies `verify-full`. A certificate failure is a non-retryable
+//! [`AnalyticsError::Store`] whose message names the cause (host-name
+//! mismatch, unknown issuer); a bad `sslmode` or unreadable `sslrootcert` is
+//! an [`AnalyticsError::Config`] naming `analytics.store`.
 
 mod keys;
+mod migrate;
+mod pg_tls;
 mod postgres;
+mod query;
 mod sqlite;
 
 use std::future::Future;
@@ -27,21 +46,15 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use pg_tls::SslMode;
 pub use postgres::PostgresStore;
 pub use sqlite::{DEFAULT_EXACT_LIMIT, SqliteStore};
 
-use crate::analysis::{CostRow, Dialect, GroupBy};
+use crate::analysis::{CostRow, GroupBy};
 use crate::error::{AnalyticsError, Result};
 use crate::prices::PriceTable;
-use crate::record::{CallRecord, STEP_TAG, WORKFLOW_TAG};
+use crate::record::CallRecord;
 use crate::time::TimeRange;
-
-/// The stored columns, in insert order.
-pub(crate) const INSERT_COLUMNS: &str = "at_ms, correlation_id, provider, model, response_model, operation, \
-     input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, cost_nanos, price_version, \
-     latency_us, attempts, status, error_kind, http_status, cache_tier, saved_input_tokens, \
-     saved_output_tokens, saved_cached_input_tokens, saved_cache_write_tokens, saved_cost_nanos, \
-     workflow, step, tags";
 
 pub(crate) fn i64_of(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -85,57 +98,6 @@ pub struct SpendFilter {
     pub model: Option<String>,
     /// A tag `(key, value)`; `workflow` and `step` match their own columns.
     pub tag: Option<(String, String)>,
-}
-
-impl SpendFilter {
-    /// The `AND ...` clause and its values, parameters numbered from `first`.
-    pub(crate) fn sql(&self, dialect: Dialect, first: usize) -> (String, Vec<String>) {
-        let mut clause = String::new();
-        let mut values = Vec::new();
-        let mut next = first;
-        let placeholder = |n: usize| match dialect {
-            Dialect::Sqlite => format!("?{n}"),
-            Dialect::Postgres => format!("${n}::text"),
-        };
-        if let Some(provider) = &self.provider {
-            clause.push_str(&format!(" AND provider = {}", placeholder(next)));
-            values.push(provider.clone());
-            next += 1;
-        }
-        if let Some(model) = &self.model {
-            clause.push_str(&format!(" AND model = {}", placeholder(next)));
-            values.push(model.clone());
-            next += 1;
-        }
-        if let Some((key, value)) = &self.tag {
-            match key.as_str() {
-                WORKFLOW_TAG => clause.push_str(&format!(" AND workflow = {}", placeholder(next))),
-                STEP_TAG => clause.push_str(&format!(" AND step = {}", placeholder(next))),
-                _ => {
-                    let key_param = placeholder(next);
-                    next += 1;
-                    match dialect {
-                        Dialect::Sqlite => {
-                            values.push(format!("$.\"{}\"", key.replace(['"', '\\'], "")));
-                            clause.push_str(&format!(
-                                " AND json_extract(tags, {key_param}) = {}",
-                                placeholder(next)
-                            ));
-                        }
-                        Dialect::Postgres => {
-                            values.push(key.clone());
-                            clause.push_str(&format!(
-                                " AND (tags ->> {key_param}) = {}",
-                                placeholder(next)
-                            ));
-                        }
-                    }
-                }
-            }
-            values.push(value.clone());
-        }
-        (clause, values)
-    }
 }
 
 /// A store: SQLite or PostgreSQL. Cloning shares the connection.
@@ -189,6 +151,14 @@ impl Store {
         match self {
             Self::Sqlite(_) => "sqlite",
             Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The schema version: the newest migration applied.
+    pub async fn schema_version(&self) -> Result<i64> {
+        match self {
+            Self::Sqlite(s) => s.schema_version().await,
+            Self::Postgres(s) => s.schema_version().await,
         }
     }
 

@@ -1,96 +1,252 @@
-//! The shared store: PostgreSQL, with the same `calls` table as SQLite.
+//! The shared store: PostgreSQL, with the same tables as SQLite (see
+//! [`super::migrate`]), TLS per the URL's `sslmode` (see [`super::pg_tls`]),
+//! and the same hourly rollups, so analyses over large ranges read a few
+//! thousand rollup rows instead of every call.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, GenericClient, Row, Statement};
 
-use crate::analysis::{CostRow, Dialect, GroupBy, RawGroupValue, Sums, build_query, make_row};
+use super::migrate;
+use super::pg_tls::{SslMode, Target};
+use super::query::{
+    self, Columns, Dialect, INSERT_COLUMNS, Key, Merge, ROLLUP_KEY_COLUMNS, ROLLUP_SUM_COLUMNS,
+};
+use crate::analysis::{CostRow, GroupBy, RawGroupValue, Sums, make_row};
 use crate::error::{AnalyticsError, Result};
-use crate::prices::{PriceTable, TokenUsage};
+use crate::histogram::Histogram;
+use crate::prices::PriceTable;
 use crate::record::CallRecord;
-use crate::store::{INSERT_COLUMNS, RepriceReport, SpendFilter, i64_of};
+use crate::store::{DEFAULT_EXACT_LIMIT, RepriceReport, SpendFilter, i64_of};
+use crate::time::unix_ms;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS calls (
-    id BIGSERIAL PRIMARY KEY,
-    at_ms BIGINT NOT NULL,
-    correlation_id TEXT,
-    provider TEXT NOT NULL,
-    model TEXT NOT NULL,
-    response_model TEXT,
-    operation TEXT NOT NULL,
-    input_tokens BIGINT NOT NULL,
-    output_tokens BIGINT NOT NULL,
-    cached_input_tokens BIGINT NOT NULL,
-    cache_write_tokens BIGINT NOT NULL,
-    cost_nanos BIGINT,
-    price_version TEXT,
-    latency_us BIGINT NOT NULL,
-    attempts BIGINT NOT NULL,
-    status TEXT NOT NULL,
-    error_kind TEXT,
-    http_status BIGINT,
-    cache_tier TEXT,
-    saved_input_tokens BIGINT NOT NULL,
-    saved_output_tokens BIGINT NOT NULL,
-    saved_cached_input_tokens BIGINT NOT NULL,
-    saved_cache_write_tokens BIGINT NOT NULL,
-    saved_cost_nanos BIGINT,
-    workflow TEXT,
-    step TEXT,
-    tags JSONB NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS calls_at_ms ON calls (at_ms);
-CREATE TABLE IF NOT EXISTS api_keys (
-    name TEXT PRIMARY KEY,
-    key_hash TEXT NOT NULL UNIQUE,
-    key_prefix TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    updated_ms BIGINT NOT NULL,
-    revoked_ms BIGINT,
-    budget_nanos BIGINT,
-    budget_period TEXT,
-    rpm BIGINT,
-    tpm BIGINT,
-    models TEXT NOT NULL,
-    expires_ms BIGINT
-);
-";
+const D: Dialect = Dialect::Postgres;
 
-/// The insert: one statement for a whole batch, one array per column.
-const INSERT: &str = "INSERT INTO calls (at_ms, correlation_id, provider, model, response_model, operation, \
-     input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, cost_nanos, price_version, \
-     latency_us, attempts, status, error_kind, http_status, cache_tier, saved_input_tokens, \
-     saved_output_tokens, saved_cached_input_tokens, saved_cache_write_tokens, saved_cost_nanos, \
-     workflow, step, tags) \
-     SELECT c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26::jsonb FROM UNNEST(\
-     $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], \
-     $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[], $15::text[], \
-     $16::text[], $17::bigint[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], \
-     $23::bigint[], $24::text[], $25::text[], $26::text[]) \
-     AS batch(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26)";
+// By value, to be `map_err(pg)`.
+#[allow(clippy::needless_pass_by_value)]
+fn pg(error: tokio_postgres::Error) -> AnalyticsError {
+    AnalyticsError::postgres(&error)
+}
 
-/// A PostgreSQL store. Cloning shares the connection; a lost connection is
-/// re-opened on the next operation.
+/// The insert: one statement for a whole batch, one array per column. It
+/// returns the call ids it stored: a row whose id the table held is skipped.
+fn insert_sql() -> String {
+    format!(
+        "INSERT INTO calls ({INSERT_COLUMNS}) \
+         SELECT c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26::jsonb, c27 FROM UNNEST(\
+         $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], \
+         $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[], $15::text[], \
+         $16::text[], $17::bigint[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], \
+         $23::bigint[], $24::text[], $25::text[], $26::text[], $27::text[]) \
+         AS batch(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26, c27) \
+         {} RETURNING call_id",
+        query::ON_DUPLICATE_CALL
+    )
+}
+
+/// Adds a batch's sums to its rollups (creating the missing ones) and returns
+/// each rollup's id, key and stored histogram. The row locks it takes are held
+/// until the transaction ends, so the histogram merged into each by
+/// [`upsert_rollups`] is never overwritten by a concurrent writer's.
+fn rollup_upsert_sql() -> String {
+    format!(
+        "INSERT INTO call_rollups ({ROLLUP_KEY_COLUMNS}, {}, latency_hist) \
+         SELECT *, ''::bytea FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], \
+         $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], \
+         $19::bigint[], $20::bigint[], $21::bigint[]) \
+         ON CONFLICT (hour_ms, provider, model, operation, status, error_kind, cache_tier, workflow, step, md5(tags)) \
+         DO UPDATE SET {} \
+         RETURNING id, {ROLLUP_KEY_COLUMNS}, latency_hist",
+        ROLLUP_SUM_COLUMNS.join(", "),
+        query::rollup_sum_updates("call_rollups.")
+    )
+}
+
+const ROLLUP_HIST_UPDATE: &str = "UPDATE call_rollups SET latency_hist = u.hist \
+     FROM UNNEST($1::bigint[], $2::bytea[]) AS u(id, hist) WHERE call_rollups.id = u.id";
+
+/// Adds `rows` to the hourly rollups, inside the caller's transaction.
+async fn upsert_rollups(client: &impl GenericClient, rows: &[CallRecord]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let groups = query::rollups_of(rows);
+    let mut hours = Vec::with_capacity(groups.len());
+    let mut dims: [Vec<&str>; 9] = Default::default();
+    let mut sums: [Vec<i64>; 11] = Default::default();
+    for ((hour, key), acc) in &groups {
+        hours.push(*hour);
+        for (column, value) in dims.iter_mut().zip(key) {
+            column.push(value);
+        }
+        for (column, value) in sums.iter_mut().zip(acc.values) {
+            column.push(value);
+        }
+    }
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&hours];
+    for column in &dims {
+        params.push(column);
+    }
+    for column in &sums {
+        params.push(column);
+    }
+    let stored = client
+        .query(&rollup_upsert_sql(), &params)
+        .await
+        .map_err(pg)?;
+    let mut ids = Vec::with_capacity(stored.len());
+    let mut hists = Vec::with_capacity(stored.len());
+    for row in &stored {
+        let texts: Vec<&str> = (2..11)
+            .map(|i| row.try_get::<_, &str>(i))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(pg)?;
+        let mut key: [&str; 9] = Default::default();
+        for (slot, text) in key.iter_mut().zip(texts) {
+            *slot = text;
+        }
+        let Some(acc) = groups.get(&(row.try_get::<_, i64>(1).map_err(pg)?, key)) else {
+            continue;
+        };
+        let mut hist = Histogram::decode(row.try_get::<_, &[u8]>(11).map_err(pg)?);
+        hist.merge(&acc.hist);
+        ids.push(row.try_get::<_, i64>(0).map_err(pg)?);
+        hists.push(hist.encode());
+    }
+    client
+        .execute(ROLLUP_HIST_UPDATE, &[&ids, &hists])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Rebuilds every rollup from the raw rows (after re-pricing, or for a
+/// database written before rollups existed), inside the caller's transaction.
+async fn rebuild_rollups(client: &impl GenericClient) -> Result<()> {
+    const CHUNK: i64 = 50_000;
+    client
+        .batch_execute("DELETE FROM call_rollups")
+        .await
+        .map_err(pg)?;
+    let sql = format!(
+        "SELECT {}, id FROM calls WHERE id > $1 ORDER BY id LIMIT $2",
+        INSERT_COLUMNS.replace("tags", "tags::text")
+    );
+    let mut after = 0_i64;
+    loop {
+        let rows = client.query(&sql, &[&after, &CHUNK]).await.map_err(pg)?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        // `id` comes after the record's columns.
+        after = last
+            .try_get(INSERT_COLUMNS.split(',').count())
+            .map_err(pg)?;
+        let records = rows
+            .iter()
+            .map(Columns::record)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(pg)?;
+        upsert_rollups(client, &records).await?;
+    }
+}
+
+/// The advisory-lock key of a schema's migrations.
+fn migration_lock(schema: Option<&str>) -> i64 {
+    let digest = Sha256::digest(format!(
+        "dspex-analytics migrations {}",
+        schema.unwrap_or("")
+    ));
+    let mut bytes = [0_u8; 8];
+    for (slot, byte) in bytes.iter_mut().zip(digest.iter()) {
+        *slot = *byte;
+    }
+    i64::from_le_bytes(bytes)
+}
+
+/// Applies the missing migrations under a transaction-level advisory lock
+/// (released at commit or when the connection drops).
+async fn migrate(client: &mut Client, schema: Option<&str>) -> Result<()> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&migration_lock(schema)],
+    )
+    .await
+    .map_err(pg)?;
+    if let Some(schema) = schema {
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await
+            .map_err(pg)?;
+    }
+    tx.batch_execute(migrate::CREATE_MIGRATIONS_TABLE)
+        .await
+        .map_err(pg)?;
+    let applied: Vec<i64> = tx
+        .query(migrate::APPLIED_VERSIONS, &[])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(pg)?;
+    let mut changed = false;
+    for migration in migrate::pending("postgres", &applied)? {
+        tx.batch_execute(&migration.sql(D)).await.map_err(pg)?;
+        tx.execute(
+            &migrate::record_sql(D),
+            &[
+                &migration.version,
+                &migration.name,
+                &unix_ms(std::time::SystemTime::now()),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        changed = true;
+    }
+    if changed {
+        let missing: bool = tx
+            .query_one(migrate::ROLLUPS_MISSING, &[])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        if missing {
+            rebuild_rollups(&tx).await?;
+        }
+    }
+    tx.commit().await.map_err(pg)
+}
+
+/// A PostgreSQL store. Cloning shares the connections; a lost connection is
+/// re-opened on the next operation. Reads share one connection; writes
+/// (which run in transactions) have their own.
 #[derive(Clone)]
 pub struct PostgresStore {
     url: Arc<str>,
+    target: Arc<Target>,
     schema: Option<Arc<str>>,
-    conn: Arc<Mutex<Conn>>,
+    reader: Arc<Mutex<Arc<Client>>>,
+    writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
+    exact_limit: u64,
 }
 
-struct Conn {
-    client: Arc<Client>,
-    // The prepared insert, on this connection.
-    insert: Option<Statement>,
+/// The write connection and its prepared statements.
+struct Writer {
+    client: Client,
+    insert: Statement,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
             .field("url", &dspex_client::config::redacted_url(&self.url))
+            .field("sslmode", &self.target.mode())
             .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
@@ -105,33 +261,21 @@ fn valid_identifier(name: &str) -> bool {
         && name.len() <= 63
 }
 
-async fn open_client(url: &str, schema: Option<&str>) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| AnalyticsError::postgres(&e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "analytics PostgreSQL connection closed");
-        }
-    });
-    let mut setup = String::new();
+async fn open_client(target: &Target, schema: Option<&str>) -> Result<Client> {
+    let client = target.connect().await?;
     if let Some(schema) = schema {
-        setup.push_str(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\";"
-        ));
+        client
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .map_err(pg)?;
     }
-    setup.push_str(SCHEMA);
-    client
-        .batch_execute(&setup)
-        .await
-        .map_err(|e| AnalyticsError::postgres(&e))?;
     Ok(client)
 }
 
 impl PostgresStore {
-    /// Connects (without TLS: use it on a trusted network or through a local
-    /// proxy) and creates the schema if needed; the tables go in `schema` when
-    /// given (an SQL identifier).
+    /// Connects, with TLS as the URL's `sslmode` says (default `prefer`; see
+    /// the [`store`](crate::store) docs), and applies the missing schema
+    /// migrations; the tables go in `schema` when given (an SQL identifier).
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
         if let Some(schema) = schema
             && !valid_identifier(schema)
@@ -141,152 +285,124 @@ impl PostgresStore {
                 format!("`{schema}` is not a plain SQL identifier (letters, digits, _)"),
             )));
         }
-        let client = open_client(url, schema).await?;
+        let target = Arc::new(Target::parse(url)?);
+        let mut client = open_client(&target, schema).await?;
+        migrate(&mut client, schema).await?;
         Ok(Self {
             url: Arc::from(url),
+            target,
             schema: schema.map(Arc::from),
-            conn: Arc::new(Mutex::new(Conn {
-                client: Arc::new(client),
-                insert: None,
-            })),
+            reader: Arc::new(Mutex::new(Arc::new(client))),
+            writer: Arc::new(tokio::sync::Mutex::new(None)),
+            exact_limit: DEFAULT_EXACT_LIMIT,
         })
     }
 
+    /// Sets the number of calls above which analyses read the hourly rollups
+    /// (exact sums, percentiles within 1%) instead of the raw rows (exact
+    /// percentiles). Default [`DEFAULT_EXACT_LIMIT`].
+    #[must_use]
+    pub fn with_exact_limit(mut self, calls: u64) -> Self {
+        self.exact_limit = calls;
+        self
+    }
+
+    /// The TLS mode the URL asked for.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.target.mode()
+    }
+
+    /// Whether the read connection is encrypted, as the server sees it
+    /// (`pg_stat_ssl`).
+    pub async fn tls_in_use(&self) -> Result<bool> {
+        self.scalar(
+            "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+        )
+        .await
+    }
+
+    /// The schema version (the newest migration applied).
+    pub async fn schema_version(&self) -> Result<i64> {
+        self.scalar("SELECT COALESCE(MAX(version), 0)::bigint FROM dspex_schema_migrations")
+            .await
+    }
+
+    /// The one value `sql` returns.
+    async fn scalar<T>(&self, sql: &str) -> Result<T>
+    where
+        T: for<'r> tokio_postgres::types::FromSql<'r>,
+    {
+        let client = self.client().await?;
+        let row = client.query_one(sql, &[]).await.map_err(pg)?;
+        row.try_get(0).map_err(pg)
+    }
+
     pub(super) async fn client(&self) -> Result<Arc<Client>> {
-        let current = Arc::clone(&self.conn.lock().client);
+        let current = Arc::clone(&self.reader.lock());
         if !current.is_closed() {
             return Ok(current);
         }
-        let fresh = Arc::new(open_client(&self.url, self.schema.as_deref()).await?);
-        *self.conn.lock() = Conn {
-            client: Arc::clone(&fresh),
-            insert: None,
-        };
+        let fresh = Arc::new(open_client(&self.target, self.schema.as_deref()).await?);
+        *self.reader.lock() = Arc::clone(&fresh);
         Ok(fresh)
     }
 
-    /// The client and its prepared insert statement.
-    async fn insert_statement(&self) -> Result<(Arc<Client>, Statement)> {
-        let client = self.client().await?;
-        {
-            let conn = self.conn.lock();
-            if Arc::ptr_eq(&conn.client, &client)
-                && let Some(statement) = &conn.insert
-            {
-                return Ok((client, statement.clone()));
+    /// Runs `f` on the write connection (opened, or re-opened after a loss,
+    /// first); one writer at a time.
+    async fn with_writer<T>(&self, f: impl AsyncFnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        let mut guard = self.writer.lock().await;
+        let writer = match guard.take() {
+            Some(writer) if !writer.client.is_closed() => writer,
+            _ => {
+                let client = open_client(&self.target, self.schema.as_deref()).await?;
+                let insert = client.prepare(&insert_sql()).await.map_err(pg)?;
+                Writer { client, insert }
             }
+        };
+        let writer = guard.insert(writer);
+        let result = f(writer).await;
+        if writer.client.is_closed() {
+            *guard = None;
         }
-        let statement = client
-            .prepare(INSERT)
-            .await
-            .map_err(|e| AnalyticsError::postgres(&e))?;
-        let mut conn = self.conn.lock();
-        if Arc::ptr_eq(&conn.client, &client) {
-            conn.insert = Some(statement.clone());
-        }
-        Ok((client, statement))
+        result
     }
 
-    /// Inserts `rows` in one statement (so atomically).
+    /// Inserts `rows` and adds them to the rollups, in one transaction.
     pub async fn insert(&self, rows: Arc<Vec<CallRecord>>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let (client, statement) = self.insert_statement().await?;
-        let col_i64 = |f: &dyn Fn(&CallRecord) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
-        let col_opt_i64 = |f: &dyn Fn(&CallRecord) -> Option<i64>| {
-            rows.iter().map(f).collect::<Vec<Option<i64>>>()
-        };
-        let col_str = |f: &dyn Fn(&CallRecord) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-        let col_opt_str = |f: &dyn Fn(&CallRecord) -> Option<&str>| {
-            rows.iter().map(f).collect::<Vec<Option<&str>>>()
-        };
-        let at = col_i64(&|r| r.at_ms);
-        let correlation = col_opt_str(&|r| r.correlation_id.as_deref());
-        let provider = col_str(&|r| &r.provider);
-        let model = col_str(&|r| &r.model);
-        let response_model = col_opt_str(&|r| r.response_model.as_deref());
-        let operation = col_str(&|r| &r.operation);
-        let input = col_i64(&|r| i64_of(r.usage.input));
-        let output = col_i64(&|r| i64_of(r.usage.output));
-        let cached = col_i64(&|r| i64_of(r.usage.cached_input));
-        let write = col_i64(&|r| i64_of(r.usage.cache_write));
-        let cost = col_opt_i64(&|r| r.cost_nanos);
-        let version = col_opt_str(&|r| r.price_version.as_deref());
-        let latency = col_i64(&|r| r.latency_us);
-        let attempts = col_i64(&|r| r.attempts);
-        let status = col_str(&|r| &r.status);
-        let error_kind = col_opt_str(&|r| r.error_kind.as_deref());
-        let http_status = col_opt_i64(&|r| r.http_status);
-        let tier = col_opt_str(&|r| r.cache_tier.as_deref());
-        let s_input = col_i64(&|r| i64_of(r.saved_usage.input));
-        let s_output = col_i64(&|r| i64_of(r.saved_usage.output));
-        let s_cached = col_i64(&|r| i64_of(r.saved_usage.cached_input));
-        let s_write = col_i64(&|r| i64_of(r.saved_usage.cache_write));
-        let saved_cost = col_opt_i64(&|r| r.saved_cost_nanos);
-        let workflow = col_opt_str(&|r| r.workflow.as_deref());
-        let step = col_opt_str(&|r| r.step.as_deref());
-        let tags = col_str(&|r| &r.tags);
-        let params: [&(dyn ToSql + Sync); 26] = [
-            &at,
-            &correlation,
-            &provider,
-            &model,
-            &response_model,
-            &operation,
-            &input,
-            &output,
-            &cached,
-            &write,
-            &cost,
-            &version,
-            &latency,
-            &attempts,
-            &status,
-            &error_kind,
-            &http_status,
-            &tier,
-            &s_input,
-            &s_output,
-            &s_cached,
-            &s_write,
-            &saved_cost,
-            &workflow,
-            &step,
-            &tags,
-        ];
-        client
-            .execute(&statement, &params)
-            .await
-            .map_err(|e| AnalyticsError::postgres(&e))?;
-        Ok(())
+        self.with_writer(async |writer: &mut Writer| {
+            let tx = writer.client.transaction().await.map_err(pg)?;
+            let duplicates = insert_calls(&tx, &writer.insert, &rows).await?;
+            if duplicates.is_empty() {
+                upsert_rollups(&tx, &rows).await?;
+            } else {
+                upsert_rollups(&tx, &query::without(&rows, &duplicates)).await?;
+            }
+            tx.commit().await.map_err(pg)
+        })
+        .await
     }
 
     /// Rows stored.
     pub async fn count(&self) -> Result<u64> {
         let client = self.client().await?;
-        let row = client
-            .query_one("SELECT COUNT(*) FROM calls", &[])
-            .await
-            .map_err(|e| AnalyticsError::postgres(&e))?;
-        let n: i64 = row.try_get(0).map_err(|e| AnalyticsError::postgres(&e))?;
+        let row = client.query_one(query::COUNT, &[]).await.map_err(pg)?;
+        let n: i64 = row.try_get(0).map_err(pg)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn records(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<CallRecord>> {
+        let client = self.client().await?;
+        let rows = client.query(sql, params).await.map_err(pg)?;
+        rows.iter().map(|row| row.record().map_err(pg)).collect()
     }
 
     /// Every row in `[from_ms, until_ms)`, oldest first.
     pub async fn rows(&self, from_ms: i64, until_ms: i64) -> Result<Vec<CallRecord>> {
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {} FROM calls WHERE at_ms >= $1 AND at_ms < $2 ORDER BY at_ms, id",
-            INSERT_COLUMNS.replace("tags", "tags::text")
-        );
-        let rows = client
-            .query(&sql, &[&from_ms, &until_ms])
+        self.records(&query::rows_sql(D), &[&from_ms, &until_ms])
             .await
-            .map_err(|e| AnalyticsError::postgres(&e))?;
-        rows.iter()
-            .map(|row| row_to_record(row).map_err(|e| AnalyticsError::postgres(&e)))
-            .collect()
     }
 
     /// The newest `limit` failed calls in `[from_ms, until_ms)`, newest
@@ -297,23 +413,16 @@ impl PostgresStore {
         until_ms: i64,
         limit: u32,
     ) -> Result<Vec<CallRecord>> {
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {} FROM calls WHERE at_ms >= $1 AND at_ms < $2 AND status = 'failed' \
-             ORDER BY at_ms DESC, id DESC LIMIT $3",
-            INSERT_COLUMNS.replace("tags", "tags::text")
-        );
         let limit = i64::from(limit);
-        let rows = client
-            .query(&sql, &[&from_ms, &until_ms, &limit])
-            .await
-            .map_err(|e| AnalyticsError::postgres(&e))?;
-        rows.iter()
-            .map(|row| row_to_record(row).map_err(|e| AnalyticsError::postgres(&e)))
-            .collect()
+        self.records(
+            &query::recent_failures_sql(D),
+            &[&from_ms, &until_ms, &limit],
+        )
+        .await
     }
 
-    /// The cost analysis over `[from_ms, until_ms)`.
+    /// The cost analysis over `[from_ms, until_ms)`: from the rollups for the
+    /// whole hours when they cover more than the exact limit, else exact.
     pub async fn cost_analysis(
         &self,
         from_ms: i64,
@@ -321,178 +430,293 @@ impl PostgresStore {
         group_by: &[GroupBy],
     ) -> Result<Vec<CostRow>> {
         let client = self.client().await?;
-        let query = build_query(group_by, Dialect::Postgres);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&from_ms, &until_ms];
-        for tag in &query.tag_params {
-            params.push(tag);
+        let hours = query::full_hours(from_ms, until_ms);
+        if hours.0 < hours.1 {
+            let covered: i64 = client
+                .query_one(&query::covered_sql(D), &[&hours.0, &hours.1])
+                .await
+                .map_err(pg)?
+                .try_get(0)
+                .map_err(pg)?;
+            if u64::try_from(covered).unwrap_or(0) > self.exact_limit {
+                return analyse_rollups(&client, (from_ms, until_ms), hours, group_by).await;
+            }
         }
-        let rows = client
-            .query(&query.sql, &params)
-            .await
-            .map_err(|e| AnalyticsError::postgres(&e))?;
-        let n = group_by.len();
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let pg = |e: tokio_postgres::Error| AnalyticsError::postgres(&e);
-            let mut raw = Vec::with_capacity(n);
-            for (i, group) in group_by.iter().enumerate() {
-                raw.push(if group.is_time_bucket() {
-                    match row.try_get::<_, Option<i64>>(i).map_err(pg)? {
-                        Some(ms) => RawGroupValue::Bucket(ms),
-                        None => RawGroupValue::Null,
-                    }
-                } else {
-                    RawGroupValue::Text(row.try_get::<_, Option<String>>(i).map_err(pg)?)
-                });
-            }
-            let mut values = [0_i64; 11];
-            for (k, slot) in values.iter_mut().enumerate() {
-                *slot = row
-                    .try_get::<_, Option<i64>>(n + k)
-                    .map_err(pg)?
-                    .unwrap_or(0);
-            }
-            let percentiles: Option<Vec<Option<f64>>> = row.try_get(n + 11).map_err(pg)?;
-            let percentiles_us = percentiles.and_then(|p| match p.as_slice() {
-                [Some(a), Some(b), Some(c)] => Some([*a, *b, *c]),
-                _ => None,
-            });
-            if values[0] == 0 {
-                continue;
-            }
-            out.push(make_row(
-                raw,
-                &Sums {
-                    values,
-                    percentiles_us,
-                },
-            ));
-        }
-        Ok(out)
+        analyse_exact(&client, from_ms, until_ms, group_by).await
     }
 
     /// The cost of the priced calls matching `filter` in `[from_ms, until_ms)`.
     pub async fn spent(&self, filter: &SpendFilter, from_ms: i64, until_ms: i64) -> Result<i64> {
         let client = self.client().await?;
-        let (clause, values) = filter.sql(Dialect::Postgres, 3);
-        let sql = format!(
-            "SELECT COALESCE(SUM(cost_nanos), 0)::bigint FROM calls WHERE at_ms >= $1 AND at_ms < $2{clause}"
-        );
+        let (sql, values) = query::spent_sql(filter, D);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&from_ms, &until_ms];
         for value in &values {
             params.push(value);
         }
-        let row = client
-            .query_one(&sql, &params)
-            .await
-            .map_err(|e| AnalyticsError::postgres(&e))?;
-        row.try_get(0).map_err(|e| AnalyticsError::postgres(&e))
+        let row = client.query_one(&sql, &params).await.map_err(pg)?;
+        row.try_get(0).map_err(pg)
     }
 
-    /// Recomputes every row's cost from its raw tokens with `prices`, in one
-    /// transaction (updates are sent in chunks of 10,000 rows).
+    /// Recomputes every row's cost from its raw tokens with `prices`, and the
+    /// rollups, in one transaction (updates are sent in chunks of 10,000
+    /// rows).
     pub async fn reprice(&self, prices: Arc<PriceTable>) -> Result<RepriceReport> {
-        let pg = |e: tokio_postgres::Error| AnalyticsError::postgres(&e);
-        let client = self.client().await?;
-        client.batch_execute("BEGIN").await.map_err(pg)?;
-        let result = async {
-            let rows = client
-                .query(
-                    "SELECT id, at_ms, provider, model, response_model, input_tokens, output_tokens, \
-                     cached_input_tokens, cache_write_tokens, cache_tier, saved_input_tokens, \
-                     saved_output_tokens, saved_cached_input_tokens, saved_cache_write_tokens FROM calls",
-                    &[],
+        self.with_writer(async |writer: &mut Writer| {
+            let tx = writer.client.transaction().await.map_err(pg)?;
+            let report = reprice_rows(&tx, &prices).await?;
+            rebuild_rollups(&tx).await?;
+            tx.commit().await.map_err(pg)?;
+            Ok(report)
+        })
+        .await
+    }
+}
+
+/// Inserts `rows`; returns the indexes of those skipped because their call
+/// id was stored already.
+async fn insert_calls(
+    client: &impl GenericClient,
+    statement: &Statement,
+    rows: &[CallRecord],
+) -> Result<Vec<usize>> {
+    let col_i64 = |f: &dyn Fn(&CallRecord) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let col_opt_i64 =
+        |f: &dyn Fn(&CallRecord) -> Option<i64>| rows.iter().map(f).collect::<Vec<Option<i64>>>();
+    let col_str = |f: &dyn Fn(&CallRecord) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+    let col_opt_str =
+        |f: &dyn Fn(&CallRecord) -> Option<&str>| rows.iter().map(f).collect::<Vec<Option<&str>>>();
+    let at = col_i64(&|r| r.at_ms);
+    let correlation = col_opt_str(&|r| r.correlation_id.as_deref());
+    let provider = col_str(&|r| &r.provider);
+    let model = col_str(&|r| &r.model);
+    let response_model = col_opt_str(&|r| r.response_model.as_deref());
+    let operation = col_str(&|r| &r.operation);
+    let input = col_i64(&|r| i64_of(r.usage.input));
+    let output = col_i64(&|r| i64_of(r.usage.output));
+    let cached = col_i64(&|r| i64_of(r.usage.cached_input));
+    let write = col_i64(&|r| i64_of(r.usage.cache_write));
+    let cost = col_opt_i64(&|r| r.cost_nanos);
+    let version = col_opt_str(&|r| r.price_version.as_deref());
+    let latency = col_i64(&|r| r.latency_us);
+    let attempts = col_i64(&|r| r.attempts);
+    let status = col_str(&|r| &r.status);
+    let error_kind = col_opt_str(&|r| r.error_kind.as_deref());
+    let http_status = col_opt_i64(&|r| r.http_status);
+    let tier = col_opt_str(&|r| r.cache_tier.as_deref());
+    let s_input = col_i64(&|r| i64_of(r.saved_usage.input));
+    let s_output = col_i64(&|r| i64_of(r.saved_usage.output));
+    let s_cached = col_i64(&|r| i64_of(r.saved_usage.cached_input));
+    let s_write = col_i64(&|r| i64_of(r.saved_usage.cache_write));
+    let saved_cost = col_opt_i64(&|r| r.saved_cost_nanos);
+    let workflow = col_opt_str(&|r| r.workflow.as_deref());
+    let step = col_opt_str(&|r| r.step.as_deref());
+    let tags = col_str(&|r| &r.tags);
+    let call_ids = col_opt_str(&|r| r.call_id.as_deref());
+    let params: [&(dyn ToSql + Sync); 27] = [
+        &at,
+        &correlation,
+        &provider,
+        &model,
+        &response_model,
+        &operation,
+        &input,
+        &output,
+        &cached,
+        &write,
+        &cost,
+        &version,
+        &latency,
+        &attempts,
+        &status,
+        &error_kind,
+        &http_status,
+        &tier,
+        &s_input,
+        &s_output,
+        &s_cached,
+        &s_write,
+        &saved_cost,
+        &workflow,
+        &step,
+        &tags,
+        &call_ids,
+    ];
+    let stored = client.query(statement, &params).await.map_err(pg)?;
+    if stored.len() == rows.len() {
+        return Ok(Vec::new());
+    }
+    let mut stored_ids = std::collections::HashSet::with_capacity(stored.len());
+    for row in &stored {
+        if let Some(id) = row.try_get::<_, Option<String>>(0).map_err(pg)? {
+            stored_ids.insert(id);
+        }
+    }
+    Ok(rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.call_id
+                .as_ref()
+                .is_some_and(|id| !stored_ids.contains(id))
+        })
+        .map(|(i, _)| i)
+        .collect())
+}
+
+async fn reprice_rows(client: &impl GenericClient, prices: &PriceTable) -> Result<RepriceReport> {
+    let rows = client.query(query::REPRICE_SELECT, &[]).await.map_err(pg)?;
+    let mut report = RepriceReport::default();
+    let mut ids = Vec::new();
+    let mut costs: Vec<Option<i64>> = Vec::new();
+    let mut versions: Vec<Option<String>> = Vec::new();
+    let mut saved: Vec<Option<i64>> = Vec::new();
+    let update = "UPDATE calls SET cost_nanos = u.cost, price_version = u.version, saved_cost_nanos = u.saved \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) AS u(id, cost, version, saved) \
+         WHERE calls.id = u.id";
+    for (index, row) in rows.iter().enumerate() {
+        let id: i64 = row.try_get(0).map_err(pg)?;
+        let at_ms: i64 = row.try_get(1).map_err(pg)?;
+        let provider: String = row.try_get(2).map_err(pg)?;
+        let model: String = row.try_get(3).map_err(pg)?;
+        let response_model: Option<String> = row.try_get(4).map_err(pg)?;
+        let usage = row.usage_at(5).map_err(pg)?;
+        let tier: Option<String> = row.try_get(9).map_err(pg)?;
+        let saved_usage = row.usage_at(10).map_err(pg)?;
+        let cost = prices.cost(&provider, &model, response_model.as_deref(), at_ms, &usage);
+        report.count(cost.is_some());
+        saved.push(
+            tier.and_then(|_| {
+                prices.cost(
+                    &provider,
+                    &model,
+                    response_model.as_deref(),
+                    at_ms,
+                    &saved_usage,
                 )
+            })
+            .map(|c| c.nanos),
+        );
+        ids.push(id);
+        costs.push(cost.as_ref().map(|c| c.nanos));
+        versions.push(cost.map(|c| c.version));
+        if ids.len() == 10_000 || index + 1 == rows.len() {
+            client
+                .execute(update, &[&ids, &costs, &versions, &saved])
                 .await
                 .map_err(pg)?;
-            let mut report = RepriceReport::default();
-            let mut ids = Vec::new();
-            let mut costs: Vec<Option<i64>> = Vec::new();
-            let mut versions: Vec<Option<String>> = Vec::new();
-            let mut saved: Vec<Option<i64>> = Vec::new();
-            let update = "UPDATE calls SET cost_nanos = u.cost, price_version = u.version, saved_cost_nanos = u.saved \
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) AS u(id, cost, version, saved) \
-                 WHERE calls.id = u.id";
-            for (index, row) in rows.iter().enumerate() {
-                let id: i64 = row.try_get(0).map_err(pg)?;
-                let at_ms: i64 = row.try_get(1).map_err(pg)?;
-                let provider: String = row.try_get(2).map_err(pg)?;
-                let model: String = row.try_get(3).map_err(pg)?;
-                let response_model: Option<String> = row.try_get(4).map_err(pg)?;
-                let usage = usage_at(row, 5).map_err(pg)?;
-                let tier: Option<String> = row.try_get(9).map_err(pg)?;
-                let saved_usage = usage_at(row, 10).map_err(pg)?;
-                let cost = prices.cost(&provider, &model, response_model.as_deref(), at_ms, &usage);
-                report.count(cost.is_some());
-                saved.push(
-                    tier.and_then(|_| {
-                        prices.cost(&provider, &model, response_model.as_deref(), at_ms, &saved_usage)
-                    })
-                    .map(|c| c.nanos),
-                );
-                ids.push(id);
-                costs.push(cost.as_ref().map(|c| c.nanos));
-                versions.push(cost.map(|c| c.version));
-                if ids.len() == 10_000 || index + 1 == rows.len() {
-                    client
-                        .execute(update, &[&ids, &costs, &versions, &saved])
-                        .await
-                        .map_err(pg)?;
-                    ids.clear();
-                    costs.clear();
-                    versions.clear();
-                    saved.clear();
-                }
-            }
-            Ok::<_, AnalyticsError>(report)
-        }
-        .await;
-        match result {
-            Ok(report) => {
-                client.batch_execute("COMMIT").await.map_err(pg)?;
-                Ok(report)
-            }
-            Err(error) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                Err(error)
-            }
+            ids.clear();
+            costs.clear();
+            versions.clear();
+            saved.clear();
         }
     }
+    Ok(report)
 }
 
-fn usage_at(row: &Row, first: usize) -> std::result::Result<TokenUsage, tokio_postgres::Error> {
-    let get = |i: usize| -> std::result::Result<u64, tokio_postgres::Error> {
-        Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))
-    };
-    Ok(TokenUsage {
-        input: get(first)?,
-        output: get(first + 1)?,
-        cached_input: get(first + 2)?,
-        cache_write: get(first + 3)?,
+/// Group value `i` of `row`.
+fn read_key(row: &Row, i: usize, group: &GroupBy) -> Result<Key> {
+    Ok(if group.is_time_bucket() {
+        match row.try_get::<_, Option<i64>>(i).map_err(pg)? {
+            Some(ms) => Key::Bucket(ms),
+            None => Key::Null,
+        }
+    } else {
+        match row.try_get::<_, Option<String>>(i).map_err(pg)? {
+            Some(text) => Key::Text(text),
+            None => Key::Null,
+        }
     })
 }
 
-fn row_to_record(row: &Row) -> std::result::Result<CallRecord, tokio_postgres::Error> {
-    Ok(CallRecord {
-        at_ms: row.try_get(0)?,
-        correlation_id: row.try_get(1)?,
-        provider: row.try_get(2)?,
-        model: row.try_get(3)?,
-        response_model: row.try_get(4)?,
-        operation: row.try_get(5)?,
-        usage: usage_at(row, 6)?,
-        cost_nanos: row.try_get(10)?,
-        price_version: row.try_get(11)?,
-        latency_us: row.try_get(12)?,
-        attempts: row.try_get(13)?,
-        status: row.try_get(14)?,
-        error_kind: row.try_get(15)?,
-        http_status: row.try_get(16)?,
-        cache_tier: row.try_get(17)?,
-        saved_usage: usage_at(row, 18)?,
-        saved_cost_nanos: row.try_get(22)?,
-        workflow: row.try_get(23)?,
-        step: row.try_get(24)?,
-        tags: row.try_get(25)?,
-    })
+fn read_keys(row: &Row, group_by: &[GroupBy]) -> Result<Vec<Key>> {
+    group_by
+        .iter()
+        .enumerate()
+        .map(|(i, g)| read_key(row, i, g))
+        .collect()
+}
+
+fn with_tags<'a>(bounds: [&'a i64; 2], tags: &'a [String]) -> Vec<&'a (dyn ToSql + Sync)> {
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![bounds[0], bounds[1]];
+    for tag in tags {
+        params.push(tag);
+    }
+    params
+}
+
+/// Whole hours from the rollups, the partial hours at either end from the raw
+/// rows; percentiles from the merged histograms.
+async fn analyse_rollups(
+    client: &Client,
+    (from_ms, until_ms): (i64, i64),
+    (hours_from, hours_until): (i64, i64),
+    group_by: &[GroupBy],
+) -> Result<Vec<CostRow>> {
+    let n = group_by.len();
+    let mut merge = Merge::default();
+    let q = query::rollups_sql(group_by, D);
+    let rows = client
+        .query(
+            &q.sql,
+            &with_tags([&hours_from, &hours_until], &q.tag_params),
+        )
+        .await
+        .map_err(pg)?;
+    for row in &rows {
+        row.add_rollup_to(&mut merge, read_keys(row, group_by)?, n)
+            .map_err(pg)?;
+    }
+    let q = query::raw_calls_sql(group_by, D);
+    for (a, b) in [(from_ms, hours_from), (hours_until, until_ms)] {
+        if a >= b {
+            continue;
+        }
+        let rows = client
+            .query(&q.sql, &with_tags([&a, &b], &q.tag_params))
+            .await
+            .map_err(pg)?;
+        for row in &rows {
+            row.add_call_to(&mut merge, read_keys(row, group_by)?, n)
+                .map_err(pg)?;
+        }
+    }
+    Ok(merge.finish())
+}
+
+async fn analyse_exact(
+    client: &Client,
+    from_ms: i64,
+    until_ms: i64,
+    group_by: &[GroupBy],
+) -> Result<Vec<CostRow>> {
+    let q = query::build_query(group_by, D);
+    let rows = client
+        .query(&q.sql, &with_tags([&from_ms, &until_ms], &q.tag_params))
+        .await
+        .map_err(pg)?;
+    let n = group_by.len();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let raw = read_keys(row, group_by)?
+            .into_iter()
+            .map(RawGroupValue::from)
+            .collect();
+        let values = row.sums_at(n).map_err(pg)?;
+        let percentiles: Option<Vec<Option<f64>>> = row.try_get(n + 11).map_err(pg)?;
+        let percentiles_us = percentiles.and_then(|p| match p.as_slice() {
+            [Some(a), Some(b), Some(c)] => Some([*a, *b, *c]),
+            _ => None,
+        });
+        if values[0] == 0 {
+            continue;
+        }
+        out.push(make_row(
+            raw,
+            &Sums {
+                values,
+                percentiles_us,
+            },
+        ));
+    }
+    Ok(out)
 }

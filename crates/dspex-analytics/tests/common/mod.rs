@@ -95,6 +95,7 @@ impl Spec {
 
     pub fn completion(&self) -> Completion {
         Completion {
+            call_id: uuid::Uuid::now_v7(),
             call: call(self.provider, self.model, &self.tags),
             response_model: Some(self.model.to_owned()),
             outcome: self.outcome.clone(),
@@ -200,3 +201,28 @@ pub fn traffic() -> Vec<CallRecord> {
 pub const MINI: i64 = 210_000;
 pub const SONNET: i64 = 3_420_000;
 pub const MINI_2000: i64 = 300_000;
+
+/// Writes `traffic()` twice (the second time with one new row among the
+/// repeats, as a replayed journal would) and checks that every call is
+/// stored, and counted in the rollups, once. `store` must answer from its
+/// rollups (an exact limit of 0).
+pub async fn rows_written_twice_are_stored_once(store: &dspex_analytics::Store) {
+    use std::sync::Arc;
+    let first = traffic();
+    store.insert(Arc::new(first.clone())).await.unwrap();
+    let mut again = first.clone();
+    let mut fresh = first[0].clone();
+    fresh.call_id = Some("fresh-call".to_owned());
+    again.insert(3, fresh);
+    store.insert(Arc::new(again)).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), first.len() as u64 + 1);
+    let total = store
+        .get_cost_analysis(dspex_analytics::TimeRange::All, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        total.iter().map(|r| r.requests).sum::<u64>(),
+        first.len() as u64 + 1,
+        "the rollups count each call once"
+    );
+}

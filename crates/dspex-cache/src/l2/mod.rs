@@ -210,10 +210,25 @@ impl L2 {
         }
     }
 
-    pub(crate) async fn purge_expired(&self) -> Result<u64> {
+    /// Deletes expired entries with their persisted L3 vectors; returns
+    /// the keys removed (so the in-memory index can drop them too).
+    pub(crate) async fn purge_expired(&self) -> Result<Vec<CacheKey>> {
         match self {
-            Self::Redb(store) => store.purge_expired(),
+            Self::Redb(store) => Ok(store
+                .purge_expired()?
+                .iter()
+                .filter_map(|key| CacheKey::from_storage_bytes(key))
+                .collect()),
             // Redis expires entries itself (SET ... PX).
+            Self::Redis(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Deletes the persisted L3 vectors of `namespace` (all with `None`),
+    /// keeping their entries; only redb keeps vectors.
+    pub(crate) async fn clear_semantic(&self, namespace: Option<&str>) -> Result<u64> {
+        match self {
+            Self::Redb(store) => store.clear_semantic(namespace),
             Self::Redis(_) => Ok(0),
         }
     }

@@ -228,19 +228,87 @@ impl RedbStore {
         }
     }
 
-    /// Deletes entries whose time to live has run out.
-    pub(crate) fn purge_expired(&self) -> Result<u64> {
+    /// Deletes entries whose time to live has run out, with their L3
+    /// vectors, and any vector whose entry is gone (left by an older
+    /// version or a store edited by hand), so a later open cannot reload
+    /// it. Returns the storage keys of the entries removed.
+    pub(crate) fn purge_expired(&self) -> Result<Vec<Vec<u8>>> {
         let now = now_ms();
-        self.delete_where(|_, entry| entry.is_none_or(|e| e.expires_ms <= now))
+        let removed =
+            self.delete_where_keys(|_, entry| entry.is_none_or(|e| e.expires_ms <= now))?;
+        self.delete_semantic_where(|key, entries| !entries.contains(key))?;
+        Ok(removed)
+    }
+
+    /// Deletes the persisted L3 vectors of `namespace` (all with `None`),
+    /// leaving their entries: `dspex cache clear --tier l3` in one process
+    /// must keep the next process from reloading them. Returns how many went.
+    pub(crate) fn clear_semantic(&self, namespace: Option<&str>) -> Result<u64> {
+        match namespace {
+            None => self.delete_semantic_where(|_, _| true),
+            Some(ns) => {
+                let mut prefix = ns.as_bytes().to_vec();
+                prefix.push(0);
+                self.delete_semantic_where(|k, _| k.starts_with(&prefix))
+            }
+        }
+    }
+
+    /// Deletes the SEMANTIC rows for which `doomed(key, live entry keys)`
+    /// holds, with their byte counts, in one transaction.
+    fn delete_semantic_where(
+        &self,
+        doomed: impl Fn(&[u8], &std::collections::HashSet<Vec<u8>>) -> bool,
+    ) -> Result<u64> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate);
+        let mut removed = 0;
+        {
+            let entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let mut semantic = txn.open_table(SEMANTIC).map_err(|e| self.err(e))?;
+            let mut live = std::collections::HashSet::new();
+            for item in entries.iter().map_err(|e| self.err(e))? {
+                let (k, _) = item.map_err(|e| self.err(e))?;
+                live.insert(k.value().to_vec());
+            }
+            let mut victims: Vec<(Vec<u8>, usize)> = Vec::new();
+            for item in semantic.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if doomed(k.value(), &live) {
+                    victims.push((k.value().to_vec(), v.value().len()));
+                }
+            }
+            if victims.is_empty() {
+                return Ok(0);
+            }
+            let mut bytes = self.recorded_bytes(&meta)?;
+            for (key, len) in victims {
+                semantic.remove(key.as_slice()).map_err(|e| self.err(e))?;
+                bytes = bytes.saturating_sub((key.len() + len) as u64);
+                removed += 1;
+            }
+            meta.insert("bytes", bytes).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(removed)
     }
 
     /// Deletes the entries for which `doomed(key, entry)` holds (entries that do
     /// not decode are passed as `None`), with their order rows, L3 vectors and
     /// byte counts, in one transaction.
     fn delete_where(&self, doomed: impl Fn(&[u8], Option<&StoredEntry>) -> bool) -> Result<u64> {
+        Ok(self.delete_where_keys(doomed)?.len() as u64)
+    }
+
+    /// [`Self::delete_where`], returning the storage keys it removed.
+    fn delete_where_keys(
+        &self,
+        doomed: impl Fn(&[u8], Option<&StoredEntry>) -> bool,
+    ) -> Result<Vec<Vec<u8>>> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate);
-        let mut removed = 0;
+        let mut removed = Vec::new();
         {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
             let mut order = txn.open_table(ORDER).map_err(|e| self.err(e))?;
@@ -270,7 +338,7 @@ impl RedbStore {
                 if let Some(old) = semantic.remove(key.as_slice()).map_err(|e| self.err(e))? {
                     bytes = bytes.saturating_sub((key.len() + old.value().len()) as u64);
                 }
-                removed += 1;
+                removed.push(key);
             }
             meta.insert("bytes", bytes).map_err(|e| self.err(e))?;
         }

@@ -68,7 +68,6 @@ impl OptimizerKind {
 
 /// `[optimize]` as written.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawOptimizeConfig {
     /// The optimiser.
     pub optimizer: Option<String>,

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use dspex_core::config::SourceLocation;
 use minijinja::{AutoEscape, Environment, State, UndefinedBehavior, Value};
 
 use super::scan::{self, RefKind};
@@ -190,11 +191,18 @@ impl Compiled {
         let registered = error.name();
         let template = registered.map_or(fallback, |r| self.table.display(r));
         let mut message = describe(error);
-        let snippet = registered
+        let located = registered
             .zip(error.range())
-            .and_then(|(r, range)| self.source_of(r)?.get(range));
-        if let Some(snippet) = snippet {
-            message.push_str(&format!(" (at `{snippet}`)"));
+            .and_then(|(r, range)| Some((self.source_of(r)?, range)));
+        if let Some((source, range)) = located {
+            if let Some(snippet) = source.get(range.clone()) {
+                message.push_str(&format!(" (at `{snippet}`)"));
+            }
+            message.push_str(&quote(template, source, range));
+        } else if let Some((source, line)) =
+            registered.and_then(|r| self.source_of(r)).zip(error.line())
+        {
+            message.push_str(&quote_line(template, source, line, 1));
         }
         PromptError::TemplateRender {
             template: template.to_owned(),
@@ -222,7 +230,10 @@ pub(super) fn check_reference(
                 template: display.to_owned(),
                 line,
                 column: Some(column),
-                message: "`extends` needs a literal template name".to_owned(),
+                message: format!(
+                    "`extends` needs a literal template name{}",
+                    quote(display, source, reference.offset..reference.offset)
+                ),
             });
         }
         return Ok(());
@@ -279,7 +290,11 @@ pub(super) fn check_cycles<'a>(
                         template: display.to_owned(),
                         line,
                         column: Some(column),
-                        message: format!("cycle in template inheritance: {}", chain.join(" -> ")),
+                        message: format!(
+                            "cycle in template inheritance: {}{}",
+                            chain.join(" -> "),
+                            quote(display, source, offset..offset)
+                        ),
                     });
                 }
                 Some(_) => {}
@@ -415,12 +430,31 @@ pub(super) fn syntax_error(display: &str, source: &str, error: &minijinja::Error
     let column = error
         .range()
         .and_then(|range| column_at(source, range.start));
+    let line = error.line().unwrap_or(1);
+    let at = match error.range() {
+        Some(range) => quote(display, source, range),
+        None => quote_line(display, source, line, 1),
+    };
     PromptError::TemplateSyntax {
         template: display.to_owned(),
-        line: error.line().unwrap_or(1),
+        line,
         column,
-        message: describe(error),
+        message: format!("{}{at}", describe(error)),
     }
+}
+
+/// The byte range `span` of the template `display`, quoted on lines of its
+/// own after a message (`--> name:line:column`, the line, carets).
+fn quote(display: &str, source: &str, span: std::ops::Range<usize>) -> String {
+    format!("\n{}", SourceLocation::from_span(display, source, span))
+}
+
+/// Like [`quote`], at a 1-based line and byte column.
+fn quote_line(display: &str, source: &str, line: usize, column: usize) -> String {
+    format!(
+        "\n{}",
+        SourceLocation::from_line_column(display, source, line, column, 1)
+    )
 }
 
 /// The 1-based line and column (in characters) of a byte offset.

@@ -1,0 +1,30 @@
+//! Templates: compile any source, then render it with variables.
+#![no_main]
+
+use dspex_prompt::template::PromptTemplate;
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
+
+fuzz_target!(|data: &str| {
+    // The source, then optionally a NUL and the variables as JSON.
+    let (source, vars) = data.split_once('\0').unwrap_or((data, ""));
+    let Ok(template) = PromptTemplate::create("fuzz", source) else {
+        return;
+    };
+    let vars = match serde_json::from_str::<Value>(vars) {
+        Ok(Value::Object(vars)) => Value::Object(vars),
+        _ => {
+            // Every variable the template reads, as a short string.
+            let vars: serde_json::Map<String, Value> = template
+                .variables()
+                .into_iter()
+                .map(|v| (v.name, json!("x")))
+                .collect();
+            Value::Object(vars)
+        }
+    };
+    match template.render(&vars) {
+        Ok(_) => {}
+        Err(error) => assert!(!error.to_string().is_empty()),
+    }
+});
