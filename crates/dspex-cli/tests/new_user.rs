@@ -8,46 +8,16 @@
     missing_docs
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use dspex::mock::{MockConfig, MockServer};
 use serde_json::Value;
 
+use common::{dspex, write_config};
+
 const KEY: &str = "sk-new-user-SECRET-0123456789abcdef";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn dspex(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dspex"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DSPEX_CONFIG")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("ANTHROPIC_BASE_URL")
-        .env_remove("DSPEX_LOG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let output = command.output().await.unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("dspex.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn provider(id: &str, base_url: &str) -> String {
     format!(
