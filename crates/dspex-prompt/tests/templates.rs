@@ -62,6 +62,18 @@ fn syntax_error_names_template_line_and_column() {
 }
 
 #[test]
+fn syntax_error_quotes_the_line_under_its_place() {
+    let display = PromptTemplate::create("broken", "line one\nline two {{ name oops }}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(display.contains("--> broken:2:18"), "{display}");
+    assert!(
+        display.contains(" 2 | line two {{ name oops }}\n   |                  ^"),
+        "{display}"
+    );
+}
+
+#[test]
 fn syntax_error_for_unclosed_block() {
     let err = PromptTemplate::create("loop", "a\nb\n{% for x in xs %}{{ x }}").unwrap_err();
     match err {
