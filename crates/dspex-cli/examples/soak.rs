@@ -1151,7 +1151,8 @@ async fn wait_rows(store: &dspex::analytics::Store, calls: u64) -> anyhow::Resul
 
 async fn gateway_leg(args: &Args, work: &Path, mock: &Mock) -> anyhow::Result<LegReport> {
     let bin = match &args.dspex {
-        Some(bin) => bin.clone(),
+        // The children run in `work`: a relative path would not resolve there.
+        Some(bin) => std::path::absolute(bin)?,
         None => std::env::current_exe()?
             .parent()
             .and_then(Path::parent)
