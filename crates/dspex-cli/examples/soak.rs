@@ -308,6 +308,47 @@ struct LegReport {
 }
 
 impl LegReport {
+    /// A leg's report before its checks: what it measured, the panics seen,
+    /// the rows in its store and what the mock injected.
+    fn new(
+        leg: &'static str,
+        args: &Args,
+        measured: Measured,
+        panics: u64,
+        rows: u64,
+        (upstream_requests, upstream_injected): (u64, BTreeMap<String, u64>),
+    ) -> Self {
+        let Measured {
+            tally,
+            warm,
+            after,
+            rss_kb_peak,
+            rss_kb_every_10s,
+            wall,
+            run_wall,
+        } = measured;
+        Self {
+            leg,
+            warmup_calls: args.warmup,
+            calls: args.calls,
+            concurrency: args.concurrency,
+            tally,
+            panics,
+            rows_expected: args.warmup + args.calls,
+            rows,
+            warm,
+            after,
+            rss_kb_peak,
+            rss_kb_every_10s,
+            rss_growth_pct: growth(warm.rss_kb, after.rss_kb),
+            wall_s: wall.as_secs_f64(),
+            calls_per_s: args.calls as f64 / run_wall.as_secs_f64().max(f64::EPSILON),
+            upstream_requests,
+            upstream_injected,
+            failures: Vec::new(),
+        }
+    }
+
     /// Fills in the checks' verdicts.
     fn check(&mut self, args: &Args) {
         let mut failures = Vec::new();
@@ -800,6 +841,60 @@ async fn client_call(client: Client, i: u64) -> Outcome {
     )
 }
 
+/// What a leg measured: its warm-up, then its calls, each followed by
+/// waiting until every call so far has its analytics row, so the RSS samples
+/// hold no rows still queued.
+struct Measured {
+    tally: Tally,
+    warm: Sample,
+    after: Sample,
+    rss_kb_peak: u64,
+    rss_kb_every_10s: Vec<u64>,
+    /// From the first warm-up call to the last row.
+    wall: Duration,
+    /// The measured calls alone.
+    run_wall: Duration,
+}
+
+/// The sequence both legs run against the process `pid`: `--warmup` calls,
+/// a sample, `CALLS` calls, a sample, with RSS watched throughout.
+/// `recorded(n)` returns once `n` calls have their rows.
+async fn warm_then_measure<F, Fut>(
+    args: &Args,
+    pid: &str,
+    call: F,
+    recorded: impl AsyncFn(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<Measured>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let (stop_watch, watcher) = watch_rss(pid.to_owned());
+    let started = Instant::now();
+    let latency = latencies()?;
+    let mut tally = drive(0, args.warmup, args.concurrency, &latency, call.clone()).await;
+    recorded(args.warmup).await?;
+    let warm = sample(pid)?;
+    let measured = Instant::now();
+    let total = args.warmup + args.calls;
+    tally.merge(drive(args.warmup, total, args.concurrency, &latency, call).await);
+    let run_wall = measured.elapsed();
+    tally.latency = Some(latency.lock().clone());
+    recorded(total).await?;
+    let after = sample(pid)?;
+    let _ = stop_watch.send(());
+    let (peak, rss_kb_every_10s) = watcher.await.unwrap_or_default();
+    Ok(Measured {
+        tally,
+        warm,
+        after,
+        rss_kb_peak: peak.max(after.rss_kb),
+        rss_kb_every_10s,
+        wall: started.elapsed(),
+        run_wall,
+    })
+}
+
 /// Waits until the recorder has written (or given up on) `calls` rows.
 async fn wait_recorded(runtime: &Runtime, calls: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -845,59 +940,24 @@ async fn client_leg(args: &Args, work: &Path, mock: &Mock) -> anyhow::Result<Leg
     .await?;
     let client = runtime.client().clone();
     let pid = std::process::id().to_string();
-    let (stop_watch, watcher) = watch_rss(pid.clone());
-    let started = Instant::now();
-    let latency = latencies()?;
     let call = move |i| client_call(client.clone(), i);
-    let mut tally = drive(0, args.warmup, args.concurrency, &latency, call.clone()).await;
-    wait_recorded(&runtime, args.warmup).await?;
-    let warm = sample(&pid)?;
-    let measured = Instant::now();
-    tally.merge(
-        drive(
-            args.warmup,
-            args.warmup + args.calls,
-            args.concurrency,
-            &latency,
-            call,
-        )
-        .await,
-    );
-    let run_wall = measured.elapsed();
-    tally.latency = Some(latency.lock().clone());
-    let total = args.warmup + args.calls;
-    wait_recorded(&runtime, total).await?;
-    let after = sample(&pid)?;
-    let _ = stop_watch.send(());
-    let (peak, rss_kb_every_10s) = watcher.await.unwrap_or_default();
-    let wall = started.elapsed();
+    let measured =
+        warm_then_measure(args, &pid, call, async |n| wait_recorded(&runtime, n).await).await?;
     let report = runtime.shutdown().await?;
     let lost = report.recorded.map_or(0, |r| r.rows_lost);
     if lost > 0 {
         err(&format!("client leg: the recorder gave up on {lost} rows"));
     }
-    let (upstream_requests, upstream_injected) = injected(&mock.stats().await?);
+    let upstream = injected(&mock.stats().await?);
     let rows = count_rows(&store).await?;
-    Ok(LegReport {
-        leg: "client",
-        warmup_calls: args.warmup,
-        calls: args.calls,
-        concurrency: args.concurrency,
-        tally,
-        panics: PANICS.load(Ordering::Relaxed),
-        rows_expected: total,
+    Ok(LegReport::new(
+        "client",
+        args,
+        measured,
+        PANICS.load(Ordering::Relaxed),
         rows,
-        warm,
-        after,
-        rss_kb_peak: peak.max(after.rss_kb),
-        rss_kb_every_10s,
-        rss_growth_pct: growth(warm.rss_kb, after.rss_kb),
-        wall_s: wall.as_secs_f64(),
-        calls_per_s: args.calls as f64 / run_wall.as_secs_f64().max(f64::EPSILON),
-        upstream_requests,
-        upstream_injected,
-        failures: Vec::new(),
-    })
+        upstream,
+    ))
 }
 
 fn growth(from: u64, to: u64) -> f64 {
@@ -1201,58 +1261,19 @@ async fn gateway_leg(args: &Args, work: &Path, mock: &Mock) -> anyhow::Result<Le
         .pool_max_idle_per_host(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
         .build()?;
     let base: Arc<str> = gateway.base.as_str().into();
-    let (stop_watch, watcher) = watch_rss(gateway.pid.clone());
-    let started = Instant::now();
     // Read while the gateway writes (SQLite in WAL mode allows it).
     let reader = open_store(&store).await?;
-    let latency = latencies()?;
     let call = move |i| gateway_call(http.clone(), Arc::clone(&base), Arc::clone(&key), i);
-    let mut tally = drive(0, args.warmup, args.concurrency, &latency, call.clone()).await;
-    wait_rows(&reader, args.warmup).await?;
-    let warm = sample(&gateway.pid)?;
-    let measured = Instant::now();
-    tally.merge(
-        drive(
-            args.warmup,
-            args.warmup + args.calls,
-            args.concurrency,
-            &latency,
-            call,
-        )
-        .await,
-    );
-    let run_wall = measured.elapsed();
-    tally.latency = Some(latency.lock().clone());
-    let total = args.warmup + args.calls;
-    wait_rows(&reader, total).await?;
+    let measured = warm_then_measure(args, &gateway.pid, call, async |n| {
+        wait_rows(&reader, n).await.map(drop)
+    })
+    .await?;
     drop(reader);
-    let after = sample(&gateway.pid)?;
-    let _ = stop_watch.send(());
-    let (peak, rss_kb_every_10s) = watcher.await.unwrap_or_default();
-    let wall = started.elapsed();
-    let (upstream_requests, upstream_injected) = injected(&mock.stats().await?);
+    let upstream = injected(&mock.stats().await?);
     let (exit, log) = gateway.stop().await?;
     let rows = count_rows(&store).await?;
-    let mut report = LegReport {
-        leg: "gateway",
-        warmup_calls: args.warmup,
-        calls: args.calls,
-        concurrency: args.concurrency,
-        tally,
-        panics: log.matches("panicked at").count() as u64,
-        rows_expected: total,
-        rows,
-        warm,
-        after,
-        rss_kb_peak: peak.max(after.rss_kb),
-        rss_kb_every_10s,
-        rss_growth_pct: growth(warm.rss_kb, after.rss_kb),
-        wall_s: wall.as_secs_f64(),
-        calls_per_s: args.calls as f64 / run_wall.as_secs_f64().max(f64::EPSILON),
-        upstream_requests,
-        upstream_injected,
-        failures: Vec::new(),
-    };
+    let panics = log.matches("panicked at").count() as u64;
+    let mut report = LegReport::new("gateway", args, measured, panics, rows, upstream);
     report.check(args);
     if !exit.success() {
         report

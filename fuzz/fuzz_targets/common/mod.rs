@@ -3,7 +3,7 @@
 
 pub mod upstream;
 
-use dspex_prompt::Signature;
+use dspex_prompt::{Adapter, Signature};
 
 /// A signature with an output of every type, for replies whose input does
 /// not bring its own.
@@ -22,4 +22,29 @@ pub fn signature_and_text(data: &str) -> (Signature, &str) {
     }
     let signature = Signature::parse(DEFAULT_SIGNATURE).expect("the default signature parses");
     (signature, data)
+}
+
+/// Parses `data` (see [`signature_and_text`]) with `adapter` and checks what
+/// every adapter promises: each output field is either read or reported as a
+/// failure, never both, never lost, and every failure gives its reason.
+pub fn check_adapter_parse(adapter: Adapter, data: &str) {
+    let (signature, reply) = signature_and_text(data);
+    let parsed = adapter.parse(&signature, reply);
+    for field in signature.outputs() {
+        let read = parsed.outputs.contains_key(&field.name);
+        let failed = parsed
+            .failures
+            .iter()
+            .filter(|(name, _)| *name == field.name)
+            .count();
+        assert_eq!(
+            usize::from(read) + failed,
+            1,
+            "field `{}` in {parsed:?}",
+            field.name
+        );
+    }
+    for (name, reason) in &parsed.failures {
+        assert!(!reason.is_empty(), "failure of `{name}` has no reason");
+    }
 }

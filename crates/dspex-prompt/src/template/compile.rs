@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use dspex_core::config::SourceLocation;
-use minijinja::{AutoEscape, Environment, State, UndefinedBehavior, Value};
+use minijinja::value::Rest;
+use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior, Value};
 
 use super::scan::{self, RefKind};
 use super::{Def, PromptTemplate};
@@ -63,7 +64,82 @@ pub(super) fn new_env() -> Environment<'static> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_keep_trailing_newline(true);
     env.set_debug(false);
+    env.add_filter("format", format_filter);
     env
+}
+
+/// Widest field, and longest precision, the `format` filter accepts.
+const MAX_FORMAT_WIDTH: u64 = 1_000;
+
+/// The builtin `format` filter, refusing what makes it panic.
+///
+/// minijinja 2.24's printf formatting (found by the `template` fuzz target):
+/// - reads a `%(key)` one byte at a time and slices the source at each
+///   byte, so a key holding a character of more than one byte panics;
+/// - pads to any width or precision written in the format string, so
+///   `%99999999999d` asks for 100 GB and a width past `usize` panics.
+///
+/// Until those are fixed upstream, such a format string is an error naming
+/// what is wrong, and every other goes to the builtin unchanged.
+fn format_filter(
+    state: &State<'_, '_>,
+    format: &Value,
+    args: Rest<Value>,
+) -> std::result::Result<Value, minijinja::Error> {
+    if let Some(Err(problem)) = format.as_str().map(check_format) {
+        return Err(minijinja::Error::new(ErrorKind::InvalidOperation, problem));
+    }
+    minijinja::filters::format(state, format, args)
+}
+
+/// Whether the builtin `format` filter can take a printf-style format string
+/// safely, scanning as minijinja does: `%%` is a literal percent sign; a
+/// field is `%`, an optional `(key)` (an unclosed key runs to the end), flags
+/// out of `#0- +`, a width, and `.` and a precision.
+fn check_format(text: &str) -> std::result::Result<(), String> {
+    let mut rest = text;
+    while let Some(percent) = rest.find('%') {
+        let mut field = rest.get(percent + 1..).unwrap_or_default();
+        if let Some(escaped) = field.strip_prefix('%') {
+            rest = escaped;
+            continue;
+        }
+        if let Some(open) = field.strip_prefix('(') {
+            let (key, tail) = open.split_once(')').unwrap_or((open, ""));
+            if !key.is_ascii() {
+                return Err(format!(
+                    "the format filter takes only ASCII keys; `%({key})` has other characters"
+                ));
+            }
+            field = tail;
+        }
+        field = skip_number(field.trim_start_matches(['#', '0', '-', ' ', '+']), "width")?;
+        if let Some(precision) = field.strip_prefix('.') {
+            field = skip_number(precision, "precision")?;
+        }
+        rest = field;
+    }
+    Ok(())
+}
+
+/// `field` after the decimal number it starts with (if any), refusing a
+/// number over [`MAX_FORMAT_WIDTH`].
+fn skip_number<'a>(field: &'a str, what: &str) -> std::result::Result<&'a str, String> {
+    let digits = field
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(field.len());
+    let (number, tail) = field.split_at(digits);
+    let too_big = !number.is_empty()
+        && number
+            .parse::<u64>()
+            .ok()
+            .is_none_or(|n| n > MAX_FORMAT_WIDTH);
+    if too_big {
+        return Err(format!(
+            "the format filter takes a {what} of at most {MAX_FORMAT_WIDTH}, not {number}"
+        ));
+    }
+    Ok(tail)
 }
 
 /// The names one registered template may refer to.
@@ -180,7 +256,7 @@ impl Compiled {
         // An error inside an included template arrives wrapped as "error in
         // <included>"; report the innermost one, where the line applies.
         let mut error = error;
-        while error.kind() == minijinja::ErrorKind::BadInclude {
+        while error.kind() == ErrorKind::BadInclude {
             match std::error::Error::source(error)
                 .and_then(|inner| inner.downcast_ref::<minijinja::Error>())
             {
