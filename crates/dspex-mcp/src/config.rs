@@ -50,11 +50,12 @@ const RESERVED_HEADERS: [&str; 5] = [
 ];
 
 /// A `[mcp.servers.NAME]` table as written: either `command` (stdio) or
-/// `url` (streamable HTTP), plus the keys every server takes. Unknown keys
-/// are refused. `Debug` shows the names of `env` and `headers`, never their
-/// values.
+/// `url` (streamable HTTP), plus the keys every server takes. Read through
+/// `ConfigLoader::section` (as [`McpServers::load`](crate::McpServers::load)
+/// does), which refuses every unknown key of the file at once; so no
+/// `deny_unknown_fields` here, which would stop at the first. `Debug` shows
+/// the names of `env` and `headers`, never their values.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RawMcpServer {
     /// The program to start; it speaks MCP on its stdin and stdout.
     pub command: Option<String>,
@@ -516,12 +517,27 @@ mod tests {
             let message = error(table);
             assert!(message.contains(expected), "{table:?}: {message}");
         }
-        let unknown =
-            toml::from_str::<RawMcpServer>("command = \"a\"\ntimeout_ms = 3").unwrap_err();
-        assert!(
-            unknown.to_string().contains("unknown field `timeout_ms`"),
-            "{unknown}"
-        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_named_at_once() {
+        let loader = dspex_core::config::ConfigLoader::builder(crate::CONFIG_KEYS)
+            .toml_str(
+                "[mcp.servers.a]\ncommand = \"x\"\ntimeout_ms = 3\nretries = 2\n\
+                 [mcp.servers.b]\nurl = \"http://h\"\nheader = {}\n",
+            )
+            .without_env()
+            .build()
+            .unwrap();
+        let message = crate::McpServers::load(&loader).unwrap_err().to_string();
+        for key in [
+            "mcp.servers.a.timeout_ms",
+            "mcp.servers.a.retries",
+            "mcp.servers.b.header",
+        ] {
+            assert!(message.contains(key), "{key} in {message}");
+        }
+        assert!(message.contains("<config>:3:1"), "{message}");
     }
 
     #[test]
