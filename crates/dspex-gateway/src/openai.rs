@@ -123,6 +123,12 @@ pub(crate) fn decode(body: &[u8]) -> Result<ChatCompletionRequest, RequestError>
 /// Decodes any JSON body; a failure names the field by its path, through
 /// `serde_path_to_error`.
 pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+    // Tracking the path costs every field of every body; a good body does
+    // not need it, so only a failed decode runs again with the tracker
+    // (decoding is deterministic: the second pass fails the same way).
+    if let Ok(decoded) = serde_json::from_slice(body) {
+        return Ok(decoded);
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
