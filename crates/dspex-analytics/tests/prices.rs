@@ -257,3 +257,31 @@ fn local_models_cost_zero_and_are_priced() {
         .record("2026-11-24T10:00:00Z", &table);
     assert!(remote.is_unpriced());
 }
+
+/// The model a hosted provider uses when its config names none is one the
+/// bundled table prices, so a budget can weigh the default's calls (an
+/// unpriced call is let through unweighed).
+#[test]
+fn every_hosted_providers_default_model_is_priced() {
+    use dspex_client::config::{CONFIG_KEYS, ClientConfig, RawClientConfig};
+    let table = PriceTable::bundled().unwrap();
+    for kind in ["openai", "anthropic"] {
+        let loader = ConfigLoader::builder(CONFIG_KEYS)
+            .toml_str(format!(
+                "[providers.p]\nkind = \"{kind}\"\napi_key_env = \"KEY\""
+            ))
+            .without_env()
+            .build()
+            .unwrap();
+        let raw = RawClientConfig::from_loader(&loader).unwrap();
+        let config = ClientConfig::validate(&raw, &|_| Some("sk-test".into())).unwrap();
+        let provider = &config.providers["p"];
+        let now = dspex_analytics::time::unix_ms(std::time::SystemTime::now());
+        let price = table.lookup(provider.kind.system(), &provider.model, now);
+        assert!(
+            price.is_some(),
+            "{kind}'s default model `{}` has no bundled price",
+            provider.model
+        );
+    }
+}

@@ -33,7 +33,9 @@ impl ProviderApi for Anthropic {
     }
 
     fn default_model(&self) -> &'static str {
-        "claude-3-5-haiku-latest"
+        // A model the bundled price table knows, so budgets can weigh the
+        // default's calls (Claude 3.5 Haiku is retired and has no price).
+        "claude-haiku-4-5"
     }
 
     fn capabilities(&self, _config: &ProviderConfig) -> Capabilities {
